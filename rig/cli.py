@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from .errors import KprotoError
+import signal
+
+from .errors import EXIT_INFRA, KprotoError
 
 # module name -> registered as the click command it exposes (attribute `command`)
 COMMAND_MODULES = [
@@ -25,6 +27,9 @@ class KprotoGroup(click.Group):
     def invoke(self, ctx: click.Context):  # one-line errors with the documented exit codes
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("kproto: interrupted; VMs reaped, mounts and source trees restored", err=True)
+            sys.exit(EXIT_INFRA)
         except KprotoError as e:
             click.echo(f"kproto: error: {e.message}", err=True)
             if e.detail:
@@ -36,6 +41,12 @@ class KprotoGroup(click.Group):
 @click.version_option(package_name="kproto")
 def main() -> None:
     """kproto: does your overlayfs patch fix what it claims, does lockdep scream, what does it cost?"""
+    # SIGTERM unwinds like Ctrl-C, so every context manager reaps its VM / mount / source tree.
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
 
 
 for _name in COMMAND_MODULES:

@@ -121,6 +121,7 @@ def _commit_base(path: Path) -> str:
     git(path, "add", "-f", "-A")
     git(path, "commit", "-q", "--no-verify", "-m", "kproto base")
     git(path, "tag", "-f", BASE_TAG)
+    git(path, "clean", "-qfdx")   # empty directories are not part of a git base
     return git(path, "rev-parse", "HEAD").stdout.strip()
 
 

@@ -1,0 +1,104 @@
+"""`kproto test`, `kproto build`, `kproto shell`."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from . import build as buildmod
+from . import patches as patchmod
+from . import report as reportmod
+from . import tree as treemod
+from .errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, BadInput, MissingTool
+
+_patch_arg = click.argument("patches", nargs=-1, type=click.Path(path_type=Path))
+_src_opt = click.option("--kernel-src", metavar="PATH", help="kernel git tree or tarball (default: Debian linux-source-6.12)")
+_cfg_opt = click.option("--config", "config", multiple=True, type=click.Path(path_type=Path), metavar="FRAGMENT",
+                        help="extra Kconfig fragment (repeatable), checked after olddefconfig")
+
+
+def _say(msg: str) -> None:
+    click.echo(f"kproto: {msg}", err=True)
+
+
+@click.command("test")
+@click.argument("patches", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON report (DESIGN.md §4)")
+@click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="write JUnit XML")
+@click.option("--html", "html_out", type=click.Path(path_type=Path), help="write an HTML report")
+@click.option("-k", "pattern", help="run only guest tests whose name matches (substring or glob)")
+@_src_opt
+@_cfg_opt
+@click.option("--timeout", type=click.FloatRange(min=1), help="per-test timeout in seconds (default: each test's own)")
+@click.option("--keep", is_flag=True, help="keep the run directory (console logs, keys)")
+@click.option("--rerun-baseline", is_flag=True, help="re-run the baseline kernel even if its results are cached")
+def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, rerun_baseline):
+    """Build PATCH... on the base kernel, boot baseline and patched kernels, run the guest tests,
+    compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
+
+    Exit: 0 clean, 1 regressed, 2 bad input, 3 infrastructure failure."""
+    from . import compare, testrun
+    opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
+                               pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline,
+                               progress=_say)
+    rep = testrun.run(opts)
+    click.echo(reportmod.terminal(rep))
+    if json_out:
+        rep.write_json(json_out)
+    if junit_out:
+        junit_out.write_text(compare.to_junit_json(rep.tests, "kproto-test"))
+    if html_out:
+        html_out.write_text(reportmod.html(rep))
+    sys.exit(EXIT_CLEAN if rep.verdict == "clean" else EXIT_REGRESSED if rep.verdict == "regressed" else EXIT_INFRA)
+
+
+@click.command("build")
+@_patch_arg
+@_src_opt
+@_cfg_opt
+def build_cmd(patches, kernel_src, config):
+    """Build the base kernel with PATCH... applied (cached) and print the bzImage path."""
+    series = patchmod.expand(patches)
+    tree = treemod.open_source(kernel_src)
+    k = buildmod.build(tree, series, tuple(config), progress=_say)
+    _say(f"linux {k.version}: " + ("cached" if k.cached else f"built in {k.build_s:.0f} s"))
+    click.echo(str(k.bzimage))
+
+
+@click.command("shell")
+@_patch_arg
+@_src_opt
+@_cfg_opt
+@click.option("--command", "-c", "command", help="run this command instead of an interactive shell")
+def shell_cmd(patches, kernel_src, config, command):
+    """Boot the kernel with PATCH... and open an SSH session into it; the VM is reaped on exit."""
+    from .testrun import new_run_dir
+    from .vm import VM
+    if shutil.which("ssh") is None:
+        raise MissingTool("ssh is missing (apt-get install openssh-client)")
+    series = patchmod.expand(patches)
+    tree = treemod.open_source(kernel_src)
+    k = buildmod.build(tree, series, tuple(config), progress=_say)
+    run_dir = new_run_dir(keep=False)
+    try:
+        with VM(bzimage=k.bzimage, run_dir=run_dir, name="shell") as vm:
+            boot = vm.wait_ready()
+            _say(f"linux {k.version} up, SSH after {boot:.1f} s ({vm.accel}); console log {vm.console_log}")
+            ssh = ["ssh", "-q", "-p", str(vm.port), "-i", str(run_dir / "ssh" / "client_ed25519"),
+                   "-o", f"UserKnownHostsFile={run_dir / 'ssh' / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+                   "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "root@127.0.0.1"]
+            if command:
+                ssh.append(command)
+            elif sys.stdin.isatty():
+                ssh.insert(1, "-t")
+            rc = subprocess.call(ssh)
+        sys.exit(rc)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+commands = [test_cmd, build_cmd, shell_cmd]

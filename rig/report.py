@@ -1,0 +1,100 @@
+"""The `kproto test` report: JSON per DESIGN.md §4, the terminal summary, JUnit and HTML."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from .paths import TEMPLATES
+
+STATUS_ORDER = {"regressed": 0, "error": 1, "fixed": 2, "diverges": 3, "match": 4}
+
+
+@dataclass
+class Report:
+    verdict: str                       # clean | regressed | error
+    kernel: dict                       # {"source", "version", "base", "accel"}
+    patches: list[dict]
+    tests: list[dict]                  # TestVerdict.as_json()
+    splats: dict                       # {"baseline": [...], "patched": [...], "new": [...]}
+    timings: dict                      # build_s, boot_s, tests_s, total_s (+ details)
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checks: dict | None = None
+
+    def as_json(self) -> dict:
+        out = {"verdict": self.verdict, "kernel": self.kernel, "patches": self.patches, "tests": self.tests,
+               "splats": self.splats, "timings": self.timings, "reasons": self.reasons, "notes": self.notes}
+        if self.checks is not None:
+            out["checks"] = self.checks
+        return out
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.as_json(), indent=1) + "\n")
+
+
+def _fmt_obs(obs: dict, key: str) -> str:
+    if not obs:
+        return "-"
+    if key == "<exit>":
+        return f"signal {obs.get('signal')}" if obs.get("signal") else f"exit {obs.get('exit_code')}"
+    val = obs.get("observations", {}).get(key)
+    if val is None:
+        val = obs.get("upper", {}).get(key) if key.startswith("upper:") else None
+    return "(absent)" if val is None else str(val)
+
+
+def terminal(report: Report) -> str:
+    """What a kernel developer reads first: fixed / regressed / diverging tests with the observations
+    that differ side by side, then the splats, then the verdict and timings."""
+    lines: list[str] = []
+    k = report.kernel
+    names = ", ".join(Path(p["path"]).name for p in report.patches) or "(no patches)"
+    lines.append(f"kproto test: {names} on linux {k.get('version', '?')} ({k.get('source', '?')}, accel {k.get('accel', '?')})")
+    counts: dict[str, int] = {}
+    for t in report.tests:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    lines.append("tests: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda x: STATUS_ORDER.get(x[0], 9))))
+    lines.append("")
+    w = max([len(t["name"]) for t in report.tests] + [10])
+    lines.append(f"  {'STATUS':<10} {'TEST':<{w}}  reference | baseline | patched")
+    for t in sorted(report.tests, key=lambda t: (STATUS_ORDER.get(t["status"], 9), t["name"])):
+        tag = t["status"].upper()
+        known = f"  [known divergence: {t['known']}]" if t.get("known") else ""
+        lines.append(f"  {tag:<10} {t['name']:<{w}}{known}")
+        if t["status"] == "match":
+            continue
+        for d in t.get("diffs", [])[:6]:
+            lines.append(f"  {'':<10}   {d['key']}: {d.get('reference')!s} | {d.get('baseline')!s} | {d.get('patched')!s}")
+        for side in ("baseline", "patched"):
+            err = (t.get(side) or {}).get("error")
+            if err:
+                lines.append(f"  {'':<10}   {side} error: {err}")
+    lines.append("")
+    sp = report.splats
+    if sp.get("new"):
+        lines.append(f"NEW SPLATS in the patched kernel ({len(sp['new'])}):")
+        for s in sp["new"]:
+            lines.append(f"  {s['kind']:<10} {s['title']}" + (f"  (x{s.get('count', 1)})" if s.get("count", 1) > 1 else ""))
+            excerpt = [l for l in s["log"].splitlines() if l.strip()][:14]
+            lines.extend(f"      | {l}" for l in excerpt)
+    else:
+        lines.append(f"splats: none new (baseline {len(sp.get('baseline', []))}, patched {len(sp.get('patched', []))})")
+    for s in sp.get("baseline", []):
+        lines.append(f"  (also in baseline) {s['kind']}: {s['title']}")
+    lines.append("")
+    for n in report.notes:
+        lines.append(f"note: {n}")
+    t = report.timings
+    detail = "  ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items() if k.endswith("_s") and isinstance(v, (int, float)))
+    lines.append(f"timings: {detail}")
+    why = f" ({'; '.join(report.reasons)})" if report.reasons else ""
+    lines.append(f"VERDICT: {report.verdict.upper()}{why}")
+    return "\n".join(lines)
+
+
+def html(report: Report) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    return env.get_template("report.html.j2").render(r=report.as_json(), order=STATUS_ORDER)

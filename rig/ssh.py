@@ -1,0 +1,131 @@
+"""SSH into the guest with paramiko: per-run ed25519 keys, the guest host key pinned, bounded waits."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import paramiko
+
+from .errors import GuestError, MissingTool
+
+
+class SSHError(GuestError):
+    """Connecting or running a command over SSH failed."""
+
+
+def make_keys(sshdir: Path) -> None:
+    """Host and client ed25519 keys, 0600 inside a 0700 directory."""
+    sshdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(sshdir, 0o700)
+    for name in ("host_ed25519", "client_ed25519"):
+        key = sshdir / name
+        if key.exists():
+            continue
+        try:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"kproto-{name}", "-f", str(key)],
+                           check=True, capture_output=True)
+        except FileNotFoundError:
+            raise MissingTool("ssh-keygen is missing (apt-get install openssh-client)")
+        os.chmod(key, 0o600)
+    (sshdir / "authorized_keys").write_text((sshdir / "client_ed25519.pub").read_text())
+    os.chmod(sshdir / "authorized_keys", 0o600)
+
+
+def write_known_hosts(sshdir: Path, port: int) -> Path:
+    kind, blob = (sshdir / "host_ed25519.pub").read_text().split()[:2]
+    path = sshdir / "known_hosts"
+    path.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+    return path
+
+
+class GuestSSH:
+    """A persistent paramiko connection (no key exchange per command)."""
+
+    def __init__(self, port: int, key: Path, known_hosts: Path, user: str = "root") -> None:
+        self.port, self.key, self.known_hosts, self.user = port, key, known_hosts, user
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 10.0) -> None:
+        self.close()
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect("127.0.0.1", port=self.port, username=self.user, key_filename=str(self.key),
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                           allow_agent=False, look_for_keys=False)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            client.close()
+            raise SSHError(f"ssh connect to 127.0.0.1:{self.port} failed: {e or type(e).__name__}")
+        client.get_transport().set_keepalive(5)
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def _channel(self, command: str) -> paramiko.Channel:
+        if self.client is None or not self.client.get_transport() or not self.client.get_transport().is_active():
+            self.connect()
+        try:
+            chan = self.client.get_transport().open_session(timeout=10)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise SSHError(f"ssh exec failed: {e or type(e).__name__}")
+        return chan
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run COMMAND; (exit status, stdout, stderr). SSHError on timeout or a dropped connection."""
+        out, err = [], []
+        rc = self.stream(command, out.append, timeout=timeout, idle_timeout=timeout, stderr=err.append)
+        return rc, "".join(out), "".join(err)
+
+    def stream(self, command: str, on_line: Callable[[str], None], *, timeout: float, idle_timeout: float,
+               stderr: Callable[[str], None] | None = None,
+               on_idle: Callable[[float], bool] | None = None) -> int:
+        """Run COMMAND, calling on_line per stdout line as it arrives. Gives up (SSHError) when the whole
+        command exceeds TIMEOUT, or no output arrives for IDLE_TIMEOUT s and on_idle (if given) agrees."""
+        chan = self._channel(command)
+        chan.settimeout(0.2)
+        start = last = time.monotonic()
+        buf = ""
+        try:
+            while True:
+                got = False
+                if chan.recv_ready():
+                    data = chan.recv(65536).decode(errors="replace")
+                    got = bool(data)
+                    buf += data
+                    while "\n" in buf:
+                        line, buf = buf.split("\n", 1)
+                        on_line(line + "\n")
+                if chan.recv_stderr_ready():
+                    data = chan.recv_stderr(65536).decode(errors="replace")
+                    got = got or bool(data)
+                    if stderr:
+                        stderr(data)
+                now = time.monotonic()
+                if got:
+                    last = now
+                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                else:
+                    if not chan.get_transport() or not chan.get_transport().is_active():
+                        raise SSHError("ssh connection to the guest dropped")
+                    if now - start > timeout:
+                        raise SSHError(f"command timed out after {timeout:.0f} s: {command[:80]}")
+                    if now - last > idle_timeout and (on_idle is None or on_idle(now - last)):
+                        raise SSHError(f"no output for {idle_timeout:.0f} s: {command[:80]}")
+                    time.sleep(0.02)
+            if buf:
+                on_line(buf)
+            return chan.recv_exit_status()
+        except socket.timeout:
+            raise SSHError("ssh channel timed out")
+        finally:
+            chan.close()

@@ -1,0 +1,179 @@
+"""`kproto test`: patches -> tree -> build (baseline + patched) -> VM -> guest tests -> compare -> report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import build as buildmod
+from . import compare, guest_build
+from . import patches as patchmod
+from . import splats as splatmod
+from . import tree as treemod
+from .errors import InfraError, KprotoError
+from .guest import harness
+from .paths import GUEST_TESTS, cache_dir
+from .report import Report
+from .runner import KernelRun, run_kernel_suite
+from .vm import kvm_works
+
+
+@dataclass
+class TestOptions:
+    patches: list[Path]
+    kernel_src: str | None = None
+    config: tuple[Path, ...] = ()
+    pattern: str | None = None
+    timeout: float | None = None
+    keep: bool = False
+    rerun_baseline: bool = False
+    progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
+
+
+def new_run_dir(keep: bool) -> Path:
+    runs = cache_dir() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
+    os.chmod(d, 0o700)
+    return d
+
+
+def select_tests(pattern: str | None, timeout: float | None) -> tuple[list[str], dict[str, float]]:
+    specs = harness.load_specs(GUEST_TESTS)
+    chosen = [s for s in specs if harness.matches(s.name, pattern)]
+    if not chosen:
+        from .errors import BadInput
+        raise BadInput(f"-k {pattern!r} selects no guest test (see guest_tests/*.toml for names)")
+    return [s.name for s in chosen], {s.name: float(timeout or s.timeout) for s in chosen}
+
+
+def run_reference(bins: Path, names: list[str], timeout: float | None, work: Path) -> dict[str, dict]:
+    results = harness.run_tests(bins=bins, tests=GUEST_TESTS, work=work, target="ref", names=names,
+                                timeout=timeout, emit=lambda ev: None)
+    return {r["name"]: r for r in results}
+
+
+def _baseline_cache_path(kernel: buildmod.Kernel, bins: Path, names: list[str], timeout: float | None) -> Path:
+    h = hashlib.sha256(f"{kernel.key}|{bins.name}|{','.join(names)}|{timeout}".encode())
+    for spec in sorted(GUEST_TESTS.rglob("*.toml")):
+        h.update(spec.read_bytes())
+    return cache_dir() / "results" / f"baseline-{h.hexdigest()[:20]}.json"
+
+
+def _save_run(path: Path, run: KernelRun) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"results": run.results, "splats": [s.as_json() for s in run.splats],
+                               "test_splats": run.test_splats, "boot_s": run.boot_s, "tests_s": run.tests_s,
+                               "boots": run.boots, "events": run.events}))
+    os.rename(tmp, path)
+
+
+def _load_run(path: Path, kernel: buildmod.Kernel, label: str) -> KernelRun:
+    d = json.loads(path.read_text())
+    run = KernelRun(label=label, kernel=kernel, results=d["results"], test_splats=d["test_splats"],
+                    boot_s=d["boot_s"], tests_s=d["tests_s"], boots=d["boots"], events=d["events"])
+    run.splats = [splatmod.Splat(kind=s["kind"], title=s["title"], log=s["log"], count=s.get("count", 1))
+                  for s in d["splats"]]
+    return run
+
+
+def verdict_of(tests: list[dict], new_splats: list, base: KernelRun, patched: KernelRun) -> tuple[str, list[str]]:
+    reasons = []
+    regressed = [t["name"] for t in tests if t["status"] == "regressed"]
+    if regressed:
+        reasons.append(f"{len(regressed)} test(s) regressed: {', '.join(regressed[:5])}")
+    new_errors = [t["name"] for t in tests if t["status"] == "error"
+                  and (patched.results.get(t["name"], {}).get("status") != "ok")
+                  and base.results.get(t["name"], {}).get("status") == "ok"]
+    if new_errors:
+        reasons.append(f"{len(new_errors)} test(s) fail only on the patched kernel: {', '.join(new_errors[:5])}")
+    if new_splats:
+        reasons.append(f"{len(new_splats)} new splat(s): {'; '.join(s.title for s in new_splats[:3])}")
+    return ("regressed" if reasons else "clean"), reasons
+
+
+def run(opts: TestOptions) -> Report:
+    t0 = time.monotonic()
+    say = opts.progress
+    series = patchmod.expand(opts.patches)
+    tree = treemod.open_source(opts.kernel_src)
+    say(f"source: linux {tree.version()} at {tree.base[:12]} ({tree.origin})")
+    tree.check_applies(series)
+    timings: dict[str, float] = {}
+
+    t = time.monotonic()
+    base_kernel = buildmod.build(tree, [], opts.config, progress=say)
+    timings["build_baseline_s"] = round(time.monotonic() - t, 1)
+    say(f"baseline kernel {base_kernel.version}: " + ("cached" if base_kernel.cached else f"built in {base_kernel.build_s:.0f} s"))
+    t = time.monotonic()
+    patched_kernel = buildmod.build(tree, series, opts.config, progress=say)
+    timings["build_patched_s"] = round(time.monotonic() - t, 1)
+    say("patched kernel: " + ("cached" if patched_kernel.cached else f"built in {patched_kernel.build_s:.0f} s (incremental)"))
+    timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
+
+    names, timeouts = select_tests(opts.pattern, opts.timeout)
+    bins = guest_build.build()
+    run_dir = new_run_dir(opts.keep)
+    try:
+        guest_build.stage(run_dir)
+        t = time.monotonic()
+        say(f"reference: running {len(names)} test(s) on overlay_ref")
+        reference = run_reference(bins, names, opts.timeout, run_dir / "ref-work")
+        timings["reference_s"] = round(time.monotonic() - t, 1)
+
+        cached = _baseline_cache_path(base_kernel, bins, names, opts.timeout)
+        if cached.is_file() and not opts.rerun_baseline:
+            base_run = _load_run(cached, base_kernel, "baseline")
+            say(f"baseline: results cached from an earlier run ({cached.name}; --rerun-baseline to redo)")
+            timings["baseline_tests_s"] = 0.0
+        else:
+            t = time.monotonic()
+            base_run = run_kernel_suite(base_kernel, "baseline", run_dir, names, timeouts, say)
+            timings["baseline_tests_s"] = round(time.monotonic() - t, 1)
+            if base_run.boots == 1 and all(r.get("status") != "timeout" for r in base_run.results.values()):
+                _save_run(cached, base_run)
+        t = time.monotonic()
+        patched_run = run_kernel_suite(patched_kernel, "patched", run_dir, names, timeouts, say)
+        timings["patched_tests_s"] = round(time.monotonic() - t, 1)
+        timings["boot_s"] = round(patched_run.boot_s, 1)
+        timings["tests_s"] = round(patched_run.tests_s, 1)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            say(f"run directory kept: {run_dir}")
+
+    known = compare.load_known()
+    verdicts = compare.compare_run(reference, base_run.results, patched_run.results, known)
+    tests = []
+    for v in verdicts:
+        j = v.as_json()
+        j["splats"] = {"baseline": base_run.test_splats.get(v.name, []), "patched": patched_run.test_splats.get(v.name, [])}
+        tests.append(j)
+    new = splatmod.new_splats(base_run.splats, patched_run.splats)
+    verdict, reasons = verdict_of(tests, new, base_run, patched_run)
+    timings["total_s"] = round(time.monotonic() - t0, 1)
+    notes = []
+    if not kvm_works():
+        notes.append("KVM is not usable here (no vmx/svm): the guests ran under TCG; timings are emulated")
+    for ev in base_run.events + patched_run.events:
+        notes.append(ev)
+    if patched_run.boots > 1:
+        notes.append(f"patched kernel was booted {patched_run.boots} times (fresh boot after each splat/hang)")
+    return Report(
+        verdict=verdict,
+        kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
+                "accel": "kvm" if kvm_works() else "tcg"},
+        patches=[p.as_json() for p in series], tests=tests,
+        splats={"baseline": [s.as_json() for s in base_run.splats],
+                "patched": [s.as_json() for s in patched_run.splats],
+                "new": [s.as_json() for s in new]},
+        timings=timings, reasons=reasons, notes=notes)

@@ -1,0 +1,40 @@
+#!/bin/sh
+# kproto set-up for a fresh Debian 12 machine, as root: system packages, .venv, the FUSE mount helper.
+# Idempotent and quiet when everything is already in place.
+set -eu
+cd "$(dirname "$0")"
+
+PKGS="qemu-system-x86 linux-source-6.12 flex bison bc libelf-dev libssl-dev cpio openssh-server
+openssh-client fuse3 libfuse3-dev pkg-config ccache gcc make git libc6-dev perl python3 python3-venv
+python3-dev iproute2 chromium"
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    [ "$(id -u)" = 0 ] || { echo "setup.sh: installing$missing needs root (run as root or with sudo)" >&2; exit 2; }
+    echo "setup.sh: installing system packages:$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2
+    apt-get install -y -q --no-install-recommends $missing >&2
+fi
+
+# The venv uses Debian's python3 (what the guest runs too), never a pyenv/conda one from PATH.
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv .venv
+fi
+stamp=.venv/.kproto-installed
+want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup.sh: installing kproto into .venv" >&2
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >&2
+    echo "$want" > "$stamp"
+fi
+
+# mount -t fuse.kproto-ovl: the helper execs this checkout's venv python
+if [ -f overlay_ref/mount.fuse.kproto-ovl ]; then
+    sed "s#@KPROTO_PYTHON@#$(pwd)/.venv/bin/python#" overlay_ref/mount.fuse.kproto-ovl > /sbin/mount.fuse.kproto-ovl.tmp
+    chmod 755 /sbin/mount.fuse.kproto-ovl.tmp
+    mv /sbin/mount.fuse.kproto-ovl.tmp /sbin/mount.fuse.kproto-ovl
+fi

@@ -1,0 +1,87 @@
+"""Shared fixtures, and the session-level check that the suite leaves no QEMU and no FUSE mount behind."""
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+FAKE_KERNEL = DATA / "fakekernel"
+
+
+def _qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def _fuse_mounts() -> set[str]:
+    with open("/proc/mounts") as fh:
+        return {line.split()[1] for line in fh if line.split()[2].startswith("fuse")}
+
+
+def _overlay_mounts() -> set[str]:
+    with open("/proc/mounts") as fh:
+        return {line.split()[1] for line in fh if line.split()[2] == "overlay"}
+
+
+_BEFORE: dict[str, set] = {}
+
+
+def pytest_sessionstart(session):
+    _BEFORE["qemu"] = _qemu_pids()
+    _BEFORE["fuse"] = _fuse_mounts()
+    _BEFORE["overlay"] = _overlay_mounts()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leaks = []
+    qemu = _qemu_pids() - _BEFORE.get("qemu", set())
+    if qemu:
+        leaks.append(f"QEMU processes left running: {sorted(qemu)}")
+    fuse = _fuse_mounts() - _BEFORE.get("fuse", set())
+    if fuse:
+        leaks.append(f"FUSE mounts left behind: {sorted(fuse)}")
+    ovl = _overlay_mounts() - _BEFORE.get("overlay", set())
+    if ovl:
+        leaks.append(f"overlay mounts left behind: {sorted(ovl)}")
+    if leaks:
+        print("\nkproto suite leak check FAILED:\n  " + "\n  ".join(leaks))
+        session.exitstatus = 1
+
+
+@pytest.fixture
+def kcache(tmp_path, monkeypatch) -> Path:
+    """A private $KPROTO_CACHE for one test."""
+    d = tmp_path / "cache"
+    d.mkdir()
+    monkeypatch.setenv("KPROTO_CACHE", str(d))
+    return d
+
+
+@pytest.fixture
+def fake_tarball(tmp_path) -> Path:
+    """The tiny fake kernel tree as a source tarball (top-level directory stripped on unpack)."""
+    tb = tmp_path / "linux-fake.tar.gz"
+    with tarfile.open(tb, "w:gz") as tf:
+        tf.add(FAKE_KERNEL, arcname="linux-fake")
+    return tb
+
+
+def make_patch(tree: Path, edit, subject: str, out: Path) -> Path:
+    """Write a git format-patch of EDIT(tree) against a throwaway copy of TREE."""
+    import shutil
+    work = out.parent / f".mk-{out.stem}"
+    shutil.copytree(tree, work)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    run = lambda *a: subprocess.run(["git", "-C", str(work), *a], check=True, capture_output=True, env=env)
+    run("init", "-q"); run("add", "-f", "-A"); run("commit", "-q", "-m", "base")
+    edit(work)
+    run("add", "-f", "-A"); run("commit", "-q", "-m", subject)
+    out.write_bytes(subprocess.run(["git", "-C", str(work), "format-patch", "-1", "--stdout"], check=True,
+                                   capture_output=True, env=env).stdout)
+    shutil.rmtree(work)
+    return out
