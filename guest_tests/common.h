@@ -26,10 +26,10 @@
 #include <sys/sendfile.h>
 #include <unistd.h>
 
-static const char *MERGED = ".";
+static __attribute__((unused)) const char *MERGED = ".";
 
 /* Path under the merged dir; a small ring of buffers so several P() can be used in one call. */
-static const char *P(const char *rel)
+static __attribute__((unused)) const char *P(const char *rel)
 {
 	static char bufs[8][4096];
 	static int i;
@@ -38,13 +38,13 @@ static const char *P(const char *rel)
 	return b;
 }
 
-static const char *errname(int e)
+static __attribute__((unused)) const char *errname(int e)
 {
 	const char *n = strerrorname_np(e);
 	return n ? n : "E?";
 }
 
-static void diag(const char *fmt, ...)
+static __attribute__((unused)) void diag(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -55,7 +55,7 @@ static void diag(const char *fmt, ...)
 	fflush(stdout);
 }
 
-static void obs_str(const char *key, const char *fmt, ...)
+static __attribute__((unused)) void obs_str(const char *key, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -66,12 +66,12 @@ static void obs_str(const char *key, const char *fmt, ...)
 	fflush(stdout);
 }
 
-static void obs_int(const char *key, long long v) { obs_str(key, "%lld", v); }
-static void obs_mode(const char *key, mode_t m) { obs_str(key, "%04o", (unsigned)(m & 07777)); }
-static void obs_yes(const char *key, int cond) { obs_str(key, "%s", cond ? "yes" : "no"); }
+static __attribute__((unused)) void obs_int(const char *key, long long v) { obs_str(key, "%lld", v); }
+static __attribute__((unused)) void obs_mode(const char *key, mode_t m) { obs_str(key, "%04o", (unsigned)(m & 07777)); }
+static __attribute__((unused)) void obs_yes(const char *key, int cond) { obs_str(key, "%s", cond ? "yes" : "no"); }
 
 /* A syscall result: "ok" when rc >= 0, else the errno name. Returns rc. Call right after the syscall. */
-static long obs_rc(const char *key, long rc)
+static __attribute__((unused)) long obs_rc(const char *key, long rc)
 {
 	int e = errno;
 	if (rc >= 0)
@@ -83,7 +83,7 @@ static long obs_rc(const char *key, long rc)
 }
 
 /* Data: printable text (with \n, \t, \\ escaped) or hex:... when anything else is in it. */
-static void obs_data(const char *key, const void *data, size_t len)
+static __attribute__((unused)) void obs_data(const char *key, const void *data, size_t len)
 {
 	const unsigned char *d = data;
 	int text = 1;
@@ -111,10 +111,10 @@ static void obs_data(const char *key, const void *data, size_t len)
 	fflush(stdout);
 }
 
-static int cmpstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static __attribute__((unused)) int cmpstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Sorted comma-separated list. NAMES is sorted in place. */
-static void obs_list(const char *key, char **names, int n)
+static __attribute__((unused)) void obs_list(const char *key, char **names, int n)
 {
 	qsort(names, n, sizeof(char *), cmpstr);
 	printf("%s=", key);
@@ -125,14 +125,14 @@ static void obs_list(const char *key, char **names, int n)
 }
 
 /* Fatal: print what went wrong as an observation and exit 1. */
-static void die(const char *what)
+static __attribute__((unused)) void die(const char *what)
 {
 	int e = errno;
 	obs_str("fatal", "%s: %s", what, errname(e));
 	exit(1);
 }
 
-static int xopen(const char *path, int flags)
+static __attribute__((unused)) int xopen(const char *path, int flags)
 {
 	int fd = open(path, flags, 0644);
 	if (fd < 0)
@@ -140,7 +140,7 @@ static int xopen(const char *path, int flags)
 	return fd;
 }
 
-static void xwrite(int fd, const char *s)
+static __attribute__((unused)) void xwrite(int fd, const char *s)
 {
 	size_t n = strlen(s);
 	if (write(fd, s, n) != (ssize_t)n)
@@ -148,7 +148,7 @@ static void xwrite(int fd, const char *s)
 }
 
 /* Read up to max-1 bytes from offset 0 with pread; NUL-terminates; returns the byte count or -1. */
-static ssize_t pread_all(int fd, char *buf, size_t max)
+static __attribute__((unused)) ssize_t pread_all(int fd, char *buf, size_t max)
 {
 	size_t got = 0;
 	while (got < max - 1) {
@@ -164,7 +164,7 @@ static ssize_t pread_all(int fd, char *buf, size_t max)
 }
 
 /* Observe the whole content of the file at PATH (merged-relative) as seen through a fresh open. */
-static void obs_file(const char *key, const char *rel)
+static __attribute__((unused)) void obs_file(const char *key, const char *rel)
 {
 	char buf[8192];
 	int fd = open(P(rel), O_RDONLY);
@@ -181,7 +181,7 @@ static void obs_file(const char *key, const char *rel)
 }
 
 /* Observe the content via an existing fd (pread from 0). */
-static void obs_fd(const char *key, int fd)
+static __attribute__((unused)) void obs_fd(const char *key, int fd)
 {
 	char buf[8192];
 	ssize_t n = pread_all(fd, buf, sizeof buf);
@@ -192,7 +192,7 @@ static void obs_fd(const char *key, int fd)
 }
 
 /* Sorted directory listing without . and .. */
-static void obs_dir(const char *key, const char *rel)
+static __attribute__((unused)) void obs_dir(const char *key, const char *rel)
 {
 	char *names[512];
 	int n = 0;
@@ -215,7 +215,7 @@ static void obs_dir(const char *key, const char *rel)
 
 /* Sorted xattr names of PATH (or of fd when path is NULL), comma-separated; security.* left out
  * (LSM labels differ between hosts and guests). */
-static void obs_xattr_list(const char *key, const char *path, int fd)
+static __attribute__((unused)) void obs_xattr_list(const char *key, const char *path, int fd)
 {
 	char buf[4096];
 	char *names[128];
@@ -232,13 +232,13 @@ static void obs_xattr_list(const char *key, const char *path, int fd)
 }
 
 /* Child-process helpers: a pipe used as a one-byte semaphore. */
-static void sig_send(int fd, char c)
+static __attribute__((unused)) void sig_send(int fd, char c)
 {
 	if (write(fd, &c, 1) != 1)
 		die("pipe write");
 }
 
-static char sig_wait(int fd)
+static __attribute__((unused)) char sig_wait(int fd)
 {
 	char c = 0;
 	if (read(fd, &c, 1) != 1)
@@ -246,7 +246,7 @@ static char sig_wait(int fd)
 	return c;
 }
 
-static void init(int argc, char **argv)
+static __attribute__((unused)) void init(int argc, char **argv)
 {
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s MERGED_DIR\n", argv[0]);
@@ -258,7 +258,7 @@ static void init(int argc, char **argv)
 
 /* The usual copy-up scenario: rofd opened on the lower file, then an O_WRONLY open (copy-up) and a
  * write of DATA at offset 0. Returns the rofd; *rwfd receives the write fd. */
-static int rofd_then_copyup_write(const char *rel, const char *data, int *rwfd)
+static __attribute__((unused)) int rofd_then_copyup_write(const char *rel, const char *data, int *rwfd)
 {
 	int rofd = xopen(P(rel), O_RDONLY);
 	int w = xopen(P(rel), O_WRONLY);
