@@ -1,0 +1,1196 @@
+"""The reference overlay filesystem (pyfuse3 operations).
+
+Model
+-----
+Every overlay object is one :class:`Node` with one FUSE inode number for its whole life in the
+mount (copy-up, rename and hard links keep it).  A node knows its overlay path, whether it has an
+upper entry, and its lower entries ``[(layer index, absolute path)]`` (for a directory: every lower
+directory merged into it; for a non-directory: the one it was found in, i.e. its copy-up origin).
+The object's *current backing file* is the upper entry when there is one, else the first lower
+entry.  Data I/O of every open handle goes through one real fd per node that is swapped to the
+upper file on copy-up, so handles opened before the copy-up read the new data (the userspace
+counterpart of the kernel's ``ovl_real_fdget``); the FUSE page cache of the inode is shared by all
+mappings and every write goes through it, so MAP_SHARED mappings see the new data as well.
+
+All filesystem work runs in worker threads (``trio.to_thread``); the namespace and copy-up run
+under one lock, data I/O does not.
+
+On-disk format is overlayfs's: whiteouts are 0/0 character devices (zero-size files carrying the
+``overlay.whiteout`` xattr are read as whiteouts too), opaque directories carry
+``overlay.opaque=y``, renamed merged directories carry an absolute ``overlay.redirect``; copy-up
+builds the object in ``WORK/work`` and renames it into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+from typing import Optional
+
+import pyfuse3
+import trio
+
+from .config import OverlayConfig
+
+log = logging.getLogger("overlay_ref")
+
+S_IFMT = stat.S_IFMT
+DIR = stat.S_IFDIR
+REG = stat.S_IFREG
+LNK = stat.S_IFLNK
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_COPY_CHUNK = 1 << 20
+
+
+def _err(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+def _join(path: bytes, name: bytes) -> bytes:
+    return path + b"/" + name if path else name
+
+
+class Node:
+    __slots__ = ("ino", "path", "parent", "kind", "upper", "lowers", "nlookup", "aliases",
+                 "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock")
+
+    def __init__(self, ino: int, path: bytes, parent: int, kind: int, upper: bool,
+                 lowers: list[tuple[int, bytes]]):
+        self.ino = ino
+        self.path = path
+        self.parent = parent
+        self.kind = kind
+        self.upper = upper
+        self.lowers = lowers
+        self.nlookup = 0
+        self.aliases: set[bytes] = {path}   # all overlay paths naming this object (hard links)
+        self.unlinked = False
+        self.fd: Optional[int] = None        # real fd on the current backing file
+        self.fd_upper = False
+        self.old_fds: list[int] = []         # fds on stale backing files, closed on last release
+        self.opens = 0
+        self.lock = threading.Lock()
+
+
+class Handle:
+    __slots__ = ("node", "flags")
+
+    def __init__(self, node: Node, flags: int):
+        self.node = node
+        self.flags = flags
+
+
+class DirHandle:
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: Node, entries: list[bytes]):
+        self.node = node
+        self.entries = entries
+
+
+class OverlayFS(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, cfg: OverlayConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.lower_roots = [os.fsencode(x) for x in cfg.lowers]
+        self.upper_root = os.fsencode(cfg.upper)
+        self.work_dir = os.path.join(os.fsencode(cfg.work), b"work")
+        os.makedirs(self.work_dir, exist_ok=True)
+        pfx = cfg.xattr_prefix.encode()
+        self.xprefix = pfx
+        self.x_opaque = pfx + b"opaque"
+        self.x_redirect = pfx + b"redirect"
+        self.x_whiteout = pfx + b"whiteout"
+        self.x_whiteouts = pfx + b"whiteouts"
+        self.lock = threading.RLock()
+        self.nodes: dict[int, Node] = {}
+        self.by_path: dict[bytes, int] = {}
+        self.by_upper_ino: dict[tuple[int, int], int] = {}
+        self.ino_counter = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self.fh_counter = itertools.count(1)
+        self.handles: dict[int, Handle] = {}
+        self.dirhandles: dict[int, DirHandle] = {}
+        self.tmp_counter = itertools.count()
+        self.timeout = cfg.attr_timeout
+        self.nursery: Optional[trio.Nursery] = None
+        root = Node(pyfuse3.ROOT_INODE, b"", pyfuse3.ROOT_INODE, DIR, True,
+                    [(i, r) for i, r in enumerate(self.lower_roots)])
+        root.nlookup = 1
+        self.nodes[root.ino] = root
+        self.by_path[b""] = root.ino
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _run(self, fn, *args):
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            if e.errno is None:
+                log.exception("unexpected OSError")
+                raise _err(errno.EIO) from None
+            raise _err(e.errno) from None
+        except Exception:
+            log.exception("internal error in %s", getattr(fn, "__name__", fn))
+            raise _err(errno.EIO) from None
+
+    def upper_path(self, path: bytes) -> bytes:
+        return self.upper_root + b"/" + path if path else self.upper_root
+
+    def real_path(self, node: Node) -> bytes:
+        if node.upper:
+            return self.upper_path(node.path)
+        return node.lowers[0][1]
+
+    def _node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise _err(errno.ENOENT) from None
+
+    def _tmpname(self) -> bytes:
+        return os.path.join(self.work_dir, b"#%x.%x" % (os.getpid(), next(self.tmp_counter)))
+
+    def _getx(self, path: bytes, name: bytes) -> Optional[bytes]:
+        try:
+            return os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def is_whiteout(self, path: bytes, st: os.stat_result) -> bool:
+        if stat.S_ISCHR(st.st_mode):
+            return st.st_rdev == 0
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            return self._getx(path, self.x_whiteout) is not None
+        return False
+
+    def is_opaque(self, path: bytes) -> bool:
+        return self._getx(path, self.x_opaque) == b"y"
+
+    def _lstat(self, path: bytes) -> Optional[os.stat_result]:
+        try:
+            return os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def _is_private(self, name: bytes) -> bool:
+        return name.startswith(self.xprefix)
+
+    # ------------------------------------------------------------------ lookup
+
+    def _walk_lowers(self, parent: Node, name: bytes, kind: Optional[int],
+                     redirect: Optional[bytes]) -> tuple[Optional[int], list]:
+        """Find ``name`` below ``parent`` in the lower layers.
+
+        ``kind`` is the type of the upper entry (None if there is none); ``redirect`` the upper
+        directory's redirect.  Returns (kind, lowers)."""
+        lowers: list[tuple[int, bytes]] = []
+        cur_name = name
+        abs_redirect: Optional[bytes] = None
+        if redirect is not None:
+            if redirect.startswith(b"/"):
+                abs_redirect = redirect.strip(b"/")
+            else:
+                cur_name = redirect
+        pl = dict(parent.lowers)
+        for i in range(len(self.lower_roots)):
+            if abs_redirect is not None:
+                cand = self.lower_roots[i] + (b"/" + abs_redirect if abs_redirect else b"")
+            else:
+                if i not in pl:
+                    continue
+                cand = pl[i] + b"/" + cur_name
+            st = self._lstat(cand)
+            if st is None:
+                continue
+            if self.is_whiteout(cand, st):
+                break
+            k = S_IFMT(st.st_mode)
+            if kind is None:
+                kind = k
+                lowers.append((i, cand))
+                if k != DIR:
+                    break
+            else:
+                if kind != DIR or k != DIR:
+                    break
+                lowers.append((i, cand))
+            # k is a directory here
+            if self.is_opaque(cand):
+                break
+            if self.cfg.follow_redirects:
+                r = self._getx(cand, self.x_redirect)
+                if r:
+                    if r.startswith(b"/"):
+                        abs_redirect = r.strip(b"/")
+                    else:
+                        cur_name = r
+        return kind, lowers
+
+    def _resolve(self, parent: Node, name: bytes):
+        """Resolve ``name`` in ``parent`` from the layers. Returns (kind, upper_st, lowers) or None."""
+        path = _join(parent.path, name)
+        upper_st = None
+        kind = None
+        redirect = None
+        if parent.upper:
+            up = self.upper_path(path)
+            upper_st = self._lstat(up)
+            if upper_st is not None:
+                if self.is_whiteout(up, upper_st):
+                    return None
+                kind = S_IFMT(upper_st.st_mode)
+                if kind != DIR or self.is_opaque(up):
+                    return kind, upper_st, []
+                if self.cfg.follow_redirects:
+                    redirect = self._getx(up, self.x_redirect) or None
+        kind, lowers = self._walk_lowers(parent, name, kind, redirect)
+        if kind is None:
+            return None
+        return kind, upper_st, lowers
+
+    def _lower_positive(self, parent: Node, name: bytes) -> bool:
+        """Would ``name`` show from a lower layer if it had no upper entry?"""
+        if not parent.lowers:
+            return False
+        kind, _ = self._walk_lowers(parent, name, None, None)
+        return kind is not None
+
+    def _lookup_locked(self, parent: Node, name: bytes) -> Optional[Node]:
+        if name == b".":
+            return parent
+        if name == b"..":
+            return self.nodes.get(parent.parent, parent)
+        if parent.kind != DIR:
+            raise _err(errno.ENOTDIR)
+        path = _join(parent.path, name)
+        ino = self.by_path.get(path)
+        if ino is not None:
+            return self.nodes[ino]
+        res = self._resolve(parent, name)
+        if res is None:
+            return None
+        kind, upper_st, lowers = res
+        if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
+            key = (upper_st.st_dev, upper_st.st_ino)
+            other = self.by_upper_ino.get(key)
+            if other is not None and other in self.nodes and not self.nodes[other].unlinked:
+                node = self.nodes[other]
+                node.aliases.add(path)
+                self.by_path[path] = node.ino
+                return node
+        node = Node(next(self.ino_counter), path, parent.ino, kind, upper_st is not None, lowers)
+        self.nodes[node.ino] = node
+        self.by_path[path] = node.ino
+        if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
+            self.by_upper_ino[(upper_st.st_dev, upper_st.st_ino)] = node.ino
+        return node
+
+    def _new_upper_node(self, parent: Node, name: bytes, kind: int, lowers=None) -> Node:
+        path = _join(parent.path, name)
+        node = Node(next(self.ino_counter), path, parent.ino, kind, True, lowers or [])
+        self.nodes[node.ino] = node
+        self.by_path[path] = node.ino
+        return node
+
+    # ------------------------------------------------------------------ attributes
+
+    def _attr_from_stat(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = self.timeout
+        a.attr_timeout = self.timeout
+        a.st_mode = st.st_mode
+        nlink = st.st_nlink
+        if node.kind == DIR and node.lowers:
+            nlink = 1       # merged directory: like overlayfs, do not count subdirs
+        a.st_nlink = nlink
+        a.st_uid = st.st_uid
+        a.st_gid = st.st_gid
+        a.st_rdev = st.st_rdev
+        a.st_size = st.st_size
+        a.st_blksize = st.st_blksize
+        a.st_blocks = st.st_blocks
+        a.st_atime_ns = st.st_atime_ns
+        a.st_mtime_ns = st.st_mtime_ns
+        a.st_ctime_ns = st.st_ctime_ns
+        return a
+
+    def _stat_node(self, node: Node) -> os.stat_result:
+        fd = node.fd
+        if fd is not None and (node.fd_upper or not node.upper):
+            try:
+                return os.fstat(fd)
+            except OSError:
+                pass
+        if node.unlinked:
+            raise _err(errno.ENOENT)
+        return os.lstat(self.real_path(node))
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self._attr_from_stat(node, self._stat_node(node))
+
+    # ------------------------------------------------------------------ copy-up
+
+    def _copy_xattrs(self, src: bytes, dst: bytes, dst_fd: Optional[int] = None) -> None:
+        try:
+            names = os.listxattr(src, follow_symlinks=False)
+        except OSError:
+            return
+        for n in names:
+            nb = os.fsencode(n)
+            if nb.startswith(self.xprefix):
+                continue
+            try:
+                v = os.getxattr(src, n, follow_symlinks=False)
+                if dst_fd is not None:
+                    os.setxattr(dst_fd, n, v)
+                else:
+                    os.setxattr(dst, n, v, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+
+    def copy_up(self, node: Node, data: bool = True) -> None:
+        """Copy ``node`` (and its parents first) up. Caller holds self.lock."""
+        if node.upper:
+            return
+        if node.unlinked:
+            raise _err(errno.ENOENT)
+        parent = self.nodes[node.parent]
+        self.copy_up(parent)
+        src = node.lowers[0][1]
+        st = os.lstat(src)
+        dst = self.upper_path(node.path)
+        tmp = self._tmpname()
+        kind = S_IFMT(st.st_mode)
+        try:
+            if kind == DIR:
+                os.mkdir(tmp, 0o700)
+                self._copy_xattrs(src, tmp)
+                os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, stat.S_IMODE(st.st_mode))
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            elif kind == REG:
+                fin = os.open(src, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
+                try:
+                    fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        if data:
+                            self._copy_data(fin, fout, st.st_size)
+                        self._copy_xattrs(src, tmp, fout)
+                        os.fchown(fout, st.st_uid, st.st_gid)
+                        os.fchmod(fout, stat.S_IMODE(st.st_mode))
+                        os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    finally:
+                        os.close(fout)
+                finally:
+                    os.close(fin)
+            elif kind == LNK:
+                os.symlink(os.readlink(src), tmp)
+                self._copy_xattrs(src, tmp)
+                os.chown(tmp, st.st_uid, st.st_gid, follow_symlinks=False)
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            else:
+                os.mknod(tmp, st.st_mode, st.st_rdev)
+                self._copy_xattrs(src, tmp)
+                os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, stat.S_IMODE(st.st_mode))
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.rename(tmp, dst)
+        except BaseException:
+            try:
+                if os.path.isdir(tmp) and not os.path.islink(tmp):
+                    os.rmdir(tmp)
+                else:
+                    os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        with node.lock:
+            node.upper = True
+            if node.fd is not None and not node.fd_upper:
+                node.old_fds.append(node.fd)
+                node.fd = None
+        if kind != DIR:
+            self._invalidate(node.ino)
+
+    @staticmethod
+    def _copy_data(fin: int, fout: int, size: int) -> None:
+        off = 0
+        while off < size:
+            try:
+                n = os.copy_file_range(fin, fout, min(_COPY_CHUNK * 16, size - off), off, off)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                n = None
+            if n is None:
+                buf = os.pread(fin, _COPY_CHUNK, off)
+                n = len(buf)
+                if n:
+                    os.pwrite(fout, buf, off)
+            if not n:
+                break
+            off += n
+
+    def _invalidate(self, ino: int) -> None:
+        """Drop the kernel's cached attributes and pages of ``ino`` (asynchronously: the
+        notification must not be sent from the request it is about)."""
+        nursery, token = self.nursery, self._trio_token
+        if nursery is None or token is None:
+            return
+
+        def start():
+            nursery.start_soon(self._invalidate_task, ino)
+        try:
+            trio.from_thread.run_sync(start, trio_token=token)
+        except Exception:
+            pass
+
+    _trio_token = None
+
+    async def _invalidate_task(self, ino: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ real fds
+
+    def _get_fd(self, node: Node) -> int:
+        with node.lock:
+            if node.fd is not None and (node.fd_upper or not node.upper):
+                return node.fd
+            if node.fd is not None:
+                node.old_fds.append(node.fd)
+                node.fd = None
+            path = self.real_path(node)
+            if node.upper:
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+                except OSError as e:
+                    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
+                        raise
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            else:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+                except PermissionError:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            node.fd = fd
+            node.fd_upper = node.upper
+            return fd
+
+    def _close_fds(self, node: Node) -> None:
+        with node.lock:
+            fds = node.old_fds + ([node.fd] if node.fd is not None else [])
+            node.old_fds = []
+            node.fd = None
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ namespace bookkeeping
+
+    def _drop_path(self, path: bytes) -> None:
+        """Forget ``path`` (and everything below it) in the path table."""
+        ino = self.by_path.pop(path, None)
+        if ino is not None:
+            node = self.nodes.get(ino)
+            if node is not None:
+                node.aliases.discard(path)
+                if node.path == path:
+                    if node.aliases:
+                        node.path = next(iter(node.aliases))
+                    else:
+                        node.unlinked = True
+        prefix = path + b"/"
+        for p in [p for p in self.by_path if p.startswith(prefix)]:
+            ino = self.by_path.pop(p)
+            node = self.nodes.get(ino)
+            if node is not None:
+                node.aliases.discard(p)
+                if not node.aliases:
+                    node.unlinked = True
+                elif node.path == p:
+                    node.path = next(iter(node.aliases))
+        for ino in [i for i, n in self.nodes.items() if n.unlinked and n.nlookup <= 0 and n.opens <= 0]:
+            self._delete_node(ino)
+
+    def _delete_node(self, ino: int) -> None:
+        node = self.nodes.pop(ino, None)
+        if node is None:
+            return
+        for k in [k for k, v in self.by_upper_ino.items() if v == ino]:
+            del self.by_upper_ino[k]
+        self._close_fds(node)
+
+    def _move_path(self, old: bytes, new: bytes, node: Node, new_parent: Node) -> None:
+        self.by_path.pop(old, None)
+        node.aliases.discard(old)
+        node.aliases.add(new)
+        node.path = new
+        node.parent = new_parent.ino
+        self.by_path[new] = node.ino
+        if node.kind == DIR:
+            prefix = old + b"/"
+            for p in [p for p in self.by_path if p.startswith(prefix)]:
+                ino = self.by_path.pop(p)
+                np_ = new + p[len(old):]
+                self.by_path[np_] = ino
+                n = self.nodes[ino]
+                n.aliases.discard(p)
+                n.aliases.add(np_)
+                if n.path == p:
+                    n.path = np_
+
+    # ------------------------------------------------------------------ directories
+
+    def merged_names(self, node: Node) -> list[bytes]:
+        """Names visible in directory ``node``: upper first, then lowers, no whiteouts."""
+        seen: set[bytes] = set()
+        out: list[bytes] = []
+        srcs = []
+        if node.upper:
+            srcs.append(self.upper_path(node.path))
+        srcs.extend(p for _, p in node.lowers)
+        for src in srcs:
+            try:
+                it = os.scandir(src)
+            except FileNotFoundError:
+                continue
+            with it:
+                for e in it:
+                    n = e.name
+                    if n in seen:
+                        continue
+                    seen.add(n)
+                    if e.is_dir(follow_symlinks=False) or e.is_symlink():
+                        out.append(n)
+                        continue
+                    if e.is_file(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        if st.st_size == 0 and self._getx(e.path, self.x_whiteout) is not None:
+                            continue
+                        out.append(n)
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                        continue
+                    out.append(n)
+        return out
+
+    def _clear_whiteouts(self, updir: bytes) -> None:
+        """Remove the whiteouts of an upper dir that is empty in the merged view."""
+        for e in os.scandir(updir):
+            st = e.stat(follow_symlinks=False)
+            if self.is_whiteout(e.path, st):
+                os.unlink(e.path)
+            else:
+                raise _err(errno.ENOTEMPTY)
+
+    def _make_whiteout(self, path: bytes) -> None:
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+    # ------------------------------------------------------------------ ownership of new objects
+
+    def _owner(self, parent: Node, ctx, mode: int, is_dir: bool) -> tuple[int, int, int]:
+        pst = os.lstat(self.real_path(parent))
+        uid = ctx.uid
+        gid = ctx.gid
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        return uid, gid, mode
+
+    def _prepare_create(self, parent: Node, name: bytes) -> tuple[bytes, bool]:
+        """Copy the parent up; return (upper path, a whiteout is in the way)."""
+        if parent.kind != DIR:
+            raise _err(errno.ENOTDIR)
+        if parent.unlinked:
+            raise _err(errno.ENOENT)
+        if self._lookup_locked(parent, name) is not None:
+            raise _err(errno.EEXIST)
+        self.copy_up(parent)
+        up = self.upper_path(_join(parent.path, name))
+        st = self._lstat(up)
+        wh = False
+        if st is not None:
+            if not self.is_whiteout(up, st):
+                raise _err(errno.EEXIST)
+            wh = True
+        return up, wh
+
+    # ================================================================== pyfuse3 operations
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        return await self._run(self._lookup_op, parent_inode, name)
+
+    def _lookup_op(self, parent_inode, name):
+        with self.lock:
+            parent = self._node(parent_inode)
+            node = self._lookup_locked(parent, name)
+            if node is None:
+                raise _err(errno.ENOENT)
+            attr = self._attr(node)
+            if name not in (b".", b".."):
+                node.nlookup += 1
+            return attr
+
+    async def forget(self, inode_list):
+        await self._run(self._forget_op, inode_list)
+
+    def _forget_op(self, inode_list):
+        with self.lock:
+            for ino, n in inode_list:
+                node = self.nodes.get(ino)
+                if node is None or ino == pyfuse3.ROOT_INODE:
+                    continue
+                node.nlookup -= n
+                if node.nlookup <= 0 and node.unlinked and node.opens <= 0:
+                    self._delete_node(ino)
+
+    async def getattr(self, inode, ctx=None):
+        return await self._run(self._getattr_op, inode)
+
+    def _getattr_op(self, inode):
+        return self._attr(self._node(inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        return await self._run(self._setattr_op, inode, attr, fields, fh)
+
+    def _setattr_op(self, inode, attr, fields, fh):
+        with self.lock:
+            node = self._node(inode)
+            changing = (fields.update_mode or fields.update_uid or fields.update_gid
+                        or fields.update_size or fields.update_atime or fields.update_mtime)
+            if changing and not node.upper:
+                self.copy_up(node, data=not (fields.update_size and attr.st_size == 0))
+            use_fd = None
+            if node.kind == REG and (node.unlinked or fh is not None):
+                use_fd = self._get_fd(node)
+            path = self.real_path(node) if not node.unlinked else None
+            tgt = use_fd if use_fd is not None else path
+            nofollow = node.kind == LNK
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                if use_fd is not None:
+                    os.fchown(use_fd, uid, gid)
+                else:
+                    os.chown(path, uid, gid, follow_symlinks=not nofollow)
+            if fields.update_mode:
+                if node.kind == LNK:
+                    raise _err(errno.EOPNOTSUPP)
+                if use_fd is not None:
+                    os.fchmod(use_fd, stat.S_IMODE(attr.st_mode))
+                else:
+                    os.chmod(path, stat.S_IMODE(attr.st_mode))
+            if fields.update_size:
+                if node.kind == DIR:
+                    raise _err(errno.EISDIR)
+                if use_fd is not None:
+                    os.ftruncate(use_fd, attr.st_size)
+                else:
+                    os.truncate(path, attr.st_size)
+            if fields.update_atime or fields.update_mtime:
+                st = self._stat_node(node)
+                at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+                mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+                if use_fd is not None:
+                    os.utime(use_fd, ns=(at, mt))
+                else:
+                    os.utime(tgt, ns=(at, mt), follow_symlinks=not nofollow)
+            return self._attr(node)
+
+    async def readlink(self, inode, ctx):
+        return await self._run(self._readlink_op, inode)
+
+    def _readlink_op(self, inode):
+        node = self._node(inode)
+        if node.kind != LNK:
+            raise _err(errno.EINVAL)
+        return os.readlink(self.real_path(node))
+
+    # ---- creation
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return await self._run(self._mknod_op, parent_inode, name, mode, rdev, ctx)
+
+    def _mknod_op(self, parent_inode, name, mode, rdev, ctx):
+        with self.lock:
+            parent = self._node(parent_inode)
+            up, wh = self._prepare_create(parent, name)
+            uid, gid, mode = self._owner(parent, ctx, mode, False)
+            tgt = self._tmpname() if wh else up
+            os.mknod(tgt, mode, rdev)
+            try:
+                os.chown(tgt, uid, gid)
+                os.chmod(tgt, stat.S_IMODE(mode))
+                if wh:
+                    os.rename(tgt, up)
+            except BaseException:
+                os.unlink(tgt)
+                raise
+            node = self._new_upper_node(parent, name, S_IFMT(mode))
+            node.nlookup += 1
+            return self._attr(node)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return await self._run(self._mkdir_op, parent_inode, name, mode, ctx)
+
+    def _mkdir_op(self, parent_inode, name, mode, ctx):
+        with self.lock:
+            parent = self._node(parent_inode)
+            up, wh = self._prepare_create(parent, name)
+            uid, gid, mode = self._owner(parent, ctx, mode, True)
+            tgt = self._tmpname() if wh else up
+            os.mkdir(tgt, 0o700)
+            try:
+                os.chown(tgt, uid, gid)
+                os.chmod(tgt, stat.S_IMODE(mode))
+                if wh:
+                    # over a whiteout: the new dir must not merge the lower dir it hides
+                    os.setxattr(tgt, self.x_opaque, b"y")
+                    os.unlink(up)
+                    os.rename(tgt, up)
+            except BaseException:
+                os.rmdir(tgt)
+                raise
+            node = self._new_upper_node(parent, name, DIR)
+            node.nlookup += 1
+            return self._attr(node)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        return await self._run(self._symlink_op, parent_inode, name, target, ctx)
+
+    def _symlink_op(self, parent_inode, name, target, ctx):
+        with self.lock:
+            parent = self._node(parent_inode)
+            up, wh = self._prepare_create(parent, name)
+            uid, gid, _ = self._owner(parent, ctx, 0o777, False)
+            tgt = self._tmpname() if wh else up
+            os.symlink(target, tgt)
+            try:
+                os.chown(tgt, uid, gid, follow_symlinks=False)
+                if wh:
+                    os.rename(tgt, up)
+            except BaseException:
+                os.unlink(tgt)
+                raise
+            node = self._new_upper_node(parent, name, LNK)
+            node.nlookup += 1
+            return self._attr(node)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        return await self._run(self._create_op, parent_inode, name, mode, flags, ctx)
+
+    def _create_op(self, parent_inode, name, mode, flags, ctx):
+        if flags & os.O_DIRECT:
+            raise _err(errno.EINVAL)
+        with self.lock:
+            parent = self._node(parent_inode)
+            up, wh = self._prepare_create(parent, name)
+            uid, gid, mode = self._owner(parent, ctx, mode, False)
+            tgt = self._tmpname() if wh else up
+            fd = os.open(tgt, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, stat.S_IMODE(mode))
+                if wh:
+                    os.rename(tgt, up)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tgt)
+                raise
+            node = self._new_upper_node(parent, name, REG)
+            node.fd = fd
+            node.fd_upper = True
+            node.nlookup += 1
+            node.opens += 1
+            fh = next(self.fh_counter)
+            self.handles[fh] = Handle(node, flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return await self._run(self._link_op, inode, new_parent_inode, new_name)
+
+    def _link_op(self, inode, new_parent_inode, new_name):
+        with self.lock:
+            node = self._node(inode)
+            if node.kind == DIR:
+                raise _err(errno.EPERM)
+            parent = self._node(new_parent_inode)
+            up, wh = self._prepare_create(parent, new_name)
+            self.copy_up(node)
+            src = self.upper_path(node.path)
+            tgt = self._tmpname() if wh else up
+            os.link(src, tgt, follow_symlinks=False)
+            if wh:
+                os.rename(tgt, up)
+            path = _join(parent.path, new_name)
+            node.aliases.add(path)
+            self.by_path[path] = node.ino
+            st = os.lstat(up)
+            self.by_upper_ino[(st.st_dev, st.st_ino)] = node.ino
+            node.nlookup += 1
+            return self._attr(node)
+
+    # ---- removal
+
+    async def unlink(self, parent_inode, name, ctx):
+        await self._run(self._unlink_op, parent_inode, name)
+
+    def _unlink_op(self, parent_inode, name):
+        with self.lock:
+            parent = self._node(parent_inode)
+            node = self._lookup_locked(parent, name)
+            if node is None:
+                raise _err(errno.ENOENT)
+            if node.kind == DIR:
+                raise _err(errno.EISDIR)
+            self.copy_up(parent)
+            path = _join(parent.path, name)
+            up = self.upper_path(path)
+            need_wh = self._lower_positive(parent, name)
+            upper_here = self._lstat(up) is not None
+            if upper_here:
+                if need_wh:
+                    tmp = self._tmpname()
+                    self._make_whiteout(tmp)
+                    os.rename(tmp, up)
+                else:
+                    os.unlink(up)
+            else:
+                self._make_whiteout(up)
+            self._drop_path(path)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        await self._run(self._rmdir_op, parent_inode, name)
+
+    def _rmdir_op(self, parent_inode, name):
+        with self.lock:
+            parent = self._node(parent_inode)
+            node = self._lookup_locked(parent, name)
+            if node is None:
+                raise _err(errno.ENOENT)
+            if node.kind != DIR:
+                raise _err(errno.ENOTDIR)
+            if self.merged_names(node):
+                raise _err(errno.ENOTEMPTY)
+            self.copy_up(parent)
+            path = _join(parent.path, name)
+            up = self.upper_path(path)
+            need_wh = self._lower_positive(parent, name)
+            if node.upper:
+                self._clear_whiteouts(up)
+                os.rmdir(up)
+            if need_wh:
+                self._make_whiteout(up)
+            self._drop_path(path)
+
+    # ---- rename
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self._run(self._rename_op, parent_inode_old, name_old, parent_inode_new,
+                        name_new, flags)
+
+    def _rename_op(self, pold, nold, pnew, nnew, flags):
+        if flags & ~RENAME_NOREPLACE:
+            raise _err(errno.EINVAL)     # RENAME_EXCHANGE / RENAME_WHITEOUT not supported
+        with self.lock:
+            op = self._node(pold)
+            np_ = self._node(pnew)
+            src = self._lookup_locked(op, nold)
+            if src is None:
+                raise _err(errno.ENOENT)
+            dst = self._lookup_locked(np_, nnew)
+            if dst is not None and flags & RENAME_NOREPLACE:
+                raise _err(errno.EEXIST)
+            old_path = _join(op.path, nold)
+            new_path = _join(np_.path, nnew)
+            if dst is src:
+                return
+            if src.kind == DIR:
+                if new_path.startswith(old_path + b"/"):
+                    raise _err(errno.EINVAL)
+                if dst is not None and dst.kind != DIR:
+                    raise _err(errno.ENOTDIR)
+            elif dst is not None and dst.kind == DIR:
+                raise _err(errno.EISDIR)
+            if dst is not None and dst.kind == DIR and self.merged_names(dst):
+                raise _err(errno.ENOTEMPTY)
+            if src.kind == DIR and src.lowers and not self.cfg.redirect_dir:
+                raise _err(errno.EXDEV)
+            self.copy_up(op)
+            self.copy_up(np_)
+            src_redirect = None
+            if src.kind == DIR and src.lowers:
+                up_src_before = self.upper_path(old_path)
+                src_redirect = (self._getx(up_src_before, self.x_redirect)
+                                if src.upper else None)
+                if not src_redirect or not src_redirect.startswith(b"/"):
+                    li, lp = src.lowers[0]
+                    rel = os.path.relpath(lp, self.lower_roots[li])
+                    src_redirect = b"/" + (b"" if rel == b"." else rel)
+            self.copy_up(src)
+            up_src = self.upper_path(old_path)
+            up_dst = self.upper_path(new_path)
+            src_wh = self._lower_positive(op, nold)
+            dst_lower = self._lower_positive(np_, nnew)
+            dst_st = self._lstat(up_dst)
+            if dst_st is not None:
+                if S_IFMT(dst_st.st_mode) == DIR:
+                    self._clear_whiteouts(up_dst)
+                elif self.is_whiteout(up_dst, dst_st) and src.kind == DIR:
+                    os.unlink(up_dst)
+            if src.kind == DIR:
+                if src_redirect is not None:
+                    os.setxattr(up_src, self.x_redirect, src_redirect)
+                elif dst_lower or (dst_st is not None and self.is_whiteout(up_dst, dst_st)):
+                    os.setxattr(up_src, self.x_opaque, b"y")
+            if src_wh:
+                # leave a whiteout behind atomically where the kernel would
+                tmp = self._tmpname()
+                self._make_whiteout(tmp)
+                try:
+                    os.rename(up_src, up_dst)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+                os.rename(tmp, up_src)
+            else:
+                os.rename(up_src, up_dst)
+            if dst is not None:
+                self._drop_path(new_path)
+            self._move_path(old_path, new_path, src, np_)
+
+    # ---- files
+
+    async def open(self, inode, flags, ctx):
+        return await self._run(self._open_op, inode, flags)
+
+    def _open_op(self, inode, flags):
+        if flags & os.O_DIRECT:
+            raise _err(errno.EINVAL)
+        acc = flags & os.O_ACCMODE
+        node = self._node(inode)
+        if node.kind == DIR:
+            raise _err(errno.EISDIR)
+        if acc != os.O_RDONLY or flags & os.O_TRUNC:
+            with self.lock:
+                node = self._node(inode)
+                if not node.upper:
+                    self.copy_up(node, data=not (flags & os.O_TRUNC))
+                if flags & os.O_TRUNC:
+                    os.ftruncate(self._get_fd(node), 0)
+        self._get_fd(node)
+        with self.lock:
+            node.opens += 1
+            fh = next(self.fh_counter)
+            self.handles[fh] = Handle(node, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh, off, size):
+        return await self._run(self._read_op, fh, off, size)
+
+    def _read_op(self, fh, off, size):
+        h = self.handles[fh]
+        return os.pread(self._get_fd(h.node), size, off)
+
+    async def write(self, fh, off, buf):
+        return await self._run(self._write_op, fh, off, buf)
+
+    def _write_op(self, fh, off, buf):
+        h = self.handles[fh]
+        node = h.node
+        if not node.upper:        # e.g. a writeback from a mapping: copy up first
+            with self.lock:
+                self.copy_up(node)
+        return os.pwrite(self._get_fd(node), buf, off)
+
+    async def flush(self, fh):
+        pass
+
+    async def release(self, fh):
+        await self._run(self._release_op, fh)
+
+    def _release_op(self, fh):
+        with self.lock:
+            h = self.handles.pop(fh, None)
+            if h is None:
+                return
+            node = h.node
+            node.opens -= 1
+            if node.opens <= 0:
+                self._close_fds(node)
+                if node.unlinked and node.nlookup <= 0:
+                    self._delete_node(node.ino)
+
+    async def fsync(self, fh, datasync):
+        await self._run(self._fsync_op, fh, datasync)
+
+    def _fsync_op(self, fh, datasync):
+        fd = self._get_fd(self.handles[fh].node)
+        (os.fdatasync if datasync else os.fsync)(fd)
+
+    # ---- directories
+
+    async def opendir(self, inode, ctx):
+        return await self._run(self._opendir_op, inode)
+
+    def _opendir_op(self, inode):
+        with self.lock:
+            node = self._node(inode)
+            if node.kind != DIR:
+                raise _err(errno.ENOTDIR)
+            names = [b".", b".."] + self.merged_names(node)
+            fh = next(self.fh_counter)
+            self.dirhandles[fh] = DirHandle(node, names)
+            return fh
+
+    async def readdir(self, fh, start_id, token):
+        dh = self.dirhandles[fh]
+        pos = start_id
+        while pos < len(dh.entries):
+            batch = await self._run(self._readdir_batch, dh, pos, 128)
+            for idx, name, attr in batch:
+                if not pyfuse3.readdir_reply(token, name, attr, idx + 1):
+                    if name not in (b".", b".."):
+                        await self._run(self._unref, attr.st_ino)
+                    # undo the references of the entries not sent
+                    rest = [a.st_ino for i, n, a in batch if i > idx and n not in (b".", b"..")]
+                    if rest:
+                        await self._run(self._unref_many, rest)
+                    return
+            if not batch:
+                return
+            pos = batch[-1][0] + 1
+
+    def _readdir_batch(self, dh: DirHandle, pos: int, count: int):
+        out = []
+        with self.lock:
+            node = dh.node
+            end = min(len(dh.entries), pos + count)
+            for idx in range(pos, end):
+                name = dh.entries[idx]
+                try:
+                    child = self._lookup_locked(node, name)
+                    if child is None:
+                        continue
+                    attr = self._attr(child)
+                except (OSError, pyfuse3.FUSEError):
+                    continue
+                if name not in (b".", b".."):
+                    child.nlookup += 1
+                out.append((idx, name, attr))
+        if not out and end < len(dh.entries):
+            return self._readdir_batch(dh, end, count)
+        return out
+
+    def _unref(self, ino):
+        self._unref_many([ino])
+
+    def _unref_many(self, inos):
+        with self.lock:
+            for ino in inos:
+                n = self.nodes.get(ino)
+                if n is not None:
+                    n.nlookup -= 1
+
+    async def releasedir(self, fh):
+        self.dirhandles.pop(fh, None)
+
+    async def fsyncdir(self, fh, datasync):
+        await self._run(self._fsyncdir_op, fh)
+
+    def _fsyncdir_op(self, fh):
+        node = self.dirhandles[fh].node
+        if node.upper:
+            fd = os.open(self.upper_path(node.path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    async def statfs(self, ctx):
+        return await self._run(self._statfs_op)
+
+    def _statfs_op(self):
+        sv = os.statvfs(self.upper_root)
+        d = pyfuse3.StatvfsData()
+        for a in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                  "f_ffree", "f_favail", "f_namemax"):
+            setattr(d, a, getattr(sv, a))
+        return d
+
+    async def access(self, inode, mode, ctx):
+        return True
+
+    # ---- xattrs
+
+    async def getxattr(self, inode, name, ctx):
+        return await self._run(self._getxattr_op, inode, name)
+
+    def _getxattr_op(self, inode, name):
+        if self._is_private(name):
+            raise _err(errno.EOPNOTSUPP)
+        node = self._node(inode)
+        try:
+            if node.unlinked and node.fd is not None:
+                return os.getxattr(node.fd, name)
+            return os.getxattr(self.real_path(node), name, follow_symlinks=False)
+        except OSError as e:
+            raise _err(e.errno or errno.ENODATA) from None
+
+    async def listxattr(self, inode, ctx):
+        return await self._run(self._listxattr_op, inode)
+
+    def _listxattr_op(self, inode):
+        node = self._node(inode)
+        names = os.listxattr(self.real_path(node), follow_symlinks=False)
+        return [os.fsencode(n) for n in names if not self._is_private(os.fsencode(n))]
+
+    async def setxattr(self, inode, name, value, ctx):
+        await self._run(self._setxattr_op, inode, name, value)
+
+    def _setxattr_op(self, inode, name, value):
+        if self._is_private(name):
+            raise _err(errno.EOPNOTSUPP)
+        with self.lock:
+            node = self._node(inode)
+            self.copy_up(node)
+            os.setxattr(self.upper_path(node.path), name, value, follow_symlinks=False)
+
+    async def removexattr(self, inode, name, ctx):
+        await self._run(self._removexattr_op, inode, name)
+
+    def _removexattr_op(self, inode, name):
+        if self._is_private(name):
+            raise _err(errno.EOPNOTSUPP)
+        with self.lock:
+            node = self._node(inode)
+            if not node.upper:
+                # like overlayfs: removing an absent xattr fails without a copy-up
+                os.getxattr(self.real_path(node), name, follow_symlinks=False)
+                self.copy_up(node)
+            os.removexattr(self.upper_path(node.path), name, follow_symlinks=False)

@@ -1,0 +1,98 @@
+"""mount(8) helper: ``mount -t fuse.kproto-ovl kproto-ovl MNT -o lowerdir=..,upperdir=..,workdir=..``.
+
+mount(8) runs ``/sbin/mount.fuse.kproto-ovl SOURCE MOUNTPOINT [-n] [-s] [-f] [-v] -o OPTIONS``.
+The shell script ``overlay_ref/mount.fuse.kproto-ovl`` finds a Python that can import
+overlay_ref and runs this module with the same arguments.  It daemonises once the mount is
+ready (``allow_other`` is on by default for root)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from .config import OverlayConfig, parse_option_string
+from .errors import BadInput, OverlayRefError
+
+HELPER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mount.fuse.kproto-ovl")
+
+
+def parse_args(argv: list[str]) -> tuple[str, str, dict, bool]:
+    pos: list[str] = []
+    opts: dict = {}
+    foreground = False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-o":
+            if i + 1 >= len(argv):
+                raise BadInput("-o needs an argument")
+            opts.update(parse_option_string(argv[i + 1]))
+            i += 2
+            continue
+        if a.startswith("-o") and len(a) > 2:
+            opts.update(parse_option_string(a[2:]))
+        elif a in ("-f", "--foreground"):
+            foreground = True
+        elif a in ("-n", "-s", "-v", "-i", "-r", "-w"):
+            if a == "-r":
+                opts["ro"] = True
+        elif a.startswith("-"):
+            raise BadInput(f"unknown argument {a}")
+        else:
+            pos.append(a)
+        i += 1
+    if len(pos) != 2:
+        raise BadInput("usage: mount.fuse.kproto-ovl SOURCE MOUNTPOINT -o lowerdir=L[:L2],"
+                       "upperdir=U,workdir=W[,redirect_dir,userxattr,...]")
+    return pos[0], pos[1], opts, foreground
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _source, mnt, opts, foreground = parse_args(argv)
+        try:
+            lower = opts.pop("lowerdir")
+            upper = opts.pop("upperdir")
+            work = opts.pop("workdir")
+        except KeyError as e:
+            raise BadInput(f"missing option {e.args[0]}=") from None
+        for k in ("lowerdir", "upperdir", "workdir"):
+            opts.pop(k, None)
+        cfg = OverlayConfig.build(str(lower), str(upper), str(work), mnt, opts)
+        cfg.validate()
+        from . import daemon
+        if foreground:
+            daemon.serve(cfg)
+        else:
+            daemon.spawn(cfg)
+    except OverlayRefError as e:
+        print(f"mount.fuse.kproto-ovl: {e}", file=sys.stderr)
+        # mount(8) convention: 1 = bad usage, 32 = mount failure
+        return 1 if e.exit_code == 2 else 32
+    return 0
+
+
+def render_helper(python: str) -> str:
+    """The helper script with ``python`` baked in as its interpreter."""
+    with open(HELPER_SCRIPT) as f:
+        text = f.read()
+    return text.replace('BAKED_PYTHON=""', f"BAKED_PYTHON={shlex.quote(python)}", 1)
+
+
+def install(dest: str, python: str | None = None) -> None:
+    """Write the helper to ``dest`` (mode 755) with this interpreter baked in."""
+    text = render_helper(python or sys.executable)
+    tmp = dest + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise OverlayRefError(f"cannot install {dest}: {e.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
