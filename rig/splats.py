@@ -91,18 +91,25 @@ _LEVEL_ONLY = re.compile(r"^<\d{1,3}>")
 _EMBEDDED_TS = re.compile(r"\[\s*\d+\.\d{6}\](?:\[\s*([TC]\d+)\])?\s?")
 
 
-def _logical_lines(text: str) -> list[tuple[int, str, str]]:
-    """(position, caller tag or "", text) per logical line, prefixes stripped, fragments mended."""
-    out: list[tuple[int, str, str]] = []
+def _logical_lines(text: str) -> list[tuple[int, str, str, bool]]:
+    """(position, caller tag or "", text, kernel) per logical line, prefixes stripped, fragments mended.
+
+    `kernel` is False for a line without a console prefix in a log whose other lines have one: that is
+    a continuation, or userspace output on the same serial console (a test printing "BUG: ..."), and
+    such a line may continue a report but never starts one."""
+    out: list[tuple[int, str, str, bool]] = []
     text = _ANSI.sub("", text.replace("\x00", ""))
     last_tag = ""
     pos = 0
     for raw in text.splitlines():
         line = raw.rstrip("\r").rstrip()
+        n0 = len(line)
         line = _SYSLOG.sub("", line, count=1)
         line = _DMESG_T.sub("", line, count=1)
+        prefixed = len(line) != n0
         m = _PREFIX.match(line)
         if m:
+            prefixed = True
             tag = m.group(1) or ""
             if tag:
                 last_tag = tag
@@ -126,8 +133,8 @@ def _logical_lines(text: str) -> list[tuple[int, str, str]]:
                 buf, cur_tag = "", etag
         buf += line[start:]
         pieces.append((cur_tag, buf))
-        for ptag, ptext in pieces:
-            out.append((pos, ptag, ptext.rstrip()))
+        for k, (ptag, ptext) in enumerate(pieces):
+            out.append((pos, ptag, ptext.rstrip(), prefixed or k > 0))
             pos += 1
         if pieces[-1][0]:
             last_tag = pieces[-1][0]
@@ -524,8 +531,11 @@ def _extent(lines: list[str], s: int, hard_end: int, kind: str) -> int:
         t = lines[j]
         if _END_MARK.match(t):
             return j + 1
-        if kind in ("kasan", "kfence", "ubsan") and _SEP.match(t):
-            return j + 1
+        if _SEP.match(t):
+            if kind in ("kasan", "kfence", "ubsan"):
+                return j + 1               # these reports are framed by ===== lines
+            if seen_frame:                 # hung task: closes the "Showing all locks held" dump;
+                return j + 1 if kind == "hung_task" else last + 1   # else: the next report's opening
         if not t.strip():
             continue
         if _REPORTISH.search(t):
@@ -624,9 +634,11 @@ def _title_of(st: _Start, m: re.Match, lines: list[str]) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------------------
 # 5. scanning
 
-def _scan_stream(lines: list[str], positions: list[int]) -> list[tuple[int, Splat]]:
+def _scan_stream(lines: list[str], positions: list[int], kernel: list[bool]) -> list[tuple[int, Splat]]:
     starts: list[tuple[int, _Start, re.Match]] = []
     for j, t in enumerate(lines):
+        if not kernel[j]:
+            continue
         hit = _match_start(t)
         if not hit:
             continue
@@ -655,14 +667,17 @@ def _scan_stream(lines: list[str], positions: list[int]) -> list[tuple[int, Spla
 
 def scan_text(text: str) -> list[Splat]:
     """Splats in a kernel console log, deduplicated by title (with counts), in order of first appearance."""
-    streams: dict[str, tuple[list[str], list[int]]] = {}
-    for pos, tag, t in _logical_lines(text):
-        ls, ps = streams.setdefault(tag, ([], []))
+    logical = _logical_lines(text)
+    prefixed_log = any(k for _, _, _, k in logical)   # no prefixes at all: plain dmesg, every line counts
+    streams: dict[str, tuple[list[str], list[int], list[bool]]] = {}
+    for pos, tag, t, k in logical:
+        ls, ps, ks = streams.setdefault(tag, ([], [], []))
         ls.append(t)
         ps.append(pos)
+        ks.append(k or not prefixed_log)
     found: list[tuple[int, Splat]] = []
-    for ls, ps in streams.values():
-        found.extend(_scan_stream(ls, ps))
+    for ls, ps, ks in streams.values():
+        found.extend(_scan_stream(ls, ps, ks))
     found.sort(key=lambda x: x[0])
     out: dict[str, Splat] = {}
     for _, sp in found:
