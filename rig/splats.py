@@ -203,8 +203,9 @@ _COMMON_SKIP = re.compile("|".join([
 _HUNG_SKIP = re.compile(r"sched|_slowlock|completion|^kthread|wait|^_*synchronize_|switch_to|^context_switch|"
                         r"^cancel_delayed_work|^_*flush_work|(?:^|_)down(?:_|$)|rwsem|_lock(?:_|$)|mutex|"
                         r"^freezer|^_*refrigerator|^do_nanosleep|^hrtimer_nanosleep")
-_STALL_SKIP = re.compile(r"rcu|apic_timer_interrupt|^_*sysvec_|^asm_sysvec|irq|hrtimer|^tick_|"
-                         r"^update_process_times|watchdog|softirq|^run_timer|^call_timer_fn|nmi|"
+_STALL_SKIP = re.compile(r"rcu|apic_timer_interrupt|^_*sysvec_|^asm_sysvec|(?:^|_)irq(?:_|$)|^_*do_IRQ|"
+                         r"^common_interrupt|hrtimer|^tick_|^update_process_times|watchdog|softirq|"
+                         r"^run_timer|^call_timer_fn|(?:^|_)nmi(?:_|$)|"
                          r"^arch_trigger|^trigger_|^cpu_stall|timer_interrupt|^(?:scheduler|sched)_tick|"
                          r"^_*cpuidle|^default_idle|^do_idle|^cpu_startup|^native_safe_halt|^pv_native")
 _FREE_SKIP = re.compile(r"^_*kfree|^_*kmem_cache_free|slab_free|^_*kvfree|^_*vfree|^free_|^_*free_pages|"
@@ -564,7 +565,7 @@ def _title_of(st: _Start, m: re.Match, lines: list[str]) -> tuple[str, str]:
         acc = re.search(r"\b(Read|Write) of size", "\n".join(lines[1:6]))
         if km:
             bug, fn = km.group(1), _fn(km.group(2))
-            if bug in ("double-free", "invalid-free", "double-free-or-invalid-free") or bug.endswith("free"):
+            if bug in ("double-free", "invalid-free", "double-free-or-invalid-free"):
                 bug = "double-free" if bug == "double-free" else "invalid-free"
                 return kind, _with(f"KASAN: {bug}", _pick([fn] + _call_trace(lines), _FREE_SKIP))
             label = f"KASAN: {bug}" + (f" {acc.group(1)}" if acc else "")
@@ -634,6 +635,17 @@ def _title_of(st: _Start, m: re.Match, lines: list[str]) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------------------
 # 5. scanning
 
+def _confirmed(lines: list[str], j: int, window: int = 25) -> bool:
+    """A generic "BUG: ..." line is a kernel report only if the kernel's CPU/stack lines follow it
+    (before any other report starts)."""
+    for x in lines[j + 1:j + 1 + window]:
+        if _CONFIRM.search(x):
+            return True
+        if _match_start(x):
+            return False
+    return False
+
+
 def _scan_stream(lines: list[str], positions: list[int], kernel: list[bool]) -> list[tuple[int, Splat]]:
     starts: list[tuple[int, _Start, re.Match]] = []
     for j, t in enumerate(lines):
@@ -643,7 +655,7 @@ def _scan_stream(lines: list[str], positions: list[int], kernel: list[bool]) -> 
         if not hit:
             continue
         st, m = hit
-        if st.confirm and not any(_CONFIRM.search(x) for x in lines[j + 1:j + 40]):
+        if st.confirm and not _confirmed(lines, j):
             continue
         if starts and st.kind != "panic":
             pj, pst, _ = starts[-1]
