@@ -1,0 +1,116 @@
+"""Helpers of the reference overlay tests: layer trees from specs, checksums of trees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+WHITEOUT = ("whiteout",)          # char device 0/0
+XWHITEOUT = ("xwhiteout",)        # zero-size file with overlay.whiteout xattr
+
+
+def symlink(target):
+    return ("symlink", target)
+
+
+def opaque(children):
+    return ("opaque", children)
+
+
+def fuse_ok() -> bool:
+    return os.path.exists("/dev/fuse") and os.geteuid() == 0 and shutil.which("fusermount3")
+
+
+requires_fuse = pytest.mark.skipif(not fuse_ok(), reason="needs root, /dev/fuse, fusermount3")
+
+
+def populate(root: Path, spec: dict, prefix: str = "trusted.overlay.") -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, v in spec.items():
+        p = root / name
+        if isinstance(v, (str, bytes)):
+            p.write_bytes(v.encode() if isinstance(v, str) else v)
+        elif isinstance(v, dict):
+            populate(p, v, prefix)
+        elif v == WHITEOUT:
+            os.mknod(p, stat.S_IFCHR, os.makedev(0, 0))
+        elif v == XWHITEOUT:
+            p.write_bytes(b"")
+            os.setxattr(p, prefix + "whiteout", b"y")
+        elif v[0] == "symlink":
+            os.symlink(v[1], p)
+        elif v[0] == "opaque":
+            populate(p, v[1], prefix)
+            os.setxattr(p, prefix + "opaque", b"y")
+        elif v[0] == "fifo":
+            os.mkfifo(p)
+        else:
+            raise ValueError(v)
+
+
+def tree_digest(root: Path) -> str:
+    """Checksum of everything in a tree except access times."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [""] + sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            h.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0"
+                     f"{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_rdev}\0{st.st_nlink}\0".encode())
+            for x in sorted(os.listxattr(p, follow_symlinks=False)):
+                h.update(x.encode() + b"=" + os.getxattr(p, x, follow_symlinks=False))
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(p).encode())
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+ALL_LOWERS: list[tuple[Path, str]] = []
+
+
+class Layers:
+    def __init__(self, base: Path, lowers: list[dict], upper: dict | None = None,
+                 prefix: str = "trusted.overlay."):
+        self.base = base
+        self.lowers = []
+        for i, spec in enumerate(lowers):
+            d = base / f"lower{i}"
+            populate(d, spec, prefix)
+            self.lowers.append(d)
+        self.upper = base / "upper"
+        populate(self.upper, upper or {}, prefix)
+        self.work = base / "work"
+        self.work.mkdir()
+        self.mnt = base / "mnt"
+        self.mnt.mkdir()
+        self.rehash()
+
+    def rehash(self) -> None:
+        """Record the lower layers' checksums (after a test changed them on purpose)."""
+        self.digests = {d: tree_digest(d) for d in self.lowers}
+        ALL_LOWERS.extend(self.digests.items())
+
+    def check_lowers(self) -> None:
+        for d, dig in self.digests.items():
+            assert tree_digest(d) == dig, f"lower layer {d} was modified"
+
+    @property
+    def lowerdir(self) -> str:
+        return ":".join(str(d) for d in self.lowers)
+
+
