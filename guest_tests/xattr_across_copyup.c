@@ -29,7 +29,6 @@ int main(int argc, char **argv)
 	get("get_user_foo_after_remove", "user.foo", -1);
 	obs_xattr_list("list_after_remove", P("foo"), -1);
 	obs_rc("set_create_existing", setxattr(P("foo"), "user.new", "2", 1, XATTR_CREATE));
-	obs_rc("set_trusted_overlay", setxattr(P("foo"), "trusted.overlay.kproto", "x", 1, 0));
 	obs_fd("ro_fd_data", rofd);
 	return 0;
 }

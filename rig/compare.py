@@ -1,0 +1,353 @@
+"""Compare guest-test results between targets, observation by observation.
+
+Inputs are harness result dicts (rig/guest/harness.py) keyed by test name. What is compared:
+- every observation key the program printed (a key missing on one side is a difference);
+- exit_code and signal;
+- lower_modified (a target must never write to a lower layer);
+- the comparable part of the upper layer (key "upper:<path>"): per path the entry type, mode, uid, gid,
+  size (regular files), symlink target, whiteout (mode of a whiteout ignored), and for directories that
+  also exist in a lower layer whether they are opaque. NOT compared: trusted.overlay.origin / impure /
+  nlink / uuid / metacopy / index, redirect values (absolute vs relative is an implementation choice)
+  and directory sizes: a correct overlay may differ there (the kernel records origin on copy-up, the
+  reference need not).
+Statuses (DESIGN.md §4): match / fixed / regressed / diverges / error, "known" qualifying a divergence
+fully explained by guest_tests/known_divergences.toml.
+"""
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from . import paths
+from .errors import BadInput
+
+STATUSES = ("match", "fixed", "regressed", "diverges", "error")
+OBS_FIELDS = ("observations", "exit_code", "signal", "upper", "status", "error")
+ABSENT = None
+
+
+# ---------------------------------------------------------------- known divergences
+
+@dataclass
+class KnownEntry:
+    tests: list[str]
+    keys: list[str]
+    doc: str
+    note: str = ""
+
+    def covers(self, test: str, key: str) -> bool:
+        return (any(fnmatch.fnmatchcase(test, t) for t in self.tests)
+                and any(fnmatch.fnmatchcase(key, k) for k in self.keys))
+
+
+@dataclass
+class Known:
+    entries: list[KnownEntry] = field(default_factory=list)
+
+    def explain(self, test: str, keys: list[str]) -> str | None:
+        """The doc reference(s) when every key is a known divergence of TEST, else None."""
+        if not keys:
+            return None
+        docs: list[str] = []
+        for k in keys:
+            hit = next((e for e in self.entries if e.covers(test, k)), None)
+            if hit is None:
+                return None
+            if hit.doc not in docs:
+                docs.append(hit.doc)
+        return "; ".join(docs)
+
+
+def load_known(path: Path | str | None = None) -> Known:
+    path = Path(path) if path else paths.GUEST_TESTS / "known_divergences.toml"
+    if not path.exists():
+        return Known()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BadInput(f"{path}: {e}") from None
+    entries = []
+    for i, d in enumerate(raw.get("divergence", [])):
+        tests, keys, doc = d.get("tests"), d.get("keys"), d.get("doc")
+        if not (isinstance(tests, list) and tests and isinstance(keys, list) and keys and isinstance(doc, str)):
+            raise BadInput(f"{path}: divergence {i + 1} needs tests (list), keys (list) and doc")
+        entries.append(KnownEntry(tests=[str(t) for t in tests], keys=[str(k) for k in keys], doc=doc,
+                                  note=str(d.get("note", ""))))
+    return Known(entries)
+
+
+# ---------------------------------------------------------------- verdicts
+
+@dataclass
+class ObsDiff:
+    key: str
+    reference: str | None
+    baseline: str | None
+    patched: str | None
+
+    def as_json(self) -> dict:
+        return {"key": self.key, "reference": self.reference, "baseline": self.baseline, "patched": self.patched}
+
+
+def _obs(res: dict) -> dict:
+    return {k: res.get(k) for k in OBS_FIELDS} if res else {}
+
+
+@dataclass
+class TestVerdict:
+    __test__ = False  # not a pytest class
+
+    name: str
+    status: str
+    known: str | None = None
+    diffs: list[ObsDiff] = field(default_factory=list)
+    reference: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
+    patched: dict = field(default_factory=dict)
+    reason: str | None = None        # for status error: what went wrong
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "known": self.known,
+                "diffs": [d.as_json() for d in self.diffs], "reference": _obs(self.reference),
+                "baseline": _obs(self.baseline), "patched": _obs(self.patched), "reason": self.reason}
+
+    def as_target_json(self) -> dict:
+        """For `kproto run-tests --json`: the compared target is `target` (no baseline)."""
+        return {"name": self.name, "status": self.status, "known": self.known,
+                "diffs": [{"key": d.key, "reference": d.reference, "target": d.patched} for d in self.diffs],
+                "reference": _obs(self.reference), "target": _obs(self.patched), "reason": self.reason}
+
+
+def _fmt_upper(ent: dict | None) -> str | None:
+    if ent is None:
+        return ABSENT
+    if ent.get("whiteout"):
+        return "whiteout"
+    parts = [str(ent.get("type")), str(ent.get("mode")), f"{ent.get('uid')}:{ent.get('gid')}"]
+    if ent.get("type") == "file":
+        parts.append(f"size={ent.get('size')}")
+    if ent.get("type") == "symlink":
+        parts.append(f"-> {ent.get('target')}")
+    if ent.get("type") == "dir" and ent.get("in_lower"):
+        opaque = any(k.endswith(".overlay.opaque") and v in ("y", "x")
+                     for k, v in (ent.get("xattrs") or {}).items())
+        parts.append("opaque" if opaque else "merged")
+    return " ".join(parts)
+
+
+def comparable(res: dict) -> dict[str, str | None]:
+    """The flat key -> value view of a result that comparisons use."""
+    out: dict[str, str | None] = {}
+    for k, v in (res.get("observations") or {}).items():
+        out[k] = str(v)
+    out["exit_code"] = None if res.get("exit_code") is None else str(res["exit_code"])
+    out["signal"] = None if res.get("signal") is None else str(res["signal"])
+    out["lower_modified"] = "true" if res.get("lower_modified") else "false"
+    for p, ent in (res.get("upper") or {}).items():
+        out[f"upper:{p}"] = _fmt_upper(ent)
+    return out
+
+
+def diff_keys(a: dict, b: dict) -> list[str]:
+    ca, cb = comparable(a), comparable(b)
+    return sorted(k for k in set(ca) | set(cb) if ca.get(k, ABSENT) != cb.get(k, ABSENT))
+
+
+def _ok(res: dict | None) -> bool:
+    return bool(res) and res.get("status") == "ok"
+
+
+def _err_reason(label: str, res: dict | None) -> str:
+    if not res:
+        return f"no {label} result"
+    return f"{label} {res.get('status')}: {res.get('error') or '?'}"
+
+
+def _mk_diffs(keys: list[str], ref: dict, base: dict | None, pat: dict) -> list[ObsDiff]:
+    cr, cp = comparable(ref) if ref else {}, comparable(pat) if pat else {}
+    cb = comparable(base) if base else None
+    return [ObsDiff(k, cr.get(k), cb.get(k) if cb is not None else None, cp.get(k)) for k in keys]
+
+
+def compare_target(reference: dict[str, dict], target: dict[str, dict], known: Known | None) -> list[TestVerdict]:
+    """One target against the reference: match | diverges (known may qualify) | error."""
+    known = known or Known()
+    out = []
+    for name in sorted(set(reference) | set(target)):
+        ref, tgt = reference.get(name, {}), target.get(name, {})
+        v = TestVerdict(name=name, status="match", reference=ref, patched=tgt)
+        if not _ok(ref) or not _ok(tgt):
+            v.status = "error"
+            v.reason = "; ".join(_err_reason(lbl, r) for lbl, r in (("reference", ref), ("target", tgt))
+                                 if not _ok(r))
+            if ref and tgt:
+                v.diffs = _mk_diffs(diff_keys(ref, tgt), ref, None, tgt)
+        else:
+            keys = diff_keys(ref, tgt)
+            if keys:
+                v.status = "diverges"
+                v.known = known.explain(name, keys)
+                v.diffs = _mk_diffs(keys, ref, None, tgt)
+        out.append(v)
+    return out
+
+
+def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: dict[str, dict],
+                known: Known | None) -> list[TestVerdict]:
+    """Reference vs baseline kernel vs patched kernel, per test (DESIGN.md §4):
+    match: patched agrees with the reference (and the baseline did too, or it was not run);
+    fixed: the baseline diverged (or errored), the patched agrees; regressed: the baseline agreed, the
+    patched diverges; diverges: both diverge; error: the patched or the reference result is missing,
+    errored or timed out. `known` is set for a divergence fully explained by the known-divergences data
+    (for `fixed`: the divergence the patch fixed was a known one)."""
+    known = known or Known()
+    out = []
+    for name in sorted(set(reference) | set(patched) | set(baseline)):
+        ref, base, pat = reference.get(name, {}), baseline.get(name), patched.get(name, {})
+        v = TestVerdict(name=name, status="match", reference=ref, baseline=base or {}, patched=pat)
+        if not _ok(ref) or not _ok(pat):
+            v.status = "error"
+            v.reason = "; ".join(_err_reason(lbl, r) for lbl, r in (("reference", ref), ("patched", pat))
+                                 if not _ok(r))
+            if ref and pat:
+                keys = sorted(set(diff_keys(ref, pat)) | (set(diff_keys(ref, base)) if base else set()))
+                v.diffs = _mk_diffs(keys, ref, base, pat)
+            out.append(v)
+            continue
+        pkeys = diff_keys(ref, pat)
+        base_ran = base is not None and bool(base)
+        bkeys = diff_keys(ref, base) if base_ran and _ok(base) else None   # None: baseline errored
+        base_agrees = base_ran and bkeys is not None and not bkeys
+        if not pkeys:
+            v.status = "fixed" if base_ran and not base_agrees else "match"
+            if v.status == "fixed" and bkeys:
+                v.known = known.explain(name, bkeys)
+        else:
+            v.status = "regressed" if base_agrees else "diverges"
+            if v.status == "diverges":
+                v.known = known.explain(name, pkeys)
+        all_keys = sorted(set(pkeys) | set(bkeys or []))
+        v.diffs = _mk_diffs(all_keys, ref, base if base_ran else None, pat)
+        out.append(v)
+    return out
+
+
+def counts(verdicts: list[TestVerdict]) -> dict[str, int]:
+    c = {s: 0 for s in STATUSES}
+    c["known"] = 0
+    for v in verdicts:
+        c[v.status] = c.get(v.status, 0) + 1
+        if v.known and v.status == "diverges":
+            c["known"] += 1
+    return c
+
+
+def unexplained(verdicts: list[TestVerdict]) -> list[TestVerdict]:
+    """Divergences (and regressions) that no known-divergence entry explains."""
+    return [v for v in verdicts if v.status == "regressed" or (v.status == "diverges" and not v.known)]
+
+
+# ---------------------------------------------------------------- output
+
+def _label(status: str, known: str | None) -> str:
+    if status == "diverges" and known:
+        return "diverges (known)"
+    if status == "fixed" and known:
+        return "fixed (was known)"
+    return status
+
+
+def _cell(v: str | None, width: int) -> str:
+    s = "(absent)" if v is None else (v if v != "" else '""')
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def format_table(verdicts: list[TestVerdict], columns=("reference", "baseline", "patched")) -> str:
+    """Terminal table: one line per test; for each non-matching test the differing observations side by
+    side below it. A column is "attr" or "attr:label" (attr in reference/baseline/patched)."""
+    cols = [(c.split(":", 1) + [c])[:2] if ":" in c else [c, c] for c in columns]
+    name_w = max([len(v.name) for v in verdicts] + [4])
+    lines = [f"{'TEST'.ljust(name_w)}  STATUS"]
+    cell_w = 30
+    for v in verdicts:
+        lines.append(f"{v.name.ljust(name_w)}  {_label(v.status, v.known)}")
+        if v.status == "match":
+            continue
+        if v.reason:
+            lines.append(f"    ! {v.reason}")
+        if v.known:
+            lines.append(f"    known: {v.known}")
+        if v.diffs:
+            key_w = min(max(len(d.key) for d in v.diffs), 40)
+            lines.append("    " + "".join([("key".ljust(key_w))] + [f"  {lbl[:cell_w].ljust(cell_w)}"
+                                                                    for _, lbl in cols]).rstrip())
+            for d in v.diffs:
+                row = _cell(d.key, 40).ljust(key_w)
+                for attr, _ in cols:
+                    row += "  " + _cell(getattr(d, attr), cell_w).ljust(cell_w)
+                lines.append("    " + row.rstrip())
+    c = counts(verdicts)
+    summary = ", ".join(f"{n} {s}" for s, n in c.items() if n and s != "known")
+    if c["known"]:
+        summary += f" ({c['known']} known)"
+    lines.append(f"{len(verdicts)} tests: {summary or 'none'}")
+    return "\n".join(lines)
+
+
+def _diff_text(v: TestVerdict, columns=("reference", "baseline", "patched")) -> str:
+    out = []
+    for d in v.diffs:
+        vals = ", ".join(f"{c}={getattr(d, c)!r}" for c in columns)
+        out.append(f"{d.key}: {vals}")
+    return "\n".join(out)
+
+
+def to_junit(verdicts: list[TestVerdict], suite_name: str, columns=("reference", "baseline", "patched")) -> str:
+    """JUnit XML: regressed and unexplained diverges are failures, error is an error, a known
+    divergence is skipped (with the doc reference), match and fixed pass."""
+    fails = sum(1 for v in verdicts if v.status == "regressed" or (v.status == "diverges" and not v.known))
+    errs = sum(1 for v in verdicts if v.status == "error")
+    skipped = sum(1 for v in verdicts if v.status == "diverges" and v.known)
+    total_t = sum(float((v.patched or {}).get("duration_s") or 0) for v in verdicts)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuites name={quoteattr(suite_name)} tests="{len(verdicts)}" failures="{fails}" '
+           f'errors="{errs}" skipped="{skipped}">',
+           f'  <testsuite name={quoteattr(suite_name)} tests="{len(verdicts)}" failures="{fails}" '
+           f'errors="{errs}" skipped="{skipped}" time="{total_t:.3f}">']
+    for v in verdicts:
+        t = float((v.patched or {}).get("duration_s") or 0)
+        out.append(f'    <testcase classname={quoteattr(suite_name)} name={quoteattr(v.name)} time="{t:.3f}">')
+        body = _diff_text(v, columns)
+        if v.status == "error":
+            out.append(f'      <error message={quoteattr(v.reason or "error")}>{escape(body)}</error>')
+        elif v.status == "regressed" or (v.status == "diverges" and not v.known):
+            out.append(f'      <failure message={quoteattr(v.status + ": " + ", ".join(d.key for d in v.diffs[:8]))}>'
+                       f'{escape(body)}</failure>')
+        elif v.status == "diverges":
+            out.append(f'      <skipped message={quoteattr("known divergence: " + v.known)}/>')
+        if v.status != "match" and body:
+            out.append(f"      <system-out>{escape(v.status + chr(10) + body)}</system-out>")
+        out.append("    </testcase>")
+    out += ["  </testsuite>", "</testsuites>"]
+    return "\n".join(out) + "\n"
+
+
+def to_ktap(verdicts: list[TestVerdict], columns=("reference", "baseline", "patched")) -> str:
+    """KTAP v1: `ok` for match/fixed, `ok ... # SKIP known divergence` for known ones, `not ok` else;
+    the differing observations as `#` diagnostic lines before each result line."""
+    out = ["KTAP version 1", f"1..{len(verdicts)}"]
+    for i, v in enumerate(verdicts, 1):
+        if v.reason:
+            out.append(f"# {v.name}: {v.reason}")
+        for line in _diff_text(v, columns).splitlines():
+            out.append(f"# {v.name}: {line}")
+        if v.status in ("match", "fixed"):
+            out.append(f"ok {i} {v.name}" + (" # fixed" if v.status == "fixed" else ""))
+        elif v.status == "diverges" and v.known:
+            out.append(f"ok {i} {v.name} # SKIP known divergence: {v.known}")
+        else:
+            out.append(f"not ok {i} {v.name} # {v.status}")
+    return "\n".join(out) + "\n"
