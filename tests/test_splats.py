@@ -1,0 +1,364 @@
+"""Kernel console-log analysis (rig/splats.py) and `kproto scan` (rig/cmd_scan.py)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rig import splats
+from rig.splats import Splat, format_table, is_fatal, new_splats, scan_file, scan_text
+
+LOGS = Path(__file__).resolve().parent / "data" / "logs"
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "lkml-2016-ovl-copyup-rfc.txt"
+if not SEED.exists():
+    SEED = Path("/work/shared/seed/lkml-2016-ovl-copyup-rfc.txt")
+
+FIXTURES = sorted(LOGS.glob("*.log"))
+
+
+def _expected(log: Path) -> list[tuple[str, int, str]]:
+    rows = []
+    for line in log.with_suffix(".expect").read_text().splitlines():
+        if line.strip():
+            kind, count, title = line.split("\t")
+            rows.append((kind, int(count), title))
+    return rows
+
+
+def _summary(found: list[Splat]) -> list[tuple[str, int, str]]:
+    return [(s.kind, s.count, s.title) for s in found]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+def test_fixture_directory_is_populated():
+    assert len(FIXTURES) >= 10
+    for f in FIXTURES:
+        assert f.with_suffix(".expect").exists(), f"{f.name} has no .expect file"
+
+
+@pytest.mark.parametrize("log", FIXTURES, ids=[f.stem for f in FIXTURES])
+def test_fixture_titles(log):
+    assert _summary(scan_file(log)) == _expected(log)
+
+
+@pytest.mark.parametrize("log", FIXTURES, ids=[f.stem for f in FIXTURES])
+def test_titles_and_kinds_are_normalised(log):
+    for s in scan_file(log):
+        assert s.kind in splats.KINDS
+        assert not re.search(r"0x[0-9a-f]|\+0x|\[\s*\d+\.\d+\]|\bT\d{2,}\b|:\d+\b", s.title), s.title
+        assert not re.search(r"\[\s*\d+\.\d{6}\]|\[\s*[TC]\d+\]", s.log), "console prefix left in excerpt"
+
+
+# ---------------------------------------------------------------------------------------------- the seed
+
+def test_seed_lockdep_splat_title():
+    found = scan_file(SEED)
+    assert _summary(found) == [("lockdep", 1, "possible deadlock in ovl_copy_up_one")]
+
+
+def test_seed_excerpt_is_the_whole_report_mended_and_nothing_else():
+    (s,) = scan_file(SEED)
+    lines = s.log.splitlines()
+    assert lines[0].startswith("=====")
+    assert lines[1] == "[ INFO: possible circular locking dependency detected ]"
+    assert lines[-1].strip().startswith("[<ffffffff818a4bc1>] entry_SYSCALL_64_fastpath")
+    # fragments split by embedded timestamps are joined back
+    assert "dnf/2468 is trying to acquire lock:" in s.log
+    assert ", at: [<ffffffff8129f652>] lock_rename+0x32/0x100" in s.log
+    assert "lock(&mm->mmap_sem" in s.log
+    assert "-> #0(" in s.log and "*** DEADLOCK ***" in s.log and "stack backtrace:" in s.log
+    # no timestamps left, no mail text
+    assert "309." not in s.log
+    assert "Vivek" not in s.log and "filp_clone_open" not in s.log
+
+
+def test_seed_title_comes_from_the_new_dependency_not_the_old_chain():
+    # "-> #3" was recorded in ext4_readdir, the held lock at vm_mmap_pgoff, the acquire site is the
+    # helper lock_rename: none of them may name the splat.
+    (s,) = scan_file(SEED)
+    for wrong in ("ext4_readdir", "vm_mmap_pgoff", "lock_rename", "filldir", "vfs_rmdir"):
+        assert not s.title.endswith(wrong)
+
+
+def test_circular_without_chain_falls_back_to_stack_backtrace():
+    text = SEED.read_text()
+    start = text.index("[ 309.086393] the existing dependency chain")
+    end = text.index("[ 309.132377] other info")
+    truncated = text[:start] + text[end:]
+    assert [s.title for s in scan_text(truncated)] == ["possible deadlock in ovl_copy_up_one"]
+
+
+def test_circular_without_backtrace_uses_the_dependency_0_stack():
+    text = SEED.read_text()
+    cut = text[:text.index("[ 309.132377] other info")]
+    assert [s.title for s in scan_text(cut)] == ["possible deadlock in ovl_copy_up_one"]
+
+
+def test_circular_uses_the_acquire_site_when_it_is_not_a_lock_helper():
+    (s,) = scan_file(LOGS / "lockdep-abba-6.12.log")
+    assert s.title == "possible deadlock in ovl_copy_up_start"
+    # the interleaved [ T302] and [ C1] lines belong to other callers and stay out of the excerpt
+    assert "failed to set xattr" not in s.log and "hrtimer: interrupt took" not in s.log
+    assert "stack backtrace:" in s.log and s.log.rstrip().endswith("</TASK>")
+
+
+# ---------------------------------------------------------------------------------------------- prefixes
+
+def test_console_prefixes_are_stripped_and_level_markers_ignored():
+    text = ("<4>[  309.075885][ T2468] ------------[ cut here ]------------\n"
+            "<4>[  309.075886][ T2468] WARNING: CPU: 0 PID: 2468 at fs/overlayfs/file.c:42 ovl_mmap+0x55/0x90\n"
+            "<4>[  309.075887][ T2468] Call Trace:\n"
+            "<4>[  309.075888][ T2468]  <TASK>\n"
+            "<4>[  309.075889][ T2468]  mmap_region+0x394/0x630\n"
+            "<4>[  309.075890][ T2468]  </TASK>\n"
+            "<4>[  309.075891][ T2468] ---[ end trace 0000000000000000 ]---\n")
+    (s,) = scan_text(text)
+    assert (s.kind, s.title) == ("warning", "WARNING in ovl_mmap")
+    assert s.log.splitlines()[1].startswith("WARNING: CPU: 0 PID: 2468 at fs/overlayfs/file.c:42")
+    assert "<4>" not in s.log and "T2468]" not in s.log
+
+
+def test_journal_prefix_crlf_and_ansi_codes():
+    text = ("Nov 24 03:50:00 guest kernel: WARNING: CPU: 1 PID: 7 at fs/overlayfs/util.c:9 ovl_foo+0x1/0x2\r\n"
+            "Nov 24 03:50:00 guest kernel: Call Trace:\r\n"
+            "Nov 24 03:50:00 guest kernel:  ovl_bar+0x10/0x20\r\n"
+            "\x1b[0;1;31mNov 24 03:50:00 guest kernel: ---[ end trace 0000000000000000 ]---\x1b[0m\r\n")
+    (s,) = scan_text(text)
+    assert s.title == "WARNING in ovl_foo"
+    assert "\r" not in s.log and "\x1b" not in s.log and "kernel:" not in s.log
+
+
+def test_interleaved_callers_are_separated_by_tag():
+    a = ["WARNING: CPU: 0 PID: 10 at fs/overlayfs/copy_up.c:1 ovl_copy_up_one+0x1/0x2",
+         "Call Trace:", " <TASK>", " ovl_copy_up_flags+0xd2/0x110", " </TASK>", "---[ end trace 0 ]---"]
+    b = ["INFO: task t_x:11 blocked for more than 10 seconds.", "task:t_x state:D stack:0 pid:11",
+         "Call Trace:", " <TASK>", " __schedule+0x4a1/0xd90", " schedule+0x2e/0xf0",
+         " __mutex_lock+0x5e0/0xb40", " ovl_rename+0x148/0x860", " </TASK>"]
+    lines = []
+    for i in range(max(len(a), len(b))):
+        if i < len(a):
+            lines.append(f"[   10.{i:06d}][   T10] {a[i]}")
+        if i < len(b):
+            lines.append(f"[   10.{i:06d}][   C1] {b[i]}")
+    found = scan_text("\n".join(lines) + "\n")
+    assert _summary(found) == [("warning", 1, "WARNING in ovl_copy_up_one"),
+                               ("hung_task", 1, "INFO: task hung in ovl_rename")]
+    assert "__schedule" not in found[0].log and "ovl_copy_up_flags" not in found[1].log
+
+
+def test_line_broken_by_another_caller_is_split_at_its_timestamp():
+    text = ("[    5.000000][  T100] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:585\n"
+            "[    5.000001][  T100] CPU: 0 UID: 0 PID: 100 Comm: t Not tainted 6.12.117 #1\n"
+            "[    5.000002][  T100] Call Trace:\n"
+            "[    5.000003][  T100]  dump_stack_lvl+0x68/0x90[    5.000004][  T200] overlayfs: noise from elsewhere\n"
+            "[    5.000005][  T100]  __might_resched+0x19c/0x230\n"
+            "[    5.000006][  T100]  ovl_setattr+0x5a/0x1d0\n")
+    (s,) = scan_text(text)
+    assert s.title == "BUG: sleeping function called from invalid context in ovl_setattr"
+    assert "noise from elsewhere" not in s.log
+    assert " dump_stack_lvl+0x68/0x90" in s.log.splitlines()
+
+
+def test_plain_dmesg_without_timestamps_is_scanned():
+    found = scan_file(LOGS / "oops-4.9-plain.log")
+    assert [s.kind for s in found] == ["oops", "panic"]
+    assert "RIP  [<ffffffffa02d1c4b>] ovl_copy_up_one" in found[0].log
+
+
+# ---------------------------------------------------------------------------------------------- kinds/titles
+
+def _warn(src: str, fn: str, trace: list[str]) -> str:
+    body = [f"[    1.000000] WARNING: CPU: 0 PID: 1 at {src}:10 {fn}+0x1/0x2",
+            "[    1.000001] RIP: 0010:" + fn + "+0x1/0x2", "[    1.000002] Call Trace:"]
+    body += [f"[    1.000003]  {t}+0x10/0x20" for t in trace]
+    return "\n".join(body + ["[    1.000004] ---[ end trace 0000000000000000 ]---"]) + "\n"
+
+
+def test_warning_in_a_skipped_function_is_titled_by_its_caller():
+    text = _warn("kernel/locking/mutex.c", "__mutex_lock", ["mutex_lock_nested", "ovl_nlink_start"])
+    assert [s.title for s in scan_text(text)] == ["WARNING in ovl_nlink_start"]
+
+
+@pytest.mark.parametrize("src,fn,title,kind", [
+    ("kernel/locking/lockdep.c", "lock_release", "WARNING: locking bug in ovl_copy_up_end", "lockdep"),
+    ("lib/refcount.c", "refcount_warn_saturate", "WARNING: refcount bug in ovl_copy_up_end", "warning"),
+    ("lib/list_debug.c", "__list_add_valid_or_report", "BUG: corrupted list in ovl_copy_up_end", "list_corruption"),
+])
+def test_warnings_from_debug_code_get_syzkaller_titles(src, fn, title, kind):
+    text = _warn(src, fn, ["ovl_copy_up_end", "ovl_copy_up_one"])
+    assert _summary(scan_text(text)) == [(kind, 1, title)]
+
+
+def test_new_warning_header_format():
+    text = ("[    2.000000] WARNING: fs/overlayfs/copy_up.c:1127 at ovl_copy_up_one+0x3a5/0x590, CPU#1: t/245\n"
+            "[    2.000001] Call Trace:\n[    2.000002]  ovl_copy_up_flags+0xd2/0x110\n")
+    assert [s.title for s in scan_text(text)] == ["WARNING in ovl_copy_up_one"]
+
+
+def test_kasan_double_free_skips_the_free_functions():
+    text = ("[    3.000000] ==================================================================\n"
+            "[    3.000001] BUG: KASAN: double-free in kfree+0x8e/0x2d0\n"
+            "[    3.000002] Free of addr ffff888008f4a1c0 by task t/9\n"
+            "[    3.000003] Call Trace:\n"
+            "[    3.000004]  dump_stack_lvl+0x68/0x90\n"
+            "[    3.000005]  kasan_report_invalid_free+0x6e/0x90\n"
+            "[    3.000006]  kfree+0x8e/0x2d0\n"
+            "[    3.000007]  ovl_free_fs+0x1a1/0x250\n"
+            "[    3.000008] ==================================================================\n")
+    assert _summary(scan_text(text)) == [("kasan", 1, "KASAN: double-free in ovl_free_fs")]
+
+
+@pytest.mark.parametrize("reason,title", [
+    ("Attempted to kill init! exitcode=0x0000000b", "kernel panic: Attempted to kill init!"),
+    ("kernel: panic_on_warn set ...", "kernel panic: panic_on_warn set"),
+    ("hung_task: blocked tasks", "kernel panic: hung_task: blocked tasks"),
+    ("stack-protector: Kernel stack is corrupted in: ovl_lookup+0xbb0/0xbb0",
+     "kernel panic: stack is corrupted in ovl_lookup"),
+])
+def test_panic_titles_are_normalised_and_fatal(reason, title):
+    (s,) = scan_text(f"[    9.000000] Kernel panic - not syncing: {reason}\n[    9.000001] Kernel Offset: disabled\n")
+    assert (s.kind, s.title) == ("panic", title)
+    assert is_fatal(s)
+
+
+def test_oops_header_inside_a_report_is_not_a_second_splat():
+    found = scan_file(LOGS / "null-deref-6.12.log")
+    assert len(found) == 1 and "Oops: Oops: 0000 [#1]" in found[0].log
+    assert found[0].log.rstrip().endswith("---[ end trace 0000000000000000 ]---")
+
+
+def test_hung_task_excerpt_keeps_the_lock_dump_and_stops_before_sysrq():
+    found = scan_file(LOGS / "hung-task-6.12.log")
+    last = found[-1]
+    assert "Showing all locks held in the system:" in last.log
+    assert last.log.rstrip().endswith("=============================================")
+    assert "sysrq: Show Blocked State" not in last.log
+
+
+@pytest.mark.parametrize("line", [
+    "WARNING: CPU features detected: avx2",
+    "BUG: t_copyup failed: expected bar",
+    "INFO: lockdep is turned off.",
+    '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+    "kernel.hung_task_timeout_secs = 10",
+    "Call Trace:",
+    "WARNING: The mand mount option has been deprecated and",
+    "Spectre V2 : WARNING: Unprivileged eBPF is enabled with eIBRS on",
+    "rcu: RCU lockdep checking is enabled.",
+    "Kernel command line: console=ttyS0 panic=-1",
+    "NMI watchdog: Perf NMI watchdog permanently disabled",
+    "kfence: initialized - using 2097152 bytes for 255 objects",
+])
+def test_benign_lookalikes_alone_are_not_splats(line):
+    assert scan_text(f"[    1.000000] {line}\n[    1.000001] random: crng init done\n") == []
+
+
+def test_lockdep_disabled():
+    assert splats.lockdep_disabled("[ 6.0] INFO: lockdep is turned off.\n")
+    assert not splats.lockdep_disabled(SEED.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- dedup / API
+
+def test_same_title_is_one_splat_with_a_count_and_first_excerpt():
+    found = scan_file(LOGS / "warn-on-6.12.log")
+    assert len(found) == 1 and found[0].count == 2
+    assert "PID: 245" in found[0].log and "PID: 250" not in found[0].log
+
+
+def test_order_is_first_appearance():
+    text = (LOGS / "stalls-6.12.log").read_text() + (LOGS / "warn-on-6.12.log").read_text() + \
+        (LOGS / "stalls-6.12.log").read_text()
+    titles = [s.title for s in scan_text(text)]
+    assert titles[0] == "INFO: rcu detected stall in ovl_cache_get_impure"
+    assert titles[-1] == "WARNING in ovl_copy_up_one"
+    assert len(titles) == len(set(titles))
+
+
+def test_new_splats_by_title():
+    base = scan_file(LOGS / "warn-on-6.12.log")
+    patched = scan_file(LOGS / "warn-on-6.12.log") + scan_file(SEED)
+    new = new_splats(base, patched)
+    assert [s.title for s in new] == ["possible deadlock in ovl_copy_up_one"]
+    assert new_splats(patched, base) == []
+    assert new_splats([], base) == base
+
+
+def test_as_json_and_back():
+    (s,) = scan_file(SEED)
+    d = s.as_json()
+    assert set(d) == {"kind", "title", "log", "count"}
+    assert json.loads(json.dumps(d)) == d
+    assert Splat.from_json(d) == s
+
+
+def test_is_fatal_only_for_panics():
+    kinds = {s.kind: is_fatal(s) for f in FIXTURES for s in scan_file(f)}
+    assert kinds.pop("panic") is True
+    assert not any(kinds.values())
+
+
+def test_format_table():
+    found = scan_file(LOGS / "gpf-panic-6.12.log")
+    out = format_table(found)
+    rows = out.splitlines()
+    assert rows[0].split() == ["KIND", "COUNT", "TITLE"]
+    assert re.match(r"gpf\s+1\s+general protection fault in ovl_cache_entry_free$", rows[1])
+    assert "kernel panic: Fatal exception" in rows[2] and "[kernel died]" in rows[2]
+    assert "2 distinct splats" in out and "1 fatal" in out and "--json" in out
+    assert format_table([]).startswith("no splats found")
+
+
+def test_scan_file_tolerates_binary_garbage(tmp_path):
+    p = tmp_path / "console.log"
+    p.write_bytes(b"\xff\xfe\x00garbage\n" + SEED.read_bytes())
+    assert [s.title for s in scan_file(p)] == ["possible deadlock in ovl_copy_up_one"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def _cli():
+    from rig.cli import main
+    return main
+
+
+def test_cli_scan_table():
+    r = CliRunner().invoke(_cli(), ["scan", str(SEED)])
+    assert r.exit_code == 0, r.output
+    assert "possible deadlock in ovl_copy_up_one" in r.output and "KIND" in r.output
+
+
+def test_cli_scan_json_contract():
+    r = CliRunner().invoke(_cli(), ["scan", "--json", str(LOGS / "gpf-panic-6.12.log")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert list(doc) == ["splats"]
+    assert [s["title"] for s in doc["splats"]] == ["general protection fault in ovl_cache_entry_free",
+                                                   "kernel panic: Fatal exception"]
+    for s in doc["splats"]:
+        assert {"kind", "title", "log"} <= set(s) and isinstance(s["log"], str) and s["log"]
+
+
+def test_cli_scan_clean_log_exits_zero():
+    r = CliRunner().invoke(_cli(), ["scan", "--json", str(LOGS / "benign-boot-6.12.log")])
+    assert r.exit_code == 0 and json.loads(r.output) == {"splats": []}
+    r = CliRunner().invoke(_cli(), ["scan", str(LOGS / "benign-boot-6.12.log")])
+    assert r.exit_code == 0 and "no splats found" in r.output
+
+
+def test_cli_scan_missing_file_is_bad_input(tmp_path):
+    r = CliRunner().invoke(_cli(), ["scan", str(tmp_path / "nope.log")])
+    assert r.exit_code == 2
+    assert "console log not found" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(_cli(), ["scan", str(tmp_path)])
+    assert r.exit_code == 2 and "not a regular file" in r.output
+
+
+def test_scan_command_is_registered_as_scan():
+    from rig import cmd_scan
+    assert cmd_scan.command.name == "scan"
+    assert "scan" in _cli().commands
