@@ -1,0 +1,188 @@
+"""CLI, daemon life cycle, and the mount(8) helper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import overlay_ref
+from overlay_ref import daemon
+from ovl_helpers import requires_fuse
+
+REPO = Path(overlay_ref.__file__).resolve().parents[1]
+HELPER = REPO / "overlay_ref" / "mount.fuse.kproto-ovl"
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "overlay_ref", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+
+
+def _daemon_pid(mnt) -> int:
+    with open(daemon.pidfile_for(str(mnt))) as f:
+        return int(f.read())
+
+
+def _cleanup(mnt, pid=None):
+    if daemon.is_mounted(str(mnt)):
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    if pid and daemon._pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_gone(pid, t=10):
+    deadline = time.monotonic() + t
+    while daemon._pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not daemon._pid_alive(pid)
+
+
+def test_bad_input_exit_2(tmp_path):
+    (tmp_path / "u").mkdir()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "m").mkdir()
+    r = cli("mount", tmp_path / "missing", tmp_path / "u", tmp_path / "w", tmp_path / "m")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
+    (tmp_path / "l").mkdir()
+    r = cli("mount", tmp_path / "l", tmp_path / "u", tmp_path / "w", tmp_path / "m", "-o", "bogus")
+    assert r.returncode == 2 and "unknown option" in r.stderr
+    r = cli("umount", tmp_path / "m")
+    assert r.returncode == 2 and "not mounted" in r.stderr
+    r = cli("mount", tmp_path / "l")
+    assert r.returncode == 2
+    with pytest.raises(overlay_ref.OverlayRefError):
+        overlay_ref.mount([str(tmp_path / "nope")], str(tmp_path / "u"), str(tmp_path / "w"),
+                          str(tmp_path / "m"))
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_cli_mount_umount_round_trip(make_layers):
+    layers = make_layers([{"a": "1"}, {"b": "2"}])
+    pid = None
+    try:
+        r = cli("mount", layers.lowerdir, layers.upper, layers.work, layers.mnt, "-o",
+                "redirect_dir,allow_other")
+        assert r.returncode == 0, r.stderr
+        ent = daemon.mount_entry(str(layers.mnt))
+        assert ent["fstype"] == "fuse.kproto-ovl"
+        assert "allow_other" in ent["options"] or "allow_other" in open("/proc/mounts").read()
+        pid = _daemon_pid(layers.mnt)
+        assert sorted(os.listdir(layers.mnt)) == ["a", "b"]
+        r = cli("umount", layers.mnt)
+        assert r.returncode == 0, r.stderr
+        assert not daemon.is_mounted(str(layers.mnt))
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)
+    layers.check_lowers()
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_umount_after_daemon_died(make_layers):
+    layers = make_layers([{"a": "1"}])
+    pid = overlay_ref.mount([str(layers.lowers[0])], str(layers.upper), str(layers.work),
+                            str(layers.mnt))
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_gone(pid)
+        with pytest.raises(OSError) as ei:
+            os.listdir(layers.mnt)
+        assert ei.value.errno == 107          # ENOTCONN
+        r = cli("mount", layers.lowerdir, layers.upper, layers.work, layers.mnt)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+        r = cli("umount", layers.mnt)
+        assert r.returncode == 0, r.stderr
+        assert not daemon.is_mounted(str(layers.mnt))
+    finally:
+        _cleanup(layers.mnt, pid)
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_foreground_and_sigterm(make_layers):
+    layers = make_layers([{"a": "1"}])
+    p = subprocess.Popen([sys.executable, "-m", "overlay_ref", "mount", layers.lowerdir,
+                          str(layers.upper), str(layers.work), str(layers.mnt), "--foreground"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not daemon.is_mounted(str(layers.mnt)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.is_mounted(str(layers.mnt))
+        assert (layers.mnt / "a").read_text() == "1"
+        p.send_signal(signal.SIGTERM)            # a clean stop unmounts
+        assert p.wait(timeout=20) == 0
+        assert not daemon.is_mounted(str(layers.mnt))
+    finally:
+        _cleanup(layers.mnt)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_mount_helper_script(make_layers, tmp_path):
+    layers = make_layers([{"a": "1"}, {"b": "2"}])
+    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
+    opts = f"rw,lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
+    r = subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
+                       capture_output=True, text=True, env=env, timeout=60)
+    pid = None
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(layers.mnt)
+        assert sorted(os.listdir(layers.mnt)) == ["a", "b"]
+        assert daemon.mount_entry(str(layers.mnt))["fstype"] == "fuse.kproto-ovl"
+        overlay_ref.umount(str(layers.mnt))
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)
+    # missing workdir: mount(8)'s usage error
+    r = subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o",
+                        f"lowerdir={layers.lowerdir},upperdir={layers.upper}"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "workdir" in r.stderr
+    # install-helper bakes the interpreter in: works without the environment variable
+    dest = tmp_path / "mount.fuse.kproto-ovl"
+    assert cli("install-helper", dest).returncode == 0
+    assert f"BAKED_PYTHON={sys.executable}" in dest.read_text()
+    env2 = {k: v for k, v in os.environ.items() if k != "KPROTO_OVL_PYTHON"}
+    r = subprocess.run([str(dest), "kproto-ovl", str(layers.mnt), "-o", opts],
+                       capture_output=True, text=True, env=env2, timeout=60)
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(layers.mnt)
+        assert (layers.mnt / "b").read_text() == "2"
+        overlay_ref.umount(str(layers.mnt))
+    finally:
+        _cleanup(layers.mnt, pid)
+
+
+@pytest.mark.fuse
+@requires_fuse
+@pytest.mark.skipif(not os.path.exists("/sbin/mount.fuse.kproto-ovl"),
+                    reason="helper not installed in /sbin (the set-up does that)")
+def test_mount_t_fuse_kproto_ovl(make_layers):
+    layers = make_layers([{"a": "1"}])
+    r = subprocess.run(["mount", "-t", "fuse.kproto-ovl", "kproto-ovl", str(layers.mnt), "-o",
+                        f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"],
+                       capture_output=True, text=True, timeout=60)
+    pid = None
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(layers.mnt)
+        assert (layers.mnt / "a").read_text() == "1"
+        overlay_ref.umount(str(layers.mnt))
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)

@@ -1,0 +1,149 @@
+"""Ideal copy-up consistency: the four DESIGN.md section 2 probes, stable st_ino, and several
+processes at once."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ovl_helpers import requires_fuse
+
+pytestmark = [pytest.mark.fuse, requires_fuse]
+
+EXPECTED = {1: "barbaz", 2: "size=6 same_ino=1 same_mtime=1", 3: "barbaz", 4: "barbaz"}
+
+
+@pytest.mark.parametrize("probe", [1, 2, 3, 4])
+def test_design_probes_give_new_data(probe, probe_bin, make_layers, ref_mount):
+    layers = make_layers([{"f": "foo"}])
+    m = ref_mount(layers)
+    r = subprocess.run([str(probe_bin), str(probe), str(m / "f")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == EXPECTED[probe]
+    assert (layers.upper / "f").read_text() == "barbaz"
+
+
+def test_design_probes_on_host_kernel(probe_bin, make_layers, kernel_mount):
+    """Not a rule of the reference: documents what the host kernel answers (probes 1, 2 are
+    POSIX there since 4.19; 3 and 4 show stale lower data on kernels without the fix)."""
+    layers = make_layers([{f"f{i}": "foo" for i in range(1, 5)}])
+    m = kernel_mount(layers)
+    out = {}
+    for i in range(1, 5):
+        r = subprocess.run([str(probe_bin), str(i), str(m / f"f{i}")], capture_output=True,
+                           text=True, timeout=60)
+        out[i] = r.stdout.strip()
+    assert out[1] == EXPECTED[1]
+    assert out[2].startswith("size=6")
+    print("host kernel probes:", out)
+
+
+def test_python_mmap_before_and_after_copy_up(make_layers, ref_mount):
+    layers = make_layers([{"f": "foo" + "\0" * 4093}])
+    m = ref_mount(layers)
+    with open(m / "f", "rb") as ro:
+        before = mmap.mmap(ro.fileno(), 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+        assert before[:3] == b"foo"
+        with open(m / "f", "r+b") as rw:
+            rw.write(b"bar")
+            rw.flush()
+            after = mmap.mmap(ro.fileno(), 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+            assert before[:3] == b"bar"
+            assert after[:3] == b"bar"
+            # a writable shared mapping of the upper file is seen by the read-only mapping
+            wmap = mmap.mmap(rw.fileno(), 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            wmap[:3] = b"qux"
+            wmap.flush()
+            assert before[:3] == b"qux" and after[:3] == b"qux"
+            assert os.pread(ro.fileno(), 3, 0) == b"qux"
+            wmap.close()
+        after.close()
+        before.close()
+    assert (layers.upper / "f").read_bytes()[:3] == b"qux"
+
+
+def test_st_ino_stable_across_copy_up_and_rename(make_layers, ref_mount):
+    layers = make_layers([{"d": {"f": "x"}, "g": "y"}])
+    m = ref_mount(layers, {"redirect_dir": True})
+    ino_f, ino_d, ino_g = (os.stat(m / p).st_ino for p in ("d/f", "d", "g"))
+    fd = os.open(m / "d/f", os.O_RDONLY)
+    with open(m / "d/f", "a") as f:
+        f.write("z")
+    assert os.fstat(fd).st_ino == ino_f
+    assert os.fstat(fd).st_size == 2
+    assert os.pread(fd, 10, 0) == b"xz"
+    os.close(fd)
+    os.rename(m / "d", m / "d2")
+    os.rename(m / "g", m / "d2/g")
+    assert os.stat(m / "d2").st_ino == ino_d
+    assert os.stat(m / "d2/f").st_ino == ino_f
+    assert os.stat(m / "d2/g").st_ino == ino_g
+    # the readdir d_ino agrees with stat
+    with os.scandir(m / "d2") as it:
+        for e in it:
+            assert e.inode() == os.stat(e.path, follow_symlinks=False).st_ino
+
+
+def test_fstat_on_old_fd_after_chmod_copy_up(make_layers, ref_mount):
+    layers = make_layers([{"f": "data"}])
+    m = ref_mount(layers)
+    fd = os.open(m / "f", os.O_RDONLY)
+    os.chmod(m / "f", 0o600)
+    os.chown(m / "f", 11, 12)
+    st = os.fstat(fd)
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 11, 12)
+    os.close(fd)
+
+
+_WORKER = r"""
+import os, sys, hashlib
+path, idx, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+block = bytes([65 + idx]) * 4096
+fd = os.open(path, os.O_RDWR)
+for i in range(n):
+    os.pwrite(fd, block, (idx * n + i) * 4096)
+for i in range(n):
+    assert os.pread(fd, 4096, (idx * n + i) * 4096) == block
+os.close(fd)
+print("ok")
+"""
+
+
+def test_concurrent_processes(make_layers, ref_mount):
+    nproc, nblocks = 6, 64
+    files = {f"f{i}": os.urandom(256 * 1024) for i in range(8)}
+    layers = make_layers([dict(files), {"shared": b"\0" * (nproc * nblocks * 4096)}])
+    m = ref_mount(layers)
+    # several writers on one (lower, so copied up by whichever comes first) file
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(m / "shared"), str(i),
+                               str(nblocks)], stdout=subprocess.PIPE, text=True)
+             for i in range(nproc)]
+
+    # meanwhile readers and copy-ups of other files from threads
+    def churn(name):
+        data = (m / name).read_bytes()
+        assert data == files[name]
+        with open(m / name, "ab") as f:
+            f.write(b"tail")
+        assert (m / name).read_bytes() == files[name] + b"tail"
+        os.rename(m / name, m / (name + ".moved"))
+        return hashlib.sha256((m / (name + ".moved")).read_bytes()).hexdigest()
+
+    with ThreadPoolExecutor(8) as ex:
+        digests = list(ex.map(churn, files))
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "ok"
+    data = (m / "shared").read_bytes()
+    for i in range(nproc):
+        assert data[i * nblocks * 4096:(i + 1) * nblocks * 4096] == bytes([65 + i]) * nblocks * 4096
+    for name, dg in zip(files, digests):
+        assert dg == hashlib.sha256(files[name] + b"tail").hexdigest()
+    assert sorted(os.listdir(m)) == sorted([n + ".moved" for n in files] + ["shared"])
