@@ -50,7 +50,7 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
     if json_out:
         rep.write_json(json_out)
     if junit_out:
-        junit_out.write_text(compare.to_junit_json(rep.tests, "kproto-test"))
+        junit_out.write_text(compare.to_junit(rep.verdicts, "kproto-test"))
     if html_out:
         html_out.write_text(reportmod.html(rep))
     sys.exit(EXIT_CLEAN if rep.verdict == "clean" else EXIT_REGRESSED if rep.verdict == "regressed" else EXIT_INFRA)

@@ -23,6 +23,7 @@ class Report:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     checks: dict | None = None
+    verdicts: list = field(default_factory=list)    # compare.TestVerdict objects (for JUnit/KTAP)
 
     def as_json(self) -> dict:
         out = {"verdict": self.verdict, "kernel": self.kernel, "patches": self.patches, "tests": self.tests,

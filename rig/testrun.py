@@ -46,8 +46,7 @@ def new_run_dir(keep: bool) -> Path:
 
 
 def select_tests(pattern: str | None, timeout: float | None) -> tuple[list[str], dict[str, float]]:
-    specs = harness.load_specs(GUEST_TESTS)
-    chosen = [s for s in specs if harness.matches(s.name, pattern)]
+    chosen = harness.select(harness.load_specs(GUEST_TESTS), pattern)
     if not chosen:
         from .errors import BadInput
         raise BadInput(f"-k {pattern!r} selects no guest test (see guest_tests/*.toml for names)")
@@ -56,7 +55,7 @@ def select_tests(pattern: str | None, timeout: float | None) -> tuple[list[str],
 
 def run_reference(bins: Path, names: list[str], timeout: float | None, work: Path) -> dict[str, dict]:
     results = harness.run_tests(bins=bins, tests=GUEST_TESTS, work=work, target="ref", names=names,
-                                timeout=timeout, emit=lambda ev: None)
+                                timeout=timeout, emit=None, ref_python=sys.executable)
     return {r["name"]: r for r in results}
 
 
@@ -168,7 +167,7 @@ def run(opts: TestOptions) -> Report:
         notes.append(ev)
     if patched_run.boots > 1:
         notes.append(f"patched kernel was booted {patched_run.boots} times (fresh boot after each splat/hang)")
-    return Report(
+    rep = Report(
         verdict=verdict,
         kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
                 "accel": "kvm" if kvm_works() else "tcg"},
@@ -177,3 +176,5 @@ def run(opts: TestOptions) -> Report:
                 "patched": [s.as_json() for s in patched_run.splats],
                 "new": [s.as_json() for s in new]},
         timings=timings, reasons=reasons, notes=notes)
+    rep.verdicts = verdicts
+    return rep
