@@ -80,7 +80,7 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-ALL_LOWERS: list[tuple[Path, str]] = []
+ALL_LOWERS: dict[Path, str] = {}   # every lower layer built in this session -> checksum
 
 
 class Layers:
@@ -103,7 +103,7 @@ class Layers:
     def rehash(self) -> None:
         """Record the lower layers' checksums (after a test changed them on purpose)."""
         self.digests = {d: tree_digest(d) for d in self.lowers}
-        ALL_LOWERS.extend(self.digests.items())
+        ALL_LOWERS.update(self.digests)
 
     def check_lowers(self) -> None:
         for d, dig in self.digests.items():

@@ -6,7 +6,7 @@ from ovl_helpers import ALL_LOWERS, tree_digest
 
 def test_lower_layers_unchanged_after_suite():
     checked = 0
-    for d, dig in ALL_LOWERS:
+    for d, dig in ALL_LOWERS.items():
         if d.exists():
             assert tree_digest(d) == dig, f"lower layer {d} was modified"
             checked += 1
