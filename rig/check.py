@@ -183,12 +183,24 @@ def get_maintainer(tree: SourceTree, patches: list[Path]) -> list[dict]:
 
 # --- the check -----------------------------------------------------------------------------------------
 
-def _rename(message: str, patch: SeriesPatch) -> str:
+def _rename(message: str, patch: SeriesPatch, index: int) -> str:
     """PatchError names the file it applied; for a split mbox that is a temp file: use the user's name."""
     tmpname = patch.patch.path.name
     message = patch.name + message[len(tmpname):] if message.startswith(tmpname) else message
     # git am numbers the messages of the one file it was given ("patch 0001 '...'"): not the series index
-    return re.sub(r" \(patch \d+ '.*?'\)", "", message, count=1)
+    message = re.sub(r" \(patch \d+ '.*?'\)", "", message, count=1)
+    if index > 1:
+        prior = "patch 1" if index == 2 else f"patches 1-{index - 1}"
+        message = message.replace("does not apply to the base", f"does not apply on the base + {prior}", 1)
+    return message
+
+
+def _compiler_lines(detail: str, tree: SourceTree) -> list[str]:
+    """The compiler's error lines of a failed build, with paths relative to the source tree."""
+    lines = [l for l in detail.splitlines() if l.strip()]
+    errors = [l for l in lines if re.search(r"error:|undefined reference", l)] or lines
+    prefix = re.compile(rf"^(?:{re.escape(str(tree.path))}/|(?:\.\./)+(?:[^/\s]+/)*?{re.escape(tree.path.name)}/)")
+    return [prefix.sub("", l) for l in errors]
 
 
 def check_series(tree: SourceTree, series: Series, *, strict: bool = False, each: bool = False,
@@ -213,7 +225,7 @@ def check_series(tree: SourceTree, series: Series, *, strict: bool = False, each
                 r["applies"] = True
             except PatchError as e:
                 r["applies"] = False
-                r["apply_error"] = _rename(e.message, sp)
+                r["apply_error"] = _rename(e.message, sp, r["index"])
                 h = _HUNK.search(e.message)
                 r["hunk"] = h.group(1) if h else None
                 break
@@ -231,7 +243,7 @@ def check_series(tree: SourceTree, series: Series, *, strict: bool = False, each
                               "build_s": round(kern.build_s, 1), "error": None, "compiler": []}
             except BuildError as e:
                 r["build"] = {"ok": False, "version": None, "cached": False, "build_s": None,
-                              "error": e.message, "compiler": [l for l in e.detail.splitlines() if l.strip()]}
+                              "error": e.message, "compiler": _compiler_lines(e.detail, tree)}
                 break
 
     problems: list[str] = []
@@ -300,6 +312,8 @@ def format_text(res: dict) -> str:
                 where = f"{f['file']}:{f['line']}: " if f["file"] else ""
                 lines.append(f"        {f['level']}:{f['type']} {where}{f['message']}")
         b = r["build"]
+        if b is None and res["built"] == "each" and any(x["build"] and not x["build"]["ok"] for x in res["patches"]):
+            lines.append("      build:      not tried (an earlier patch breaks the build)")
         if b:
             if b["ok"]:
                 how = "cached" if b["cached"] else f"{b['build_s']:.0f} s"
