@@ -34,6 +34,7 @@ class TestOptions:
     timeout: float | None = None
     keep: bool = False
     rerun_baseline: bool = False
+    suite: Path = GUEST_TESTS          # directory of guest tests (*.c + *.toml)
     progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
 
 
@@ -45,23 +46,25 @@ def new_run_dir(keep: bool) -> Path:
     return d
 
 
-def select_tests(pattern: str | None, timeout: float | None) -> tuple[list[str], dict[str, float]]:
-    chosen = harness.select(harness.load_specs(GUEST_TESTS), pattern)
+def select_tests(suite: Path, pattern: str | None, timeout: float | None) -> tuple[list[str], dict[str, float]]:
+    chosen = harness.select(harness.load_specs(suite), pattern)
     if not chosen:
         from .errors import BadInput
         raise BadInput(f"-k {pattern!r} selects no guest test (see guest_tests/*.toml for names)")
     return [s.name for s in chosen], {s.name: float(timeout or s.timeout) for s in chosen}
 
 
-def run_reference(bins: Path, names: list[str], timeout: float | None, work: Path) -> dict[str, dict]:
-    results = harness.run_tests(bins=bins, tests=GUEST_TESTS, work=work, target="ref", names=names,
+def run_reference(suite: Path, bins: Path, names: list[str], timeout: float | None, work: Path) -> dict[str, dict]:
+    results = harness.run_tests(bins=bins, tests=suite, work=work, target="ref", names=names,
                                 timeout=timeout, emit=None, ref_python=sys.executable)
     return {r["name"]: r for r in results}
 
 
-def _baseline_cache_path(kernel: buildmod.Kernel, bins: Path, names: list[str], timeout: float | None) -> Path:
+def _baseline_cache_path(suite: Path, kernel: buildmod.Kernel, bins: Path, names: list[str],
+                         timeout: float | None) -> Path:
     h = hashlib.sha256(f"{kernel.key}|{bins.name}|{','.join(names)}|{timeout}".encode())
-    for spec in sorted(GUEST_TESTS.rglob("*.toml")):
+    h.update(harness.__file__.encode() + Path(harness.__file__).read_bytes())
+    for spec in sorted(suite.rglob("*.toml")):
         h.update(spec.read_bytes())
     return cache_dir() / "results" / f"baseline-{h.hexdigest()[:20]}.json"
 
@@ -118,17 +121,18 @@ def run(opts: TestOptions) -> Report:
     say("patched kernel: " + ("cached" if patched_kernel.cached else f"built in {patched_kernel.build_s:.0f} s (incremental)"))
     timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
 
-    names, timeouts = select_tests(opts.pattern, opts.timeout)
-    bins = guest_build.build()
+    suite = Path(opts.suite)
+    names, timeouts = select_tests(suite, opts.pattern, opts.timeout)
+    bins = guest_build.build(suite)
     run_dir = new_run_dir(opts.keep)
     try:
-        guest_build.stage(run_dir)
+        guest_build.stage(run_dir, suite, bins)
         t = time.monotonic()
         say(f"reference: running {len(names)} test(s) on overlay_ref")
-        reference = run_reference(bins, names, opts.timeout, run_dir / "ref-work")
+        reference = run_reference(suite, bins, names, opts.timeout, run_dir / "ref-work")
         timings["reference_s"] = round(time.monotonic() - t, 1)
 
-        cached = _baseline_cache_path(base_kernel, bins, names, opts.timeout)
+        cached = _baseline_cache_path(suite, base_kernel, bins, names, opts.timeout)
         if cached.is_file() and not opts.rerun_baseline:
             base_run = _load_run(cached, base_kernel, "baseline")
             say(f"baseline: results cached from an earlier run ({cached.name}; --rerun-baseline to redo)")
