@@ -149,7 +149,7 @@ s = s.replace("""	};
 	return backing_file_mmap(realfile, vma, &ctx);
 """, """	};
 
-	if(!realfile)   
+	if(realfile == NULL)   
 		return -EBADF;
 	return backing_file_mmap(realfile, vma, &ctx);
 """, 1)
