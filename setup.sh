@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 stamp=.venv/.kproto-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+want=$( (cat pyproject.toml; find rig overlay_ref -name __init__.py | sort) | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup.sh: installing kproto into .venv" >&2
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >&2

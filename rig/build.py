@@ -106,6 +106,11 @@ def lookup(key: str) -> Path | None:
     return entry if (entry / "bzImage").is_file() and (entry / "meta.json").is_file() else None
 
 
+def cached(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, ...] = ()) -> bool:
+    """Is the kernel for tree + patches + config already in the cache (so the patches are known to apply)?"""
+    return lookup(cache_key(tree, patches, kconfig.requested(user_fragments))) is not None
+
+
 def build(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, ...] = (),
           progress=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
     """Return the kernel for tree + patches + config, building it (incrementally) when not cached."""

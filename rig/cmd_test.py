@@ -37,15 +37,16 @@ def _say(msg: str) -> None:
 @click.option("--keep", is_flag=True, help="keep the run directory (console logs, keys)")
 @click.option("--suite", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="directory of guest tests to run instead of guest_tests/")
+@click.option("--no-checks", is_flag=True, help="skip checkpatch/get_maintainer (kproto check) before building")
 @click.option("--rerun-baseline", is_flag=True, help="re-run the baseline kernel even if its results are cached")
-def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, rerun_baseline):
+def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, no_checks, rerun_baseline):
     """Build PATCH... on the base kernel, boot baseline and patched kernels, run the guest tests,
     compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
 
     Exit: 0 clean, 1 regressed, 2 bad input, 3 infrastructure failure."""
     from . import compare, testrun
     opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
-                               pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline,
+                               pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline, checks=not no_checks,
                                progress=_say, **({"suite": suite} if suite else {}))
     rep = testrun.run(opts)
     click.echo(reportmod.terminal(rep))

@@ -85,6 +85,15 @@ def terminal(report: Report) -> str:
         lines.append(f"splats: none new (baseline {len(sp.get('baseline', []))}, patched {len(sp.get('patched', []))})")
     for s in sp.get("baseline", []):
         lines.append(f"  (also in baseline) {s['kind']}: {s['title']}")
+    if report.checks:
+        cp = [p.get("checkpatch") or {} for p in report.checks.get("patches", [])]
+        errs, warns = sum(c.get("errors", 0) for c in cp), sum(c.get("warnings", 0) for c in cp)
+        lines.append(f"checkpatch: {errs} error(s), {warns} warning(s) over {len(cp)} patch(es)"
+                     + ("" if not (errs or warns) else " (kproto check PATCH... for the findings)"))
+        if report.checks.get("to"):
+            lines.append(f"To: {', '.join(report.checks['to'])}")
+        if report.checks.get("cc"):
+            lines.append(f"Cc: {', '.join(report.checks['cc'])}")
     lines.append("")
     for n in report.notes:
         lines.append(f"note: {n}")

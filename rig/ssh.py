@@ -1,6 +1,7 @@
 """SSH into the guest with paramiko: per-run ed25519 keys, the guest host key pinned, bounded waits."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -11,6 +12,11 @@ from typing import Callable
 import paramiko
 
 from .errors import GuestError, MissingTool
+
+
+# paramiko's transport thread logs every refused early connection attempt with a traceback; the
+# rig retries those itself and reports what matters as SSHError.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
 
 
 class SSHError(GuestError):

@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ class TestOptions:
     timeout: float | None = None
     keep: bool = False
     rerun_baseline: bool = False
+    checks: bool = True                # checkpatch + get_maintainer before building (kproto check)
     suite: Path = GUEST_TESTS          # directory of guest tests (*.c + *.toml)
     progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
 
@@ -69,13 +71,28 @@ def _baseline_cache_path(suite: Path, kernel: buildmod.Kernel, bins: Path, names
     return cache_dir() / "results" / f"baseline-{h.hexdigest()[:20]}.json"
 
 
-def _save_run(path: Path, run: KernelRun) -> None:
+def _reference_cache_path(suite: Path, bins: Path, names: list[str], timeout: float | None) -> Path:
+    import overlay_ref
+    h = hashlib.sha256(f"{bins.name}|{','.join(names)}|{timeout}".encode())
+    h.update(Path(harness.__file__).read_bytes())
+    for src in sorted(Path(overlay_ref.__file__).parent.glob("*.py")):
+        h.update(src.read_bytes())
+    for spec in sorted(suite.rglob("*.toml")):
+        h.update(spec.read_bytes())
+    return cache_dir() / "results" / f"reference-{h.hexdigest()[:20]}.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"results": run.results, "splats": [s.as_json() for s in run.splats],
-                               "test_splats": run.test_splats, "boot_s": run.boot_s, "tests_s": run.tests_s,
-                               "boots": run.boots, "events": run.events}))
+    tmp.write_text(text)
     os.rename(tmp, path)
+
+
+def _save_run(path: Path, run: KernelRun) -> None:
+    _atomic_write(path, json.dumps({"results": run.results, "splats": [s.as_json() for s in run.splats],
+                                    "test_splats": run.test_splats, "boot_s": run.boot_s,
+                                    "tests_s": run.tests_s, "boots": run.boots, "events": run.events}))
 
 
 def _load_run(path: Path, kernel: buildmod.Kernel, label: str) -> KernelRun:
@@ -85,6 +102,24 @@ def _load_run(path: Path, kernel: buildmod.Kernel, label: str) -> KernelRun:
     run.splats = [splatmod.Splat(kind=s["kind"], title=s["title"], log=s["log"], count=s.get("count", 1))
                   for s in d["splats"]]
     return run
+
+
+def run_checks_cached(tree: treemod.SourceTree, series: list[patchmod.Patch]) -> dict:
+    """`kproto check`'s apply/checkpatch/get_maintainer pass, cached by base + patch hashes (it is
+    deterministic). PatchError (exit 2) naming the patch and hunk when one does not apply."""
+    from . import check
+    from .errors import PatchError
+    path = cache_dir() / "results" / f"checks-{hashlib.sha256(f'{tree.base}|{patchmod.series_digest(series)}'.encode()).hexdigest()[:20]}.json"
+    if path.is_file():
+        result = json.loads(path.read_text())
+    else:
+        result = check.run_checks(tree, series)
+        _atomic_write(path, json.dumps(result))
+    for p in result["patches"]:
+        if p.get("applies") is False:
+            err = p.get("apply_error") or "does not apply (see kproto check)"
+            raise PatchError(err if p["name"] in err else f"{p['name']}: {err}")
+    return result
 
 
 def verdict_of(tests: list[dict], new_splats: list, base: KernelRun, patched: KernelRun) -> tuple[str, list[str]]:
@@ -108,7 +143,9 @@ def run(opts: TestOptions) -> Report:
     series = patchmod.expand(opts.patches)
     tree = treemod.open_source(opts.kernel_src)
     say(f"source: linux {tree.version()} at {tree.base[:12]} ({tree.origin})")
-    tree.check_applies(series)
+    checks = run_checks_cached(tree, series) if opts.checks else None
+    if checks is None and not buildmod.cached(tree, series, opts.config):
+        tree.check_applies(series)      # exit 2 now, not after a cold baseline build
     timings: dict[str, float] = {}
 
     t = time.monotonic()
@@ -125,13 +162,19 @@ def run(opts: TestOptions) -> Report:
     names, timeouts = select_tests(suite, opts.pattern, opts.timeout)
     bins = guest_build.build(suite)
     run_dir = new_run_dir(opts.keep)
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
         guest_build.stage(run_dir, suite, bins)
-        t = time.monotonic()
-        say(f"reference: running {len(names)} test(s) on overlay_ref")
-        reference = run_reference(suite, bins, names, opts.timeout, run_dir / "ref-work")
-        timings["reference_s"] = round(time.monotonic() - t, 1)
-
+        # The reference runs on the host (FUSE) while the guests run; its results are cached too:
+        # they depend only on overlay_ref's code and the suite.
+        ref_cache = _reference_cache_path(suite, bins, names, opts.timeout)
+        ref_start = time.monotonic()
+        if ref_cache.is_file():
+            say(f"reference: results cached ({ref_cache.name})")
+            ref_future = pool.submit(lambda: json.loads(ref_cache.read_text()))
+        else:
+            say(f"reference: running {len(names)} test(s) on overlay_ref (in the background)")
+            ref_future = pool.submit(run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
         cached = _baseline_cache_path(suite, base_kernel, bins, names, opts.timeout)
         if cached.is_file() and not opts.rerun_baseline:
             base_run = _load_run(cached, base_kernel, "baseline")
@@ -148,7 +191,12 @@ def run(opts: TestOptions) -> Report:
         timings["patched_tests_s"] = round(time.monotonic() - t, 1)
         timings["boot_s"] = round(patched_run.boot_s, 1)
         timings["tests_s"] = round(patched_run.tests_s, 1)
+        reference = ref_future.result()
+        timings["reference_s"] = round(time.monotonic() - ref_start, 1)
+        if not ref_cache.is_file() and all(r.get("status") == "ok" for r in reference.values()):
+            _atomic_write(ref_cache, json.dumps(reference))
     finally:
+        pool.shutdown(wait=True)
         if not opts.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
@@ -179,6 +227,6 @@ def run(opts: TestOptions) -> Report:
         splats={"baseline": [s.as_json() for s in base_run.splats],
                 "patched": [s.as_json() for s in patched_run.splats],
                 "new": [s.as_json() for s in new]},
-        timings=timings, reasons=reasons, notes=notes)
+        timings=timings, reasons=reasons, notes=notes, checks=checks)
     rep.verdicts = verdicts
     return rep
