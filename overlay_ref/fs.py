@@ -48,6 +48,8 @@ RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_PREFETCH = 4 << 20
 _COPY_CHUNK = 1 << 20
 
 
@@ -511,36 +513,40 @@ class OverlayFS(pyfuse3.Operations):
     # ------------------------------------------------------------------ namespace bookkeeping
 
     def _drop_path(self, path: bytes) -> None:
-        """Forget ``path`` (and everything below it) in the path table."""
+        """Forget ``path`` (and, for a directory, everything below it) in the path table."""
         ino = self.by_path.pop(path, None)
+        gone: list[Node] = []
         if ino is not None:
             node = self.nodes.get(ino)
             if node is not None:
-                node.aliases.discard(path)
-                if node.path == path:
-                    if node.aliases:
-                        node.path = next(iter(node.aliases))
-                    else:
-                        node.unlinked = True
-        prefix = path + b"/"
-        for p in [p for p in self.by_path if p.startswith(prefix)]:
-            ino = self.by_path.pop(p)
-            node = self.nodes.get(ino)
-            if node is not None:
-                node.aliases.discard(p)
-                if not node.aliases:
-                    node.unlinked = True
-                elif node.path == p:
-                    node.path = next(iter(node.aliases))
-        for ino in [i for i, n in self.nodes.items() if n.unlinked and n.nlookup <= 0 and n.opens <= 0]:
-            self._delete_node(ino)
+                self._unalias(node, path)
+                gone.append(node)
+                if node.kind == DIR:
+                    prefix = path + b"/"
+                    for p in [p for p in self.by_path if p.startswith(prefix)]:
+                        child = self.nodes.get(self.by_path.pop(p))
+                        if child is not None:
+                            self._unalias(child, p)
+                            gone.append(child)
+        for node in gone:
+            if node.unlinked and node.nlookup <= 0 and node.opens <= 0:
+                self._delete_node(node.ino)
+
+    @staticmethod
+    def _unalias(node: Node, path: bytes) -> None:
+        node.aliases.discard(path)
+        if not node.aliases:
+            node.unlinked = True
+        elif node.path == path:
+            node.path = next(iter(node.aliases))
 
     def _delete_node(self, ino: int) -> None:
         node = self.nodes.pop(ino, None)
         if node is None:
             return
-        for k in [k for k, v in self.by_upper_ino.items() if v == ino]:
-            del self.by_upper_ino[k]
+        if self.by_upper_ino:
+            for k in [k for k, v in self.by_upper_ino.items() if v == ino]:
+                del self.by_upper_ino[k]
         self._close_fds(node)
 
     def _move_path(self, old: bytes, new: bytes, node: Node, new_parent: Node) -> None:
@@ -577,6 +583,10 @@ class OverlayFS(pyfuse3.Operations):
                 it = os.scandir(src)
             except FileNotFoundError:
                 continue
+            # zero-size files with the whiteout xattr count as whiteouts in directories marked
+            # as holding them (overlay.opaque=x or overlay.whiteouts), as in overlayfs
+            xw = (self._getx(src, self.x_opaque) == b"x"
+                  or self._getx(src, self.x_whiteouts) is not None)
             with it:
                 for e in it:
                     n = e.name
@@ -587,8 +597,7 @@ class OverlayFS(pyfuse3.Operations):
                         out.append(n)
                         continue
                     if e.is_file(follow_symlinks=False):
-                        st = e.stat(follow_symlinks=False)
-                        if st.st_size == 0 and self._getx(e.path, self.x_whiteout) is not None:
+                        if xw and self.is_whiteout(e.path, e.stat(follow_symlinks=False)):
                             continue
                         out.append(n)
                         continue
@@ -1011,11 +1020,34 @@ class OverlayFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh, off, size):
+        # Fast path without a thread hop: data already in the backing file's page cache
+        # (RWF_NOWAIT never blocks: it fails with EAGAIN instead).
+        h = self.handles.get(fh)
+        if h is not None and _RWF_NOWAIT:
+            node = h.node
+            fd = node.fd
+            if fd is not None and (node.fd_upper or not node.upper):
+                buf = bytearray(size)
+                try:
+                    n = os.preadv(fd, [buf], off, _RWF_NOWAIT)
+                except OSError:
+                    n = -1
+                if n == size:
+                    return bytes(buf)
         return await self._run(self._read_op, fh, off, size)
 
     def _read_op(self, fh, off, size):
         h = self.handles[fh]
-        return os.pread(self._get_fd(h.node), size, off)
+        fd = self._get_fd(h.node)
+        data = os.pread(fd, size, off)
+        if len(data) == size and size >= 65536:
+            # looks like a sequential stream (kernel readahead): start reading ahead in the
+            # backing file so the next requests take the no-thread fast path
+            try:
+                os.posix_fadvise(fd, off + size, _PREFETCH, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+        return data
 
     async def write(self, fh, off, buf):
         return await self._run(self._write_op, fh, off, buf)

@@ -48,6 +48,9 @@ def populate(root: Path, spec: dict, prefix: str = "trusted.overlay.") -> None:
         elif v == XWHITEOUT:
             p.write_bytes(b"")
             os.setxattr(p, prefix + "whiteout", b"y")
+            # overlayfs honours xattr whiteouts only in directories marked as holding them
+            if prefix + "opaque" not in os.listxattr(root):
+                os.setxattr(root, prefix + "opaque", b"x")
         elif v[0] == "symlink":
             os.symlink(v[1], p)
         elif v[0] == "opaque":
