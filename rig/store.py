@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS bench (
     series_id       INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
     metric          TEXT NOT NULL,
     unit            TEXT,
+    better          TEXT,                    -- higher | lower | NULL (from kproto bench when it says)
     baseline_median REAL,
     patched_median  REAL,
     change_pct      REAL,
@@ -287,9 +288,9 @@ class Store:
             for m in rec.bench:
                 ci = m.get("ci95_pct") or [None, None]
                 self.conn.execute(
-                    "INSERT INTO bench(series_id, metric, unit, baseline_median, patched_median, change_pct, ci_lo, ci_hi,"
-                    " significant, runs) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (sid, m["name"], m.get("unit"), m.get("baseline_median"), m.get("patched_median"),
+                    "INSERT INTO bench(series_id, metric, unit, better, baseline_median, patched_median, change_pct, ci_lo,"
+                    " ci_hi, significant, runs) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (sid, m["name"], m.get("unit"), m.get("better"), m.get("baseline_median"), m.get("patched_median"),
                      m.get("change_pct"), ci[0], ci[1], None if m.get("significant") is None else int(bool(m["significant"])),
                      m.get("runs")))
             for f in rec.findings:
@@ -370,7 +371,7 @@ class Store:
                 if r["is_new"]:
                     splats["new"].append(s)
             timings = {r["key"]: r["seconds"] for r in self.conn.execute("SELECT * FROM timings WHERE series_id = ?", (sid,))}
-            bench = [{"name": r["metric"], "unit": r["unit"], "baseline_median": r["baseline_median"],
+            bench = [{"name": r["metric"], "unit": r["unit"], "better": r["better"], "baseline_median": r["baseline_median"],
                       "patched_median": r["patched_median"], "change_pct": r["change_pct"],
                       "ci95_pct": [r["ci_lo"], r["ci_hi"]],
                       "significant": None if r["significant"] is None else bool(r["significant"]), "runs": r["runs"]}
