@@ -111,6 +111,7 @@ class OverlayFS(pyfuse3.Operations):
         os.makedirs(self.work_dir, exist_ok=True)
         pfx = cfg.xattr_prefix.encode()
         self.xprefix = pfx
+        self.xescaped = pfx + b"overlay."
         self.x_opaque = pfx + b"opaque"
         self.x_redirect = pfx + b"redirect"
         self.x_whiteout = pfx + b"whiteout"
@@ -190,7 +191,15 @@ class OverlayFS(pyfuse3.Operations):
             return None
 
     def _is_private(self, name: bytes) -> bool:
-        return name.startswith(self.xprefix)
+        """An overlay-private xattr on a real file (escaped user xattrs are not private)."""
+        return name.startswith(self.xprefix) and not name.startswith(self.xescaped)
+
+    def _real_xname(self, name: bytes) -> bytes:
+        """Overlay-visible xattr name -> name on the real file.  Like overlayfs (>= 6.7), a
+        user's ``trusted.overlay.X`` is stored escaped as ``trusted.overlay.overlay.X``."""
+        if name.startswith(self.xprefix):
+            return self.xescaped + name[len(self.xprefix):]
+        return name
 
     # ------------------------------------------------------------------ lookup
 
@@ -356,7 +365,7 @@ class OverlayFS(pyfuse3.Operations):
             return
         for n in names:
             nb = os.fsencode(n)
-            if nb.startswith(self.xprefix):
+            if self._is_private(nb):
                 continue
             try:
                 v = os.getxattr(src, n, follow_symlinks=False)
@@ -1184,8 +1193,7 @@ class OverlayFS(pyfuse3.Operations):
         return await self._run(self._getxattr_op, inode, name)
 
     def _getxattr_op(self, inode, name):
-        if self._is_private(name):
-            raise _err(errno.EOPNOTSUPP)
+        name = self._real_xname(name)
         node = self._node(inode)
         try:
             if node.unlinked and node.fd is not None:
@@ -1199,15 +1207,20 @@ class OverlayFS(pyfuse3.Operations):
 
     def _listxattr_op(self, inode):
         node = self._node(inode)
-        names = os.listxattr(self.real_path(node), follow_symlinks=False)
-        return [os.fsencode(n) for n in names if not self._is_private(os.fsencode(n))]
+        out = []
+        for n in os.listxattr(self.real_path(node), follow_symlinks=False):
+            nb = os.fsencode(n)
+            if nb.startswith(self.xescaped):
+                out.append(self.xprefix + nb[len(self.xescaped):])
+            elif not nb.startswith(self.xprefix):
+                out.append(nb)
+        return out
 
     async def setxattr(self, inode, name, value, ctx):
         await self._run(self._setxattr_op, inode, name, value)
 
     def _setxattr_op(self, inode, name, value):
-        if self._is_private(name):
-            raise _err(errno.EOPNOTSUPP)
+        name = self._real_xname(name)
         with self.lock:
             node = self._node(inode)
             self.copy_up(node)
@@ -1217,8 +1230,7 @@ class OverlayFS(pyfuse3.Operations):
         await self._run(self._removexattr_op, inode, name)
 
     def _removexattr_op(self, inode, name):
-        if self._is_private(name):
-            raise _err(errno.EOPNOTSUPP)
+        name = self._real_xname(name)
         with self.lock:
             node = self._node(inode)
             if not node.upper:

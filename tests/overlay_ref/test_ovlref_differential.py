@@ -52,7 +52,8 @@ def view(root: Path) -> list:
                 ent.append(os.readlink(p))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 ent.append(st.st_rdev)
-            xs = sorted(x for x in os.listxattr(p, follow_symlinks=False) if x.startswith("user."))
+            xs = sorted(x for x in os.listxattr(p, follow_symlinks=False)
+                        if x.startswith(("user.", "trusted.")))
             ent.append([(x, os.getxattr(p, x, follow_symlinks=False)) for x in xs])
             out.append(ent)
     return out
@@ -198,6 +199,12 @@ def sc_xattrs(m: Path):
     os.removexattr(m / "a.txt", "user.k1")
     obs.append([x for x in os.listxattr(m / "a.txt") if x.startswith("user.")])
     obs.append(sorted(x for x in os.listxattr(m / "opq") if not x.startswith("security.")))
+    # the overlay's own xattr namespace: private ones hidden, user-set ones escaped
+    obs.append(attempt(os.getxattr, m / "opq", "trusted.overlay.opaque"))
+    obs.append(attempt(os.setxattr, m / "b.txt", "trusted.overlay.mine", b"1"))
+    obs.append(attempt(os.getxattr, m / "b.txt", "trusted.overlay.mine"))
+    obs.append(sorted(x for x in os.listxattr(m / "b.txt") if x.startswith("trusted.")))
+    obs.append(sorted(os.listdir(m / "opq")))
     return obs
 
 
