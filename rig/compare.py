@@ -108,11 +108,13 @@ class TestVerdict:
     baseline: dict = field(default_factory=dict)
     patched: dict = field(default_factory=dict)
     reason: str | None = None        # for status error: what went wrong
+    side_effects: list[str] = field(default_factory=list)   # extra copy-ups, not divergences
 
     def as_json(self) -> dict:
         return {"name": self.name, "status": self.status, "known": self.known,
                 "diffs": [d.as_json() for d in self.diffs], "reference": _obs(self.reference),
-                "baseline": _obs(self.baseline), "patched": _obs(self.patched), "reason": self.reason}
+                "baseline": _obs(self.baseline), "patched": _obs(self.patched), "reason": self.reason,
+                "side_effects": self.side_effects}
 
     def as_target_json(self) -> dict:
         """For `kproto run-tests --json`: the compared target is `target` (no baseline)."""
@@ -151,9 +153,34 @@ def comparable(res: dict) -> dict[str, str | None]:
     return out
 
 
+def _extra_copy_up(a: dict, b: dict, key: str) -> bool:
+    """upper:P present on one side only, as a plain copy-up of a lower regular file: a copy-up the other
+    side did not need (e.g. the 2016 RFC copies up on a read-only MAP_SHARED mmap). Not visible through
+    the POSIX API, so reported as a side effect rather than a divergence."""
+    if not key.startswith("upper:"):
+        return False
+    p = key[len("upper:"):]
+    ea, eb = (a.get("upper") or {}).get(p), (b.get("upper") or {}).get(p)
+    one = ea if eb is None else eb if ea is None else None
+    return bool(one) and one.get("type") == "file" and bool(one.get("in_lower")) and not one.get("whiteout")
+
+
 def diff_keys(a: dict, b: dict) -> list[str]:
     ca, cb = comparable(a), comparable(b)
-    return sorted(k for k in set(ca) | set(cb) if ca.get(k, ABSENT) != cb.get(k, ABSENT))
+    return sorted(k for k in set(ca) | set(cb)
+                  if ca.get(k, ABSENT) != cb.get(k, ABSENT) and not _extra_copy_up(a, b, k))
+
+
+def side_effects(ref: dict, target: dict) -> list[str]:
+    """Copy-ups TARGET did that the reference did not (or the other way round), as readable notes."""
+    ca, cb = comparable(ref), comparable(target)
+    out = []
+    for k in sorted(set(ca) | set(cb)):
+        if ca.get(k, ABSENT) != cb.get(k, ABSENT) and _extra_copy_up(ref, target, k):
+            who = "copied up here, not by the reference" if ca.get(k) in (None, ABSENT) else \
+                "not copied up here, copied up by the reference"
+            out.append(f"{k[len('upper:'):]}: {who}")
+    return out
 
 
 def _ok(res: dict | None) -> bool:
@@ -231,6 +258,7 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
                 v.known = known.explain(name, pkeys)
         all_keys = sorted(set(pkeys) | set(bkeys or []))
         v.diffs = _mk_diffs(all_keys, ref, base if base_ran else None, pat)
+        v.side_effects = side_effects(ref, pat)
         out.append(v)
     return out
 

@@ -65,6 +65,8 @@ def terminal(report: Report) -> str:
         tag = t["status"].upper()
         known = f"  [known divergence: {t['known']}]" if t.get("known") else ""
         lines.append(f"  {tag:<10} {t['name']:<{w}}{known}")
+        for note in t.get("side_effects") or []:
+            lines.append(f"  {'':<10}   side effect: {note}")
         if t["status"] == "match":
             continue
         for d in t.get("diffs", [])[:6]:

@@ -82,7 +82,8 @@ F = {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 3, "xattrs": {}
     ({"upper": {"f": F}}, {"upper": {"f": dict(F, size=4)}}, ["upper:f"]),
     ({"upper": {"f": F}}, {"upper": {"f": dict(F, mode="0600")}}, ["upper:f"]),
     ({"upper": {"f": F}}, {"upper": {"f": dict(F, uid=5)}}, ["upper:f"]),
-    ({"upper": {"f": F}}, {"upper": {}}, ["upper:f"]),
+    ({"upper": {"f": F}}, {"upper": {}}, []),            # an extra copy-up: a side effect, not a divergence
+    ({"upper": {"f": dict(F, in_lower=False)}}, {"upper": {}}, ["upper:f"]),      # a new file is not
     ({"upper": {"w": dict(F, type="char", mode="0000", whiteout=True)}},
      {"upper": {"w": dict(F, type="char", mode="0644", whiteout=True)}}, []),          # whiteout mode
     ({"upper": {"w": dict(F, type="char", whiteout=True)}},
@@ -208,3 +209,13 @@ def test_as_json_contract():
     t = compare.compare_target({"t": GOOD}, {"t": BAD}, None)[0].as_target_json()
     assert t["diffs"] == [{"key": "data", "reference": "NEW", "target": "old"}] and "target" in t
     assert isinstance(TestVerdict(name="x", status="match").as_json()["reference"], dict)
+
+
+def test_extra_copy_up_is_reported_as_a_side_effect_not_a_regression():
+    ok = {"status": "ok", "observations": {"data": "x"}, "exit_code": 0, "signal": None, "upper": {}}
+    copied = dict(ok, upper={"src": {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 12,
+                                     "xattrs": {}, "in_lower": True}})
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": copied}, compare.Known())
+    assert v.status == "match"
+    assert v.side_effects == ["src: copied up here, not by the reference"]
+    assert v.as_json()["side_effects"] == v.side_effects
