@@ -636,7 +636,7 @@ def _change_text(c: dict, with_kernel: bool = False) -> str:
     if c.get("series"):
         who = c["series"] + (f" [{c['kernel']}]" if with_kernel and c.get("kernel") else "")
     else:
-        who = c.get("kernel") or 
+        who = c.get("kernel") or ""
     k = c["kind"]
     subj, before, after = c.get("subject"), c.get("before"), c.get("after")
     phrases = {

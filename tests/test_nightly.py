@@ -338,37 +338,30 @@ def test_run_failing_at_the_end_stays_incomplete(tmp_path, monkeypatch):
     assert "stored as incomplete" in log.read_text()
 
 
-def test_second_nightly_is_refused_while_one_holds_the_lock(tmp_path):
+def test_second_nightly_is_refused_while_one_holds_the_lock(tmp_path, monkeypatch):
     c = write_config(tmp_path, "n.toml", [("v1", [V1])])
     cfg = nightly.load_config(c)
-    holder = subprocess.Popen(["flock", str(cfg.lock_path), "sleep", "60"]) if shutil.which("flock") else None
+
+    def no_kernel(k, say):            # must never get this far
+        raise AssertionError("the second nightly started working")
+    monkeypatch.setattr(nightly, "prepare_kernel", no_kernel)
+    cfg.lock_path.parent.mkdir(parents=True)
+    fd = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT)      # flock: per open file, so this conflicts in-process too
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"4242\n")
     try:
-        if holder is None:
-            cfg.lock_path.parent.mkdir(parents=True)
-            fd = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            cfg.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            for _ in range(100):
-                probe = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT)
-                try:
-                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(probe, fcntl.LOCK_UN)
-                    import time; time.sleep(0.05)
-                except BlockingIOError:
-                    break
-                finally:
-                    os.close(probe)
         res = CliRunner().invoke(main, ["nightly", str(c)])
-        assert res.exit_code == 3
+        assert res.exit_code == 3, res.output
         err = [l for l in res.output.splitlines() if l.strip()]
-        assert len(err) == 1 and err[0].startswith("kproto: error: another kproto nightly is running")
-        assert not (tmp_path / "out" / "history.sqlite").exists() or not Store.open(tmp_path / "out" / "history.sqlite").runs()
+        assert len(err) == 1, err
+        assert err[0].startswith("kproto: error: another kproto nightly is running (pid 4242 holds ")
+        assert not cfg.db.exists()
     finally:
-        if holder is not None:
-            holder.kill(); holder.wait()
-        else:
-            os.close(fd)
+        os.close(fd)
+    # released: the next one runs
+    r = nightly.run(cfg, say=lambda m: None, kernel_fn=fake_kernel,
+                    test_fn=Fake({"ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})}))
+    assert r.exit_code == 0
 
 
 def test_abandoned_run_is_marked_by_the_next(tmp_path):
