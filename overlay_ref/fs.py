@@ -53,6 +53,22 @@ _PREFETCH = 4 << 20
 _COPY_CHUNK = 1 << 20
 
 
+_libc = None
+
+
+def _renameat2(old: bytes, new: bytes, flags: int) -> None:
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    import ctypes
+    AT_FDCWD = -100
+    if _libc.renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -933,8 +949,10 @@ class OverlayFS(pyfuse3.Operations):
                         name_new, flags)
 
     def _rename_op(self, pold, nold, pnew, nnew, flags):
+        if flags == RENAME_EXCHANGE:
+            return self._exchange_op(pold, nold, pnew, nnew)
         if flags & ~RENAME_NOREPLACE:
-            raise _err(errno.EINVAL)     # RENAME_EXCHANGE / RENAME_WHITEOUT not supported
+            raise _err(errno.EINVAL)     # RENAME_WHITEOUT, or EXCHANGE combined with NOREPLACE
         with self.lock:
             op = self._node(pold)
             np_ = self._node(pnew)
@@ -1001,6 +1019,53 @@ class OverlayFS(pyfuse3.Operations):
             if dst is not None:
                 self._drop_path(new_path)
             self._move_path(old_path, new_path, src, np_)
+
+    def _dir_redirect(self, node: Node, path: bytes) -> Optional[bytes]:
+        """The absolute redirect a directory with lower layers needs when it moves."""
+        if node.kind != DIR or not node.lowers:
+            return None
+        cur = self._getx(self.upper_path(path), self.x_redirect) if node.upper else None
+        if cur and cur.startswith(b"/"):
+            return cur
+        li, lp = node.lowers[0]
+        rel = os.path.relpath(lp, self.lower_roots[li])
+        return b"/" + (b"" if rel == b"." else rel)
+
+    def _exchange_op(self, pold, nold, pnew, nnew):
+        with self.lock:
+            op, np_ = self._node(pold), self._node(pnew)
+            a = self._lookup_locked(op, nold)
+            b = self._lookup_locked(np_, nnew)
+            if a is None or b is None:
+                raise _err(errno.ENOENT)
+            if a is b:
+                return
+            pa, pb = _join(op.path, nold), _join(np_.path, nnew)
+            if pb.startswith(pa + b"/") or pa.startswith(pb + b"/"):
+                raise _err(errno.EINVAL)
+            for n in (a, b):
+                if n.kind == DIR and n.lowers and not self.cfg.redirect_dir:
+                    raise _err(errno.EXDEV)
+            self.copy_up(op)
+            self.copy_up(np_)
+            ra, rb = self._dir_redirect(a, pa), self._dir_redirect(b, pb)
+            self.copy_up(a)
+            self.copy_up(b)
+            ua, ub = self.upper_path(pa), self.upper_path(pb)
+            # each object lands on the other's name: a moved directory keeps its own lower
+            # layers (redirect) and must not merge those of its new name (opaque)
+            for n, up, red, other_parent, other_name in ((a, ua, ra, np_, nnew), (b, ub, rb, op, nold)):
+                if n.kind != DIR:
+                    continue
+                if red is not None:
+                    os.setxattr(up, self.x_redirect, red)
+                elif self._lower_positive(other_parent, other_name):
+                    os.setxattr(up, self.x_opaque, b"y")
+            _renameat2(ua, ub, RENAME_EXCHANGE)
+            tmp = b"\0exchange"
+            self._move_path(pa, tmp, a, np_)
+            self._move_path(pb, pa, b, op)
+            self._move_path(tmp, pb, a, np_)
 
     # ---- files
 

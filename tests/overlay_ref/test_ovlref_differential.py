@@ -242,7 +242,42 @@ def sc_fd_after_copy_up(m: Path):
     return obs
 
 
+def _exchange(a, b):
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def sc_rename_exchange(m: Path):
+    os.mkdir(m / "updir")
+    (m / "updir/f").write_text("f")
+    (m / "upfile").write_text("u")
+    obs = [attempt(_exchange, m / "a.txt", m / "b.txt"),
+           attempt(_exchange, m / "upfile", m / "dir/l1.txt"),
+           attempt(_exchange, m / "updir", m / "x.txt"),
+           attempt(_exchange, m / "dir", m / "only-top"),
+           attempt(_exchange, m / "updir", m / "missing"),
+           (m / "a.txt").read_text(), (m / "b.txt").read_text(), (m / "upfile").read_text(),
+           (m / "dir/l1.txt").read_text(), (m / "updir").read_text(),
+           sorted(os.listdir(m / "x.txt")), sorted(os.listdir(m))]
+    return obs
+
+
+def sc_rename_exchange_redirect(m: Path):
+    os.mkdir(m / "updir")
+    obs = [attempt(_exchange, m / "dir", m / "only-top"),
+           sorted(os.listdir(m / "dir")), sorted(os.listdir(m / "only-top")),
+           attempt(_exchange, m / "updir", m / "empty"),
+           sorted(os.listdir(m / "updir")), sorted(os.listdir(m / "empty"))]
+    return obs
+
+
 SCENARIOS = {
+    "rename_exchange": (sc_rename_exchange, False),
+    "rename_exchange_redirect": (sc_rename_exchange_redirect, True),
     "write_lower_files": (sc_write_lower_files, False),
     "unlink_and_recreate": (sc_unlink_and_recreate, False),
     "rmdir": (sc_rmdir, False),
