@@ -529,8 +529,12 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _fmt_pct(x: float) -> str:
+    return f"{x:+.1f}" if abs(x) < 1000 else (">+999" if x > 0 else "<-999")
+
+
 def render(results: list[MetricResult], *, title: str, a_label: str, b_label: str, accel: str,
-           rounds: int, reps: int, min_effect: float) -> str:
+           rounds: int, reps: int, min_effect: float, per: str = "boot") -> str:
     lines = [title]
     if accel.startswith("tcg"):
         lines.append(f"note: {TCG_NOTE}")
@@ -538,9 +542,12 @@ def render(results: list[MetricResult], *, title: str, a_label: str, b_label: st
             lines.append(f"note: {ICOUNT_NOTE}")
     elif accel:
         lines.append(f"accel: {accel}")
-    lines.append(f"{rounds} boot(s) per side, {reps} repetition(s) per boot, interleaved A B; "
+    lines.append(f"{rounds} {per}(s) per side, {reps} repetition(s) per {per}, interleaved A B; "
                  f"95% CI: two-level bootstrap of the median ratio, widened to the paired per-round t-interval; '*' = significant "
                  f"(CI excludes 0 and |%change| >= {min_effect:g}%)")
+    if rounds < 2:
+        lines.append(f"note: a single {per} per side: the interval only sees repetition noise, not how much "
+                     f"{per}s differ; use --runs 2 or more before trusting a '*'")
     lines.append("")
     w = max([len(m.name) + len(m.unit) + 3 for m in results] + [10])
     lines.append(f"{a_label[:21]:>21s}                        {b_label[:21]:>21s}")
@@ -548,7 +555,7 @@ def render(results: list[MetricResult], *, title: str, a_label: str, b_label: st
                  f"   {'95% CI of %change':>19s}   {'metric':<{w}s}")
     lines.append(f"{'-' * 12} {'-' * 8} {'-' * 9}   {'-' * 12} {'-' * 8}   {'-' * 19}   {'-' * w}")
     for m in results:
-        ci = f"[{m.ci95_pct[0]:+.1f}, {m.ci95_pct[1]:+.1f}]"
+        ci = f"[{_fmt_pct(m.ci95_pct[0])}, {_fmt_pct(m.ci95_pct[1])}]"
         star = "*" if m.significant else " "
         name = f"{m.name} ({m.unit})"
         lines.append(f"{_fmt(m.baseline_median):>12s} {'± ' + format(m.baseline_stddev_pct, '.0f') + '%':>8s} "

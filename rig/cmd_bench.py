@@ -45,6 +45,9 @@ def command(patches, runs, max_runs, reps, duration_ms, min_effect, no_icount, o
     medians, %change and a 95% bootstrap CI per metric. Without PATCH, the baseline is compared with
     itself (an A/A check of the noise).
 
+    --host-vs-ref needs no kernel build or VM: the same programs run on the host, on the host
+    kernel's overlayfs and on the reference overlay (tmpfs layers, wall-clock timing), exit 0.
+
     Exit: 0 no significant regression, 1 a metric regressed significantly, 2 bad input, 3 infrastructure."""
     from .testrun import new_run_dir
     opts = benchmod.BenchOptions(runs=runs, max_runs=max(max_runs or 2 * runs, runs), reps=reps,
@@ -103,11 +106,14 @@ def command(patches, runs, max_runs, reps, duration_ms, min_effect, no_icount, o
         else:
             shutil.rmtree(run_root, ignore_errors=True)
     click.echo(benchmod.render(results, title=title, a_label=a_label, b_label=b_label, accel=accel,
-                               rounds=col.rounds, reps=opts.reps, min_effect=opts.min_effect))
+                               rounds=col.rounds, reps=opts.reps, min_effect=opts.min_effect,
+                               per="round" if host_vs_ref else "boot"))
     if json_out:
         doc = benchmod.to_json(results, rounds=col.rounds, reps=opts.reps, min_effect_pct=opts.min_effect,
                                **extra)
         if accel.startswith("tcg"):
             doc["note"] = benchmod.TCG_NOTE + ("; " + benchmod.ICOUNT_NOTE if "icount" in accel else "")
         Path(json_out).write_text(json.dumps(doc, indent=1) + "\n")
+    if host_vs_ref:          # a comparison of two implementations, not a patch: informational
+        sys.exit(EXIT_CLEAN)
     sys.exit(EXIT_REGRESSED if any(m.verdict == "regression" for m in results) else EXIT_CLEAN)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 READ_DELAY = DATA / "patches" / "read-delay.patch"
 OVL_COPYUP = REPO / "patches" / "ovl-copyup.patch"
-KPROTO = [sys.executable, "-m", "rig.cli"]
+KPROTO = [str(Path(sys.executable).with_name("kproto"))]
 
 
 # ---------------------------------------------------------------- parsing
@@ -260,9 +260,9 @@ def test_ovlbench_on_host_overlayfs(tmp_path):
 FAST = ["--runs", "2", "--max-runs", "2", "--reps", "2", "--duration-ms", "30"]
 
 
-def _bench(args, tmp_path, timeout=900):
+def _bench(args, tmp_path, timeout=900, fast=FAST):
     out = tmp_path / "bench.json"
-    p = subprocess.run([*KPROTO, "bench", *args, *FAST, "--json", str(out)], cwd=REPO, capture_output=True,
+    p = subprocess.run([*KPROTO, "bench", *args, *fast, "--json", str(out)], cwd=REPO, capture_output=True,
                        text=True, timeout=timeout)
     print(p.stdout)
     print(p.stderr[-3000:], file=sys.stderr)
@@ -294,6 +294,25 @@ def test_baseline_vs_baseline_is_not_significant(tmp_path):
 @pytest.mark.slow
 def test_ovl_copyup_prints_the_table(tmp_path):
     patch = OVL_COPYUP if OVL_COPYUP.is_file() else READ_DELAY
-    p, doc = _bench([str(patch)], tmp_path)
+    p, doc = _bench([str(patch)], tmp_path, fast=["--runs", "1", "--reps", "2", "--duration-ms", "30"])
     assert "%stddev" in p.stdout and "mmap_shared_first_lower" in p.stdout
     assert len(doc["metrics"]) >= 14
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not _can_mount_overlay(), reason="needs root and overlayfs on the host")
+def test_host_vs_ref_same_table(tmp_path):
+    out = tmp_path / "hr.json"
+    p = subprocess.run([*KPROTO, "bench", "--host-vs-ref", "--runs", "1", "--reps", "1", "--duration-ms", "10",
+                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "host overlayfs" in p.stdout and "overlay_ref" in p.stdout and "%change" in p.stdout
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "host-vs-ref"
+    assert {"pread4k_rand_lower", "open_read_close_upper"} <= {m["name"] for m in doc["metrics"]}
+
+
+def test_bench_rejects_patches_with_host_vs_ref(tmp_path):
+    p = subprocess.run([*KPROTO, "bench", "--host-vs-ref", str(READ_DELAY)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "takes no PATCH" in p.stderr
