@@ -589,3 +589,12 @@ def test_two_real_nightly_runs(tmp_path):
     rows = {l.split()[0]: l.split()[1:] for l in r.stdout.splitlines()}
     assert rows["v1"] == ["rfc_read_ro_fd_after_copyup", "match", "apply-failed"]
     assert rows["v2"] == ["rfc_read_ro_fd_after_copyup", "match", "regressed"]
+
+
+def test_documented_example_config_parses():
+    cfg = nightly.load_config(DATA / "nightly" / "example.toml")
+    assert [s.name for s in cfg.series] == ["ovl-copyup-v1", "ovl-copyup-v2"]
+    assert cfg.series[0].paths[0].resolve() == V1 and cfg.kernels[0].source is None
+    assert cfg.db == Path("/var/lib/kproto/nightly/history.sqlite")
+    doc = (REPO / "docs" / "nightly.md").read_text()
+    assert (DATA / "nightly" / "example.toml").read_text().split("\n", 2)[2].strip()[:200] in doc
