@@ -1,6 +1,7 @@
 """`kproto` command line (click). Each command lives in its own rig/cmd_*.py module exposing `command`."""
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -30,6 +31,12 @@ class KprotoGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("kproto: interrupted; VMs reaped, mounts and source trees restored", err=True)
             sys.exit(EXIT_INFRA)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                click.echo(f"kproto: error: disk full writing {e.filename or 'the cache'} "
+                           f"(free space there, or point KPROTO_CACHE at a bigger disk)", err=True)
+                sys.exit(EXIT_INFRA)
+            raise
         except KprotoError as e:
             click.echo(f"kproto: error: {e.message}", err=True)
             if e.detail:
@@ -60,3 +67,7 @@ for _name in COMMAND_MODULES:
         _obj = getattr(_mod, _attr, None)
         for _cmd in (_obj if isinstance(_obj, (list, tuple)) else [_obj] if _obj else []):
             main.add_command(_cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -136,6 +136,9 @@ def _unpack_tarball(tarball: Path, dest: Path) -> SourceTree:
                 proc = subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
+                    if "No space left" in proc.stderr:
+                        raise InfraError(f"disk full unpacking {tarball} into {dest.parent} "
+                                         "(free space there, or point KPROTO_CACHE at a bigger disk)")
                     raise BadInput(f"cannot unpack {tarball}: {proc.stderr.strip()[:200]}")
                 if not (tmp / "Makefile").is_file() or not (tmp / "fs").is_dir():
                     raise BadInput(f"{tarball} does not hold a kernel source tree (no top Makefile and fs/)")
