@@ -377,7 +377,7 @@ def _num(v) -> str:
 
 
 def _diff_detail(t: dict) -> str | None:
-    ds = t.get("diffs") or []
+    ds = [d for d in t.get("diffs") or [] if d.get("patched") != d.get("reference")] or t.get("diffs") or []
     if ds:
         return "; ".join(f"{d['key']}: reference {d.get('reference')!s}, patched {d.get('patched')!s}" for d in ds[:4])
     return t.get("reason")
@@ -439,13 +439,23 @@ def run_series(kernel: KernelCfg, s: SeriesCfg, cfg: NightlyConfig, say: Callabl
 def _kproto_subcommand(args: list[str], say: Callable[[str], None], timeout: float) -> tuple[int, str]:
     """Run `kproto ARGS` in a child process (the JSON contracts of DESIGN.md §4)."""
     cmd = [sys.executable, "-c", "from rig.cli import main; main()", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return 124, f"kproto {args[0]} timed out after {timeout:.0f} s"
-    if p.returncode != 0:
-        say(f"kproto {args[0]} exit {p.returncode}: {p.stderr.strip().splitlines()[-1:] }")
-    return p.returncode, p.stderr
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        # SIGTERM first: the child unwinds like Ctrl-C and reaps its own VMs; SIGKILL only if it hangs
+        proc.terminate()
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            return 124, f"kproto {args[0]} timed out after {timeout:.0f} s"
+        raise
+    if proc.returncode != 0:
+        say(f"kproto {args[0]} exit {proc.returncode}: {err.strip().splitlines()[-1:]}")
+    return proc.returncode, err
 
 
 def run_bench(kernel: KernelCfg, s: SeriesCfg, say: Callable[[str], None]) -> tuple[list[dict], str | None]:

@@ -549,6 +549,11 @@ def test_two_real_nightly_runs(tmp_path):
     print(p2.stdout, p2.stderr[-3000:])
     assert p2.returncode == 1, p2.stderr[-3000:]
 
+    assert_two_nights(tmp_path, c2, p2.stdout, kproto)
+
+
+def assert_two_nights(tmp_path: Path, c2: Path, stdout2: str, kproto: list[str]) -> None:
+    """What night 2 must have recorded and reported (split out so it can be re-checked on kept output)."""
     db = sqlite3.connect(tmp_path / "out" / "history.sqlite")
     assert db.execute("SELECT id, complete, state, exit_code, previous_run FROM runs ORDER BY id").fetchall() == [
         (1, 1, "complete", 0, None), (2, 1, "complete", 1, 1)]
@@ -561,27 +566,35 @@ def test_two_real_nightly_runs(tmp_path):
     assert tr[(1, "v2", "rfc_read_ro_fd_after_copyup")] == "match"
     assert tr[(1, "v2", "mmap_shared_ro_after_copyup")] == "fixed"
     assert tr[(2, "v2", "rfc_read_ro_fd_after_copyup")] == "regressed"
-    assert tr[(2, "v2", "mmap_shared_ro_after_copyup")] == "fixed"
+    assert tr[(2, "v2", "mmap_shared_ro_after_copyup")] == "diverges"     # its read through the ro fd goes stale too
     assert not any(r == 2 and s == "v1" for r, s, _ in tr)
     kern = db.execute("SELECT version, commit_id FROM kernels WHERE run_id = 2").fetchone()
     assert kern[0].startswith("6.12") and len(kern[1]) == 40
     assert db.execute("SELECT count(*) FROM timings t JOIN series s ON s.id = t.series_id WHERE s.run_id = 2 AND t.key = 'total_s'").fetchone()[0] == 1
 
     regress = sorted(db.execute("SELECT kind, series, coalesce(subject, '') FROM changes WHERE run_id = 2 AND severity = 'regression'").fetchall())
-    assert regress == [("series-stopped-applying", "v1", ""), ("test-newly-failing", "v2", "rfc_read_ro_fd_after_copyup")]
+    assert regress == [("series-stopped-applying", "v1", ""), ("test-newly-failing", "v2", "mmap_shared_ro_after_copyup"),
+                       ("test-newly-failing", "v2", "rfc_read_ro_fd_after_copyup")]
+    failing = {r[0]: (r[1], r[2]) for r in db.execute(
+        "SELECT subject, before, after FROM changes WHERE run_id = 2 AND kind = 'test-newly-failing'")}
+    assert failing == {"rfc_read_ro_fd_after_copyup": ("match", "regressed"), "mmap_shared_ro_after_copyup": ("fixed", "diverges")}
     assert ("series-patches-changed", "v2") in db.execute("SELECT kind, series FROM changes WHERE run_id = 2").fetchall()
 
     out = tmp_path / "out" / "latest"
-    assert "REGRESSED -- 2 regression(s)" in (out / "summary.txt").read_text()
-    assert (out / "summary.txt").read_text() == p2.stdout
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith("kproto nightly run 2: REGRESSED -- 3 regression(s)")
+    assert "  - v1: no longer applies (last run: tested)" in summary
+    assert "  - v2: test rfc_read_ro_fd_after_copyup: match -> regressed" in summary
+    assert summary == stdout2
     j = json.loads((out / "report.json").read_text())
     assert j["exit_code"] == 1 and {c["kind"] for c in j["changes"] if c["severity"] == "regression"} == {
         "series-stopped-applying", "test-newly-failing"}
     ju = ET.parse(out / "junit" / "debian-6.12--v2.xml").getroot()
-    assert ju.get("failures") == "1"
+    assert ju.get("failures") == "2"
     root = check_rendered_report(out / "report.html", tmp_path,
                                  [("series-stopped-applying", "v1", ""),
-                                  ("test-newly-failing", "v2", "rfc_read_ro_fd_after_copyup")])
+                                  ("test-newly-failing", "v2", "rfc_read_ro_fd_after_copyup"),
+                                  ("test-newly-failing", "v2", "mmap_shared_ro_after_copyup")])
     series = {tr.get("data-series"): tr.get("data-outcome") for tr in root.iter("tr") if "series" in tr.get("class", "").split()}
     assert series == {"v1": "apply-failed", "v2": "tested"}
     r = subprocess.run([*kproto, "history", "-c", str(c2), "--test", "rfc_read"], capture_output=True, text=True)
@@ -598,3 +611,51 @@ def test_documented_example_config_parses():
     assert cfg.db == Path("/var/lib/kproto/nightly/history.sqlite")
     doc = (REPO / "docs" / "nightly.md").read_text()
     assert (DATA / "nightly" / "example.toml").read_text().split("\n", 2)[2].strip()[:200] in doc
+
+
+def test_bench_goes_through_the_kproto_bench_json_contract(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_sub(args, say, timeout):
+        calls.append(args)
+        out = Path(args[args.index("--json") + 1])
+        out.write_text((DATA / "nightly" / "bench.json").read_text())
+        return 1, "kproto: a metric regressed\n"             # exit 1 still leaves the JSON
+    monkeypatch.setattr(nightly, "_kproto_subcommand", fake_sub)
+    k = nightly.KernelCfg(name="git", source="/src/linux", config=(Path("/f.config"),))
+    s = nightly.SeriesCfg(name="v2", paths=[V2], kernels=["git"])
+    metrics, err = nightly.run_bench(k, s, lambda m: None)
+    assert err is None and [m["name"] for m in metrics] == ["pread_4k_lower", "open_read_close_lower"]
+    a = calls[0]
+    assert a[0] == "bench" and str(V2) in a and a[a.index("--kernel-src") + 1] == "/src/linux"
+    assert a[a.index("--config") + 1] == "/f.config"
+    # no JSON at all: a note, not a crash
+    monkeypatch.setattr(nightly, "_kproto_subcommand", lambda args, say, timeout: (2, "Error: No such command 'bench'.\n"))
+    metrics, err = nightly.run_bench(k, s, lambda m: None)
+    assert metrics == [] and "No such command" in err
+
+
+def test_kproto_subcommand_terminates_the_child_on_interrupt(monkeypatch):
+    import signal
+    import sys
+    import time
+
+    seen = {}
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kw):
+        p = real_popen([sys.executable, "-c", "import time; time.sleep(30)"], **kw)
+        seen["p"] = p
+        return p
+    monkeypatch.setattr(nightly.subprocess, "Popen", popen)
+    old = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        t = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            nightly._kproto_subcommand(["bench"], lambda m: None, timeout=60)
+        assert time.monotonic() - t < 20
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert seen["p"].returncode == -signal.SIGTERM
