@@ -17,6 +17,7 @@ KNOWN_OPTIONS = {
     "attr_timeout",      # seconds the kernel may cache attributes/entries (default 1.0)
     "log",               # daemon log file (default: none)
     "debug",             # log every request to the log file
+    "inline",            # on (default): cheap metadata ops on the event loop; off: all in threads
 }
 
 #: options of kernel overlayfs / mount(8) accepted and ignored (they do not change the
@@ -74,6 +75,7 @@ class OverlayConfig:
     attr_timeout: float = 1.0
     log: str | None = None
     debug: bool = False
+    inline: bool = True
     fuse_extra: list[str] = field(default_factory=list)
 
     @property
@@ -115,6 +117,8 @@ class OverlayConfig:
                     raise BadInput(f"bad value for option attr_timeout: {v!r}") from None
             elif k == "log":
                 cfg.log = os.path.abspath(str(v))
+            elif k == "inline":
+                cfg.inline = _truthy(v, k)
             elif k == "debug":
                 cfg.debug = _truthy(v, k)
             elif k in FUSE_PASSTHROUGH:

@@ -191,6 +191,8 @@ def spawn(cfg: OverlayConfig) -> int:
         opts.append(f"log={cfg.log}")
     if cfg.debug:
         opts.append("debug")
+    if not cfg.inline:
+        opts.append("inline=off")
     opts.extend(cfg.fuse_extra)
     cmd += ["-o", ",".join(opts)]
     errlog = open(cfg.log, "ab") if cfg.log else subprocess.DEVNULL

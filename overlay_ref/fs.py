@@ -50,6 +50,7 @@ RENAME_WHITEOUT = 4
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _PREFETCH = 4 << 20
+_UNLOCKED_COPY_MIN = 1 << 20
 _COPY_CHUNK = 1 << 20
 
 
@@ -77,9 +78,13 @@ def _join(path: bytes, name: bytes) -> bytes:
     return path + b"/" + name if path else name
 
 
+class _NeedThread(Exception):
+    """An operation tried inline on the event loop needs a worker thread after all."""
+
+
 class Node:
     __slots__ = ("ino", "path", "parent", "kind", "upper", "lowers", "nlookup", "aliases",
-                 "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock")
+                 "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock", "copying")
 
     def __init__(self, ino: int, path: bytes, parent: int, kind: int, upper: bool,
                  lowers: list[tuple[int, bytes]]):
@@ -97,6 +102,7 @@ class Node:
         self.old_fds: list[int] = []         # fds on stale backing files, closed on last release
         self.opens = 0
         self.lock = threading.Lock()
+        self.copying = False                 # a data copy-up runs without the namespace lock
 
 
 class Handle:
@@ -133,6 +139,7 @@ class OverlayFS(pyfuse3.Operations):
         self.x_whiteout = pfx + b"whiteout"
         self.x_whiteouts = pfx + b"whiteouts"
         self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self.nodes: dict[int, Node] = {}
         self.by_path: dict[bytes, int] = {}
         self.by_upper_ino: dict[tuple[int, int], int] = {}
@@ -142,6 +149,8 @@ class OverlayFS(pyfuse3.Operations):
         self.dirhandles: dict[int, DirHandle] = {}
         self.tmp_counter = itertools.count()
         self.timeout = cfg.attr_timeout
+        self.inline = cfg.inline
+        self._inline_ident: Optional[int] = None
         self.nursery: Optional[trio.Nursery] = None
         root = Node(pyfuse3.ROOT_INODE, b"", pyfuse3.ROOT_INODE, DIR, True,
                     [(i, r) for i, r in enumerate(self.lower_roots)])
@@ -164,6 +173,34 @@ class OverlayFS(pyfuse3.Operations):
         except Exception:
             log.exception("internal error in %s", getattr(fn, "__name__", fn))
             raise _err(errno.EIO) from None
+
+    async def _run_fast(self, fn, *args):
+        """Run a metadata operation on the event loop when that is cheap: the namespace lock is
+        free (never wait for it here) and the operation needs no data copy-up (copy_up raises
+        _NeedThread before any side effect that is not idempotent).  Otherwise, or with
+        ``-o inline=off``, run it in a worker thread."""
+        if self.inline and self.lock.acquire(blocking=False):
+            try:
+                self._inline_ident = threading.get_ident()
+                try:
+                    return fn(*args)
+                except _NeedThread:
+                    pass
+                except pyfuse3.FUSEError:
+                    raise
+                except OSError as e:
+                    raise _err(e.errno or errno.EIO) from None
+                except Exception:
+                    log.exception("internal error in %s", getattr(fn, "__name__", fn))
+                    raise _err(errno.EIO) from None
+            finally:
+                self._inline_ident = None
+                self.lock.release()
+        return await self._run(fn, *args)
+
+    def _check_may_block(self) -> None:
+        if self._inline_ident is not None and self._inline_ident == threading.get_ident():
+            raise _NeedThread()
 
     def upper_path(self, path: bytes) -> bytes:
         return self.upper_root + b"/" + path if path else self.upper_root
@@ -394,11 +431,18 @@ class OverlayFS(pyfuse3.Operations):
                     raise
 
     def copy_up(self, node: Node, data: bool = True) -> None:
-        """Copy ``node`` (and its parents first) up. Caller holds self.lock."""
+        """Copy ``node`` (and its parents first) up. Caller holds self.lock.
+
+        The data of big files is copied with the namespace lock released (other operations go
+        on; an operation that needs this node copied up waits for it)."""
+        while node.copying:
+            self.cond.wait()
         if node.upper:
             return
         if node.unlinked:
             raise _err(errno.ENOENT)
+        if node.kind != DIR:
+            self._check_may_block()
         parent = self.nodes[node.parent]
         self.copy_up(parent)
         src = node.lowers[0][1]
@@ -418,7 +462,19 @@ class OverlayFS(pyfuse3.Operations):
                 try:
                     fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     try:
-                        if data:
+                        if data and st.st_size > _UNLOCKED_COPY_MIN:
+                            node.copying = True
+                            saved = self.lock._release_save()
+                            try:
+                                self._copy_data(fin, fout, st.st_size)
+                            finally:
+                                self.lock._acquire_restore(saved)
+                                node.copying = False
+                                self.cond.notify_all()
+                            if node.unlinked:          # removed while we copied
+                                raise _err(errno.ENOENT)
+                            dst = self.upper_path(node.path)   # its parent may have moved
+                        elif data:
                             self._copy_data(fin, fout, st.st_size)
                         self._copy_xattrs(src, tmp, fout)
                         os.fchown(fout, st.st_uid, st.st_gid)
@@ -677,7 +733,7 @@ class OverlayFS(pyfuse3.Operations):
     # ================================================================== pyfuse3 operations
 
     async def lookup(self, parent_inode, name, ctx=None):
-        return await self._run(self._lookup_op, parent_inode, name)
+        return await self._run_fast(self._lookup_op, parent_inode, name)
 
     def _lookup_op(self, parent_inode, name):
         with self.lock:
@@ -691,7 +747,7 @@ class OverlayFS(pyfuse3.Operations):
             return attr
 
     async def forget(self, inode_list):
-        await self._run(self._forget_op, inode_list)
+        await self._run_fast(self._forget_op, inode_list)
 
     def _forget_op(self, inode_list):
         with self.lock:
@@ -704,13 +760,13 @@ class OverlayFS(pyfuse3.Operations):
                     self._delete_node(ino)
 
     async def getattr(self, inode, ctx=None):
-        return await self._run(self._getattr_op, inode)
+        return await self._run_fast(self._getattr_op, inode)
 
     def _getattr_op(self, inode):
         return self._attr(self._node(inode))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
-        return await self._run(self._setattr_op, inode, attr, fields, fh)
+        return await self._run_fast(self._setattr_op, inode, attr, fields, fh)
 
     def _setattr_op(self, inode, attr, fields, fh):
         with self.lock:
@@ -757,7 +813,7 @@ class OverlayFS(pyfuse3.Operations):
             return self._attr(node)
 
     async def readlink(self, inode, ctx):
-        return await self._run(self._readlink_op, inode)
+        return await self._run_fast(self._readlink_op, inode)
 
     def _readlink_op(self, inode):
         node = self._node(inode)
@@ -768,7 +824,7 @@ class OverlayFS(pyfuse3.Operations):
     # ---- creation
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return await self._run(self._mknod_op, parent_inode, name, mode, rdev, ctx)
+        return await self._run_fast(self._mknod_op, parent_inode, name, mode, rdev, ctx)
 
     def _mknod_op(self, parent_inode, name, mode, rdev, ctx):
         with self.lock:
@@ -790,7 +846,7 @@ class OverlayFS(pyfuse3.Operations):
             return self._attr(node)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return await self._run(self._mkdir_op, parent_inode, name, mode, ctx)
+        return await self._run_fast(self._mkdir_op, parent_inode, name, mode, ctx)
 
     def _mkdir_op(self, parent_inode, name, mode, ctx):
         with self.lock:
@@ -815,7 +871,7 @@ class OverlayFS(pyfuse3.Operations):
             return self._attr(node)
 
     async def symlink(self, parent_inode, name, target, ctx):
-        return await self._run(self._symlink_op, parent_inode, name, target, ctx)
+        return await self._run_fast(self._symlink_op, parent_inode, name, target, ctx)
 
     def _symlink_op(self, parent_inode, name, target, ctx):
         with self.lock:
@@ -836,7 +892,7 @@ class OverlayFS(pyfuse3.Operations):
             return self._attr(node)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        return await self._run(self._create_op, parent_inode, name, mode, flags, ctx)
+        return await self._run_fast(self._create_op, parent_inode, name, mode, flags, ctx)
 
     def _create_op(self, parent_inode, name, mode, flags, ctx):
         if flags & os.O_DIRECT:
@@ -866,7 +922,7 @@ class OverlayFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attr(node)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        return await self._run(self._link_op, inode, new_parent_inode, new_name)
+        return await self._run_fast(self._link_op, inode, new_parent_inode, new_name)
 
     def _link_op(self, inode, new_parent_inode, new_name):
         with self.lock:
@@ -892,7 +948,7 @@ class OverlayFS(pyfuse3.Operations):
     # ---- removal
 
     async def unlink(self, parent_inode, name, ctx):
-        await self._run(self._unlink_op, parent_inode, name)
+        await self._run_fast(self._unlink_op, parent_inode, name)
 
     def _unlink_op(self, parent_inode, name):
         with self.lock:
@@ -919,7 +975,7 @@ class OverlayFS(pyfuse3.Operations):
             self._drop_path(path)
 
     async def rmdir(self, parent_inode, name, ctx):
-        await self._run(self._rmdir_op, parent_inode, name)
+        await self._run_fast(self._rmdir_op, parent_inode, name)
 
     def _rmdir_op(self, parent_inode, name):
         with self.lock:
@@ -945,7 +1001,7 @@ class OverlayFS(pyfuse3.Operations):
     # ---- rename
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self._run(self._rename_op, parent_inode_old, name_old, parent_inode_new,
+        await self._run_fast(self._rename_op, parent_inode_old, name_old, parent_inode_new,
                         name_new, flags)
 
     def _rename_op(self, pold, nold, pnew, nnew, flags):
@@ -1070,7 +1126,7 @@ class OverlayFS(pyfuse3.Operations):
     # ---- files
 
     async def open(self, inode, flags, ctx):
-        return await self._run(self._open_op, inode, flags)
+        return await self._run_fast(self._open_op, inode, flags)
 
     def _open_op(self, inode, flags):
         if flags & os.O_DIRECT:
@@ -1138,7 +1194,7 @@ class OverlayFS(pyfuse3.Operations):
         pass
 
     async def release(self, fh):
-        await self._run(self._release_op, fh)
+        await self._run_fast(self._release_op, fh)
 
     def _release_op(self, fh):
         with self.lock:
@@ -1239,7 +1295,7 @@ class OverlayFS(pyfuse3.Operations):
                 os.close(fd)
 
     async def statfs(self, ctx):
-        return await self._run(self._statfs_op)
+        return await self._run_fast(self._statfs_op)
 
     def _statfs_op(self):
         sv = os.statvfs(self.upper_root)
@@ -1255,7 +1311,7 @@ class OverlayFS(pyfuse3.Operations):
     # ---- xattrs
 
     async def getxattr(self, inode, name, ctx):
-        return await self._run(self._getxattr_op, inode, name)
+        return await self._run_fast(self._getxattr_op, inode, name)
 
     def _getxattr_op(self, inode, name):
         name = self._real_xname(name)
@@ -1268,7 +1324,7 @@ class OverlayFS(pyfuse3.Operations):
             raise _err(e.errno or errno.ENODATA) from None
 
     async def listxattr(self, inode, ctx):
-        return await self._run(self._listxattr_op, inode)
+        return await self._run_fast(self._listxattr_op, inode)
 
     def _listxattr_op(self, inode):
         node = self._node(inode)
@@ -1282,7 +1338,7 @@ class OverlayFS(pyfuse3.Operations):
         return out
 
     async def setxattr(self, inode, name, value, ctx):
-        await self._run(self._setxattr_op, inode, name, value)
+        await self._run_fast(self._setxattr_op, inode, name, value)
 
     def _setxattr_op(self, inode, name, value):
         name = self._real_xname(name)
@@ -1292,7 +1348,7 @@ class OverlayFS(pyfuse3.Operations):
             os.setxattr(self.upper_path(node.path), name, value, follow_symlinks=False)
 
     async def removexattr(self, inode, name, ctx):
-        await self._run(self._removexattr_op, inode, name)
+        await self._run_fast(self._removexattr_op, inode, name)
 
     def _removexattr_op(self, inode, name):
         name = self._real_xname(name)

@@ -116,11 +116,12 @@ print("ok")
 """
 
 
-def test_concurrent_processes(make_layers, ref_mount):
+@pytest.mark.parametrize("inline", ["on", "off"])
+def test_concurrent_processes(inline, make_layers, ref_mount):
     nproc, nblocks = 6, 64
     files = {f"f{i}": os.urandom(256 * 1024) for i in range(8)}
     layers = make_layers([dict(files), {"shared": b"\0" * (nproc * nblocks * 4096)}])
-    m = ref_mount(layers)
+    m = ref_mount(layers, {"inline": inline})
     # several writers on one (lower, so copied up by whichever comes first) file
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(m / "shared"), str(i),
                                str(nblocks)], stdout=subprocess.PIPE, text=True)
@@ -147,3 +148,79 @@ def test_concurrent_processes(make_layers, ref_mount):
     for name, dg in zip(files, digests):
         assert dg == hashlib.sha256(files[name] + b"tail").hexdigest()
     assert sorted(os.listdir(m)) == sorted([n + ".moved" for n in files] + ["shared"])
+
+
+def test_long_copy_up_does_not_stall_other_io(make_layers, ref_mount):
+    layers = make_layers([{"small": "s" * 8192}])
+    with open(layers.lowers[0] / "big", "wb") as f:
+        f.truncate(768 << 20)                    # sparse in the lower, 768 MiB to copy up
+    layers.rehash()
+    m = ref_mount(layers)
+    fd = os.open(m / "small", os.O_RDONLY)
+    os.stat(m / "big")
+    done = []
+
+    def copy_up():
+        os.close(os.open(m / "big", os.O_WRONLY))
+        done.append(True)
+
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(copy_up)
+        import time
+        deadline = time.monotonic() + 10
+        while not os.listdir(layers.work / "work") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert os.listdir(layers.work / "work"), "copy-up did not start"
+        # reads on an open file and namespace operations elsewhere are answered while the
+        # copy-up runs
+        for i in range(20):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)    # make it ask the daemon
+            assert os.pread(fd, 100, i * 100) == b"s" * 100
+            os.fstat(fd)
+        (m / "new").write_text("n")
+        assert sorted(os.listdir(m)) == ["big", "new", "small"]
+        os.unlink(m / "new")
+        assert not done, "copy-up finished too fast to test anything"
+        fut.result(timeout=300)
+    os.close(fd)
+    assert os.stat(layers.upper / "big").st_size == 768 << 20
+
+
+def test_unlink_during_copy_up_does_not_resurrect(make_layers, ref_mount):
+    import time
+    layers = make_layers([{"keep": "k"}])
+    with open(layers.lowers[0] / "big", "wb") as f:
+        f.truncate(768 << 20)
+    layers.rehash()
+    m = ref_mount(layers)
+    os.stat(m / "big")
+    results = []
+
+    def writer():
+        try:
+            os.close(os.open(m / "big", os.O_WRONLY))
+            results.append("ok")
+        except OSError as e:
+            results.append(e.errno)
+
+    def second_writer():            # waits for the same copy-up instead of starting another
+        try:
+            os.close(os.open(m / "big", os.O_RDWR))
+            results.append("ok")
+        except OSError as e:
+            results.append(e.errno)
+
+    with ThreadPoolExecutor(2) as ex:
+        f1 = ex.submit(writer)
+        deadline = time.monotonic() + 10
+        while not os.listdir(layers.work / "work") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        f2 = ex.submit(second_writer)
+        os.unlink(m / "big")
+        f1.result(timeout=300)
+        f2.result(timeout=300)
+    assert not os.path.exists(m / "big")
+    assert "big" not in os.listdir(m)
+    st = os.lstat(layers.upper / "big")
+    assert st.st_rdev == 0 and (st.st_mode & 0o170000) == 0o020000     # a whiteout
+    assert os.listdir(layers.work / "work") == []
