@@ -479,21 +479,26 @@ def run_bench(kernel: KernelCfg, s: SeriesCfg, say: Callable[[str], None]) -> tu
         return metrics, None
 
 
-def run_fuzz(kernel: KernelCfg, s: SeriesCfg, budget_s: float, say: Callable[[str], None]) -> tuple[list[dict], str | None]:
-    """A fixed-budget `kproto fuzz --json` on the series' patched kernel; (findings, error)."""
+def run_fuzz(kernel: KernelCfg, s: SeriesCfg, budget_s: float, say: Callable[[str], None],
+             findings_dir: Path) -> tuple[list[dict], str | None]:
+    """A fixed-budget, fixed-seed `kproto fuzz --target kernel --json` on the series' patched kernel;
+    reproducers land in FINDINGS_DIR (no guest tests are written). Returns (findings, error)."""
     with tempfile.TemporaryDirectory(prefix="kproto-nightly-fuzz-") as d:
         out = Path(d) / "fuzz.json"
-        args = ["fuzz", "--json", str(out), "--budget", str(int(budget_s)), "--seed", "1", *map(str, s.paths)]
+        args = ["fuzz", "--target", "kernel", "--json", str(out), "--budget", f"{int(budget_s)}s", "--seed", "1",
+                "--findings", str(findings_dir), "--no-tests", *map(str, s.paths)]
         if kernel.source:
             args += ["--kernel-src", kernel.source]
+        for f in kernel.config:
+            args += ["--config", str(f)]
         rc, err = _kproto_subcommand(args, say, timeout=budget_s + 3600)
         if not out.is_file():
             last = [l for l in err.strip().splitlines() if l.strip()][-1:] or [f"exit {rc}"]
             return [], f"kproto fuzz produced no JSON (exit {rc}): {last[0][:300]}"
         try:
             return list(json.loads(out.read_text()).get("findings", [])), None
-        except ValueError:
-            return [], "kproto fuzz --json output is not JSON"
+        except (ValueError, AttributeError):
+            return [], "kproto fuzz --json output is not a JSON object"
 
 
 # ================================================================ the run
@@ -592,7 +597,8 @@ def _run_locked(cfg: NightlyConfig, store: Store, say, test_fn, kernel_fn) -> Ni
                     if err:
                         rec.notes.append(err)
                 if cfg.fuzz_budget_s and rec.outcome == "tested":
-                    findings, err = run_fuzz(k, s, cfg.fuzz_budget_s, lambda m, n=s.name: log_say(f"[{n}] {m}"))
+                    findings, err = run_fuzz(k, s, cfg.fuzz_budget_s, lambda m, n=s.name: log_say(f"[{n}] {m}"),
+                                             report_dir / "fuzz" / f"{_SAFE.sub('_', k.name)}--{_SAFE.sub('_', s.name)}")
                     rec.findings = findings
                     if err:
                         rec.notes.append(err)

@@ -659,3 +659,24 @@ def test_kproto_subcommand_terminates_the_child_on_interrupt(monkeypatch):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert seen["p"].returncode == -signal.SIGTERM
+
+
+def test_fuzz_goes_through_the_kproto_fuzz_json_contract(tmp_path, monkeypatch):
+    calls = []
+    doc = {"target": "kernel", "seed": 1, "sequences_run": 64, "findings": [
+        {"ops": ["open f O_RDONLY", "open f O_WRONLY", "pread f 0 3"],
+         "first_difference": {"op_index": 2, "reference": "bar", "target": "foo"}, "reproducer": "/r/x.c"}]}
+
+    def fake_sub(args, say, timeout):
+        calls.append(args)
+        Path(args[args.index("--json") + 1]).write_text(json.dumps(doc))
+        return 1, ""
+    monkeypatch.setattr(nightly, "_kproto_subcommand", fake_sub)
+    k = nightly.KernelCfg(name="debian-6.12", source=None)
+    s = nightly.SeriesCfg(name="v2", paths=[V2], kernels=["debian-6.12"])
+    findings, err = nightly.run_fuzz(k, s, 300, lambda m: None, tmp_path / "fz")
+    assert err is None and findings == doc["findings"]
+    a = calls[0]
+    assert a[:3] == ["fuzz", "--target", "kernel"] and a[a.index("--budget") + 1] == "300s"
+    assert a[a.index("--seed") + 1] == "1" and "--no-tests" in a and a[a.index("--findings") + 1] == str(tmp_path / "fz")
+    assert "--kernel-src" not in a and a[-1] == str(V2)
