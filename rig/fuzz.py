@@ -84,8 +84,8 @@ OPEN_FLAGS = ["RDONLY", "WRONLY", "RDWR", "WRONLY|TRUNC", "RDWR|CREAT", "WRONLY|
 DATA = ["bar", "NEWDATA", "x", "0123456789abcdef"]
 # kind -> weight in generation (the list order is also hypothesis's shrink order: earlier is simpler)
 KIND_WEIGHTS = {
-    "open": 10, "close": 1, "read": 2, "pread": 3, "write": 4, "pwrite": 4, "mmap": 5, "mread": 5,
-    "mwrite": 2, "msync": 1, "munmap": 1, "truncate": 1, "ftruncate": 2, "fstat": 2, "stat": 2,
+    "open": 12, "close": 1, "read": 2, "pread": 2, "write": 4, "pwrite": 4, "mmap": 6, "mread": 6,
+    "mwrite": 2, "msync": 1, "munmap": 1, "truncate": 3, "ftruncate": 2, "fstat": 2, "stat": 2,
     "lstat": 1, "rename": 1, "unlink": 1, "link": 1, "symlink": 1, "readlink": 1, "mkdir": 1, "rmdir": 1,
     "readdir": 1, "chmod": 1, "utimens": 1, "setxattr": 1, "getxattr": 1, "listxattr": 1, "flock": 1,
     "fsync": 1,
@@ -100,7 +100,7 @@ def op_kind(op: str) -> str:
 # argument kinds per op: fd = an fd slot (prefers slots in use), FD = any fd slot, map/MAP likewise,
 # path = a namespace path, a list = one of these literal values
 _ARGS: dict[str, list] = {
-    "open": ["FD", "path", ["RDONLY"] * 3 + OPEN_FLAGS[1:]],
+    "open": ["FD", "path", ["RDONLY"] * 4 + OPEN_FLAGS[1:]],
     "close": ["fd"],
     "read": ["fd", [16, 4, 64]],
     "pread": ["fd", [16, 4, 64], [0, 3, 8, 100]],
@@ -132,7 +132,7 @@ _ARGS: dict[str, list] = {
     "flock": ["fd", ["sh", "ex", "un"]],
     "fsync": ["fd"],
 }
-_PATH_CHOICES = ["a"] * 6 + PATHS[1:]
+_PATH_CHOICES = ["a"] * 8 + PATHS[1:]
 
 
 def _track(state: dict, op: str) -> None:
@@ -665,7 +665,7 @@ def fuzz(target: Target, reference: Target, *, seed: int, budget_s: float | None
     res = FuzzResult(target=target.name, reference=reference.name, seed=seed)
     seen: set[str] = set()
     t0 = time.monotonic()
-    state = {"shrinking_since": None, "count": 0, "last_progress": t0}
+    state = {"shrinking_since": None, "key": None, "count": 0, "last_progress": t0}
 
     def exhausted() -> bool:
         now = time.monotonic()
@@ -701,9 +701,14 @@ def fuzz(target: Target, reference: Target, *, seed: int, budget_s: float | None
         for ops, r, t, d in evaluate(seqs):
             if interesting(d):
                 if state["shrinking_since"] is None:
+                    # shrink towards this divergence only: without this the shrinker happily slides
+                    # to whatever other divergence a smaller sequence shows
                     state["shrinking_since"] = time.monotonic()
+                    state["key"] = d.key
                     progress(f"divergence at {d.kind} (op {d.op_index + 1} of {len(ops)}): shrinking")
-                return True
+                    return True
+                if d.key == state["key"]:
+                    return True
             if d is not None and d.key not in seen and not include_known:
                 # a known divergence: record it once, unshrunk, and stop looking for it
                 seen.add(d.key)
@@ -717,7 +722,7 @@ def fuzz(target: Target, reference: Target, *, seed: int, budget_s: float | None
                    report_multiple_bugs=False)
     strategy = batch_strategy(batch, max_len)
     while not exhausted():
-        state["shrinking_since"] = None
+        state["shrinking_since"] = state["key"] = None
         rnd = random.Random(f"{seed}:{res.rounds}")
         res.rounds += 1
         try:
@@ -728,7 +733,7 @@ def fuzz(target: Target, reference: Target, *, seed: int, budget_s: float | None
             break
         state["shrinking_since"] = time.monotonic()   # re-evaluation below is not budgeted
         for ops, r, t, d in evaluate(shrunk):
-            if interesting(d):
+            if interesting(d) and d.key == state["key"]:
                 cut = ops[:d.op_index + 1]
                 rr, tt = reference.run([cut])[0], target.run([cut])[0]
                 d2 = first_difference(cut, rr, tt) or d

@@ -1,0 +1,152 @@
+"""`kproto fuzz`: differential fuzzing of file-operation sequences, target overlay vs the reference."""
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from .errors import EXIT_CLEAN, EXIT_REGRESSED, BadInput, MissingTool
+from .paths import GUEST_TESTS, cache_dir
+
+
+def _say(msg: str) -> None:
+    click.echo(f"kproto fuzz: {msg}", err=True)
+
+
+@click.command("fuzz")
+@click.argument("patches", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["host", "kernel", "ref", "plain"]), default="host", show_default=True,
+              help="host: the host kernel's overlayfs (no VM); kernel: the guest kernel built with PATCH...; "
+                   "ref/plain: self-checks (the reference overlay, a plain directory)")
+@click.option("--reference", type=click.Choice(["ref", "plain"]), default="ref", show_default=True,
+              help="what the target is compared with: the reference overlay, or a plain directory (ideal POSIX)")
+@click.option("--budget", default="10m", show_default=True, help="time budget: 90s, 10m, 1h")
+@click.option("--max-sequences", type=click.IntRange(min=1), help="stop after this many sequences (reproducible length)")
+@click.option("--seed", type=int, help="random seed (default: a fresh one, printed); the same seed replays the same search")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON result (DESIGN.md §4)")
+@click.option("--findings", "findings_dir", type=click.Path(path_type=Path),
+              help="where seeds and findings go (default $KPROTO_CACHE/fuzz/findings/<time>-<target>-seed<N>)")
+@click.option("--tests-dir", type=click.Path(path_type=Path), default=None,
+              help=f"where new guest tests fuzz_<id>.c/.toml are written (default {GUEST_TESTS})")
+@click.option("--no-tests", is_flag=True, help="do not write guest tests for the findings")
+@click.option("--include-known", is_flag=True, help="report known divergences (guest_tests/known_divergences.toml) too")
+@click.option("--batch", type=click.IntRange(1, 64), default=None, help="sequences per run (default 8 local, 32 kernel)")
+@click.option("--max-len", type=click.IntRange(1, 40), default=10, show_default=True, help="ops per sequence at most")
+@click.option("--kernel-src", metavar="PATH", help="kernel git tree or tarball (--target kernel)")
+@click.option("--config", "config", multiple=True, type=click.Path(path_type=Path), metavar="FRAGMENT",
+              help="extra Kconfig fragment (--target kernel)")
+@click.option("--keep", is_flag=True, help="keep the VM run directory (--target kernel)")
+def command(patches, target, reference, budget, max_sequences, seed, json_out, findings_dir, tests_dir, no_tests,
+            include_known, batch, max_len, kernel_src, config, keep):
+    """Search for operation sequences on which an overlay differs from the reference overlay; shrink
+    each to a C reproducer and a guest test.
+
+    Exit: 0 nothing found, 1 findings, 2 bad input, 3 infrastructure failure."""
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise MissingTool("kproto fuzz needs hypothesis (pip install 'kproto[test]' or pip install hypothesis)")
+    from . import fuzz as fz
+
+    if patches and target != "kernel":
+        raise BadInput("PATCH... only makes sense with --target kernel")
+    budget_s = fz.parse_budget(budget)
+    if seed is None:
+        seed = random.SystemRandom().randrange(1, 2**31)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    findings_dir = findings_dir or cache_dir() / "fuzz" / "findings" / f"{stamp}-{target}-seed{seed}"
+    findings_dir.mkdir(parents=True, exist_ok=True)
+    tests_out = None if no_tests else (tests_dir or GUEST_TESTS)
+    argv = ["kproto", "fuzz", "--target", target, *map(str, patches), "--seed", str(seed)]
+    if reference != "ref":
+        argv += ["--reference", reference]
+    argv += ["--max-sequences", str(max_sequences)] if max_sequences else ["--budget", budget]
+    cmdline = " ".join(shlex.quote(a) for a in argv)
+    (findings_dir / "run.json").write_text(json.dumps(
+        {"seed": seed, "target": target, "reference": reference, "budget_s": budget_s,
+         "max_sequences": max_sequences, "patches": [str(p) for p in patches], "command": cmdline,
+         "started": stamp}, indent=1) + "\n")
+    _say(f"seed {seed}; target {target} vs {reference}; budget {budget_s:.0f} s; findings in {findings_dir}")
+
+    interp = fz.build_interpreter()
+    known = fz.Known.load()
+    target_desc = {"host": "host kernel overlayfs", "kernel": "kernel overlayfs (guest)",
+                   "ref": "reference overlay (second mount)", "plain": "plain directory"}[target]
+    if target == "kernel" and patches:
+        target_desc += " with " + ", ".join(p.name for p in patches)
+
+    def on_finding(f):
+        fz.emit_finding(f, findings_dir, tests_out, target_desc, cmdline)
+        _say(f"finding {f.id} -> {f.reproducer}" + (f" and {f.guest_test}" if f.guest_test else ""))
+
+    work = Path(tempfile.mkdtemp(prefix="kproto-fuzz-", dir="/tmp"))
+    try:
+        ref_t = fz.make_local_target(reference, interp, work / "reference")
+        with ref_t:
+            if target == "kernel":
+                result = _fuzz_kernel(fz, patches, kernel_src, config, keep, interp, ref_t, seed, budget_s,
+                                      max_sequences, batch or 32, max_len, known, include_known, on_finding)
+            else:
+                with fz.make_local_target(target, interp, work / "target") as tgt:
+                    result = fz.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
+                                     batch=batch or 8, max_len=max_len, known=known, include_known=include_known,
+                                     progress=_say, on_finding=on_finding)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    for f in result.known:
+        fz.emit_finding(f, findings_dir / "known", None, target_desc, cmdline)
+    out = result.as_json()
+    (findings_dir / "result.json").write_text(json.dumps(out, indent=1) + "\n")
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=1) + "\n")
+    click.echo(f"{result.sequences_run} sequences in {result.elapsed_s:.0f} s (seed {seed}): "
+               f"{len(result.findings)} finding(s), {len(result.known)} known divergence(s) filtered")
+    for f in result.findings:
+        d = f.diff
+        click.echo(f"  {f.id}  {len(f.ops)} ops, op {d.op_index + 1} ({d.kind}): reference {d.reference!r}, "
+                   f"{target} {d.target!r}")
+        for i, op in enumerate(f.ops, 1):
+            click.echo(f"      {i}. {op}")
+        click.echo(f"      reproducer: {f.reproducer}")
+    click.echo(f"replay: {cmdline}")
+    sys.exit(EXIT_REGRESSED if result.findings else EXIT_CLEAN)
+
+
+def _fuzz_kernel(fz, patches, kernel_src, config, keep, interp, ref_t, seed, budget_s, max_sequences, batch,
+                 max_len, known, include_known, on_finding):
+    from . import build as buildmod
+    from . import patches as patchmod
+    from . import tree as treemod
+    from .testrun import new_run_dir
+    from .vm import VM
+
+    series = patchmod.expand(list(patches))
+    tree = treemod.open_source(kernel_src)
+    tree.check_applies(series)
+    kernel = buildmod.build(tree, series, tuple(config), progress=_say)
+    _say(f"kernel {kernel.version}: " + ("cached" if kernel.cached else f"built in {kernel.build_s:.0f} s"))
+    run_dir = new_run_dir(keep)
+    try:
+        with VM(bzimage=kernel.bzimage, run_dir=run_dir, name="fuzz") as vm:
+            boot = vm.wait_ready()
+            _say(f"guest ready after {boot:.1f} s ({vm.accel}); {batch} sequences per SSH command")
+            tgt = fz.KernelTarget(interp, run_dir, vm)
+            try:
+                return fz.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences, batch=batch,
+                               max_len=max_len, known=known, include_known=include_known, progress=_say,
+                               on_finding=on_finding)
+            finally:
+                tgt.close()
+    finally:
+        if keep:
+            _say(f"run directory kept: {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
