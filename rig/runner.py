@@ -61,7 +61,6 @@ def run_kernel_suite(kernel: Kernel, label: str, run_dir: Path, names: list[str]
         vm = VM(bzimage=kernel.bzimage, run_dir=run_dir, name=f"{label}-{run.boots}")
         run.console_logs.append(vm.console_log)
         with vm:
-            vm.start()
             try:
                 boot_s = vm.wait_ready(boot_timeout)
             except BootError:

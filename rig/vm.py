@@ -145,6 +145,8 @@ class VM:
                 "-device", "virtio-rng-pci"]
 
     def start(self) -> "VM":
+        if self.proc is not None:
+            raise InfraError(f"VM {self.name} was already started (pid {self.proc.pid})")
         self._prepare()
         self.accel = "kvm" if kvm_works() else "tcg"
         self.port = free_port()

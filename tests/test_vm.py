@@ -90,3 +90,93 @@ def test_ssh_rejects_a_guest_with_another_host_key(baseline_kernel, run_dir):
         bad = sshmod.GuestSSH(port=vm.port, key=run_dir / "ssh" / "client_ed25519", known_hosts=other / "known_hosts")
         with pytest.raises(sshmod.SSHError):
             bad.connect(timeout=10)
+
+
+def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline_kernel, run_dir):
+    import threading
+    import time
+    from rig import ssh as sshmod
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="drop") as vm:
+        vm.wait_ready(120)
+        outcome = {}
+
+        def long_command():
+            t0 = time.monotonic()
+            try:
+                outcome["rc"] = vm.ssh.run("sleep 60; echo finished", timeout=120)[0]
+            except sshmod.SSHError as e:
+                outcome["error"] = str(e)
+            outcome["took"] = time.monotonic() - t0
+
+        th = threading.Thread(target=long_command)
+        th.start()
+        time.sleep(2)
+        killer = sshmod.GuestSSH(port=vm.port, key=vm.ssh.key, known_hosts=vm.ssh.known_hosts)
+        killer.connect(timeout=10)
+        try:
+            killer.run("pkill -9 -f 'sleep 60'; pkill -9 sshd", timeout=10)
+        except sshmod.SSHError:
+            pass                                   # its own connection dies too
+        th.join(timeout=60)
+        assert not th.is_alive(), "a dropped SSH connection must not hang the rig"
+        assert outcome["took"] < 50
+        assert "error" in outcome or outcome["rc"] != 0
+
+
+def test_two_vms_at_once_get_distinct_ports_and_both_work(baseline_kernel, tmp_path):
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=a_dir, name="a") as a, \
+         vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=b_dir, name="b") as b:
+        assert a.port != b.port
+        a.wait_ready(180)
+        b.wait_ready(180)
+        assert a.ssh.run(f"echo a > {vmmod.SCRATCH_MNT}/who", timeout=30)[0] == 0
+        assert b.ssh.run(f"echo b > {vmmod.SCRATCH_MNT}/who", timeout=30)[0] == 0
+    assert (a_dir / "who").read_text() == "a\n" and (b_dir / "who").read_text() == "b\n"
+    assert a.proc.poll() is not None and b.proc.poll() is not None
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from rig.paths import cache_dir
+    runs = cache_dir() / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "test", "patches/ovl-copyup.patch", "-k",
+                             "rfc_read", "--rerun-baseline", "--no-checks"], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    qemu: set[int] = set()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not qemu and proc.poll() is None:
+        qemu = {p for p in _children(proc.pid)
+                if "qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")}
+        time.sleep(0.2)
+    assert qemu, "kproto test never started a VM"
+    time.sleep(3)                                   # mid-boot
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "interrupted" in err
+    time.sleep(1)
+    for p in qemu:
+        assert not Path(f"/proc/{p}").exists(), f"QEMU {p} survived SIGTERM of kproto"
+    after = set(runs.iterdir()) if runs.exists() else set()
+    assert after - before == set(), "the run directory must be removed"
+    assert tree.default_source().is_at_base()
+    with open("/proc/mounts") as fh:
+        assert not [l for l in fh if str(runs) in l.split()[1]], "reference FUSE mounts must be unmounted"
