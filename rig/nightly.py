@@ -431,7 +431,7 @@ def run_series(kernel: KernelCfg, s: SeriesCfg, cfg: NightlyConfig, say: Callabl
         if rec.verdict == "error":
             rec.error = "; ".join(j.get("reasons") or []) or None
     if rec.error:
-        say(f"{s.name}: {rec.outcome}: {rec.error}")
+        say(f"{rec.outcome}: {rec.error}")
     rec.finished = now_iso()
     return rec
 

@@ -531,7 +531,9 @@ def test_html_report_renders_in_chromium_with_diff_rows_and_bench_chart(tmp_path
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (setup.sh installs it)")
 def test_two_real_nightly_runs(tmp_path):
     """Night 1: v1 and v2 of the RFC patch on the default kernel, two tests. Night 2: series v1 is replaced by
-    a patch that does not apply, and series v2 gains stale-read.patch, which makes rfc_read regress.
+    a patch that does not apply, and series v2 gains stale-read.patch: reads through an fd opened before the
+    copy-up go stale, so rfc_read regresses (match -> regressed) and mmap_shared_ro_after, which also reads
+    through its ro fd, goes fixed -> diverges.
     Asserts the exit codes, the diff, the database rows and the HTML as Chromium renders it."""
     tests = "rfc_read,mmap_shared_ro_after"
     c1 = write_config(tmp_path, "night1.toml", [("v1", [V1]), ("v2", [V2])], tests=tests)
