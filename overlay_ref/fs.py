@@ -435,14 +435,16 @@ class OverlayFS(pyfuse3.Operations):
 
         The data of big files is copied with the namespace lock released (other operations go
         on; an operation that needs this node copied up waits for it)."""
+        if node.upper:
+            return
+        if node.kind != DIR:
+            self._check_may_block()      # never copy data (or wait for a copy) on the loop
         while node.copying:
             self.cond.wait()
         if node.upper:
             return
         if node.unlinked:
             raise _err(errno.ENOENT)
-        if node.kind != DIR:
-            self._check_may_block()
         parent = self.nodes[node.parent]
         self.copy_up(parent)
         src = node.lowers[0][1]
