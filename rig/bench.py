@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from . import paths
-from .errors import BuildError, GuestError, InfraError, MissingTool
+from .errors import BadInput, BuildError, GuestError, InfraError, MissingTool
 
 BENCH_SRC = paths.GUEST_TESTS / "bench"
 CC = "gcc"
@@ -351,6 +351,8 @@ def run_bench(a: Side, b: Side, opts: BenchOptions,
             second.stop()
         col.add_boot("a", reps["a"])
         col.add_boot("b", reps["b"])
+        if not col.order:
+            raise BadInput(f"-k {' '.join(opts.only)}: no metric matches (names: see guest_tests/bench/ovlbench.c)")
         if r < opts.runs:
             progress(f"round {r}/{opts.runs} done")
             continue

@@ -211,6 +211,16 @@ def test_run_loop_stops_sides_on_failure():
     assert "stop A" in log and "stop B" in log
 
 
+def test_run_loop_rejects_a_filter_that_matches_nothing():
+    from rig.errors import BadInput
+    log = []
+    a = FakeSide("A", log, 100, 0, 0, 1)
+    b = FakeSide("B", log, 100, 0, 0, 2)
+    with pytest.raises(BadInput):
+        bench.run_bench(a, b, BenchOptions(runs=1, reps=1, only=("nosuchmetric",)), progress=lambda m: None)
+    assert log[-1].startswith("stop")
+
+
 def test_render_table():
     base = [[100.0, 101.0], [99.0, 100.0]]
     m1 = bench.analyze_metric("pread4k_rand_lower", "kops/s", "higher", base, [[60.0, 61.0], [59.0, 60.0]],
