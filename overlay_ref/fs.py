@@ -114,11 +114,12 @@ class Handle:
 
 
 class DirHandle:
-    __slots__ = ("node", "entries")
+    __slots__ = ("node", "entries", "pending")
 
     def __init__(self, node: Node, entries: list[bytes]):
         self.node = node
-        self.entries = entries
+        self.entries = entries       # snapshot at opendir: offsets are indexes into it
+        self.pending: list = []      # entries computed for a reply they did not fit in
 
 
 class OverlayFS(pyfuse3.Operations):
@@ -1235,51 +1236,52 @@ class OverlayFS(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         dh = self.dirhandles[fh]
         pos = start_id
-        while pos < len(dh.entries):
-            batch = await self._run(self._readdir_batch, dh, pos, 128)
-            for idx, name, attr in batch:
-                if not pyfuse3.readdir_reply(token, name, attr, idx + 1):
-                    if name not in (b".", b".."):
-                        await self._run(self._unref, attr.st_ino)
-                    # undo the references of the entries not sent
-                    rest = [a.st_ino for i, n, a in batch if i > idx and n not in (b".", b"..")]
-                    if rest:
-                        await self._run(self._unref_many, rest)
+        sent: list[int] = []
+        try:
+            while pos < len(dh.entries):
+                if dh.pending and dh.pending[0][0] == pos:
+                    batch, dh.pending = dh.pending, []      # computed, did not fit last time
+                else:
+                    batch = await self._run(self._readdir_batch, dh, pos, 64)
+                if not batch:
                     return
-            if not batch:
-                return
-            pos = batch[-1][0] + 1
+                for j, (idx, name, attr) in enumerate(batch):
+                    if not pyfuse3.readdir_reply(token, name, attr, idx + 1):
+                        dh.pending = batch[j:]
+                        return
+                    if name not in (b".", b".."):
+                        sent.append(attr.st_ino)      # readdirplus takes a lookup reference
+                pos = batch[-1][0] + 1
+        finally:
+            if sent:
+                await self._run_fast(self._ref_many, sent)
 
     def _readdir_batch(self, dh: DirHandle, pos: int, count: int):
-        out = []
         with self.lock:
             node = dh.node
-            end = min(len(dh.entries), pos + count)
-            for idx in range(pos, end):
-                name = dh.entries[idx]
-                try:
-                    child = self._lookup_locked(node, name)
-                    if child is None:
+            while pos < len(dh.entries):
+                out = []
+                end = min(len(dh.entries), pos + count)
+                for idx in range(pos, end):
+                    name = dh.entries[idx]
+                    try:
+                        child = self._lookup_locked(node, name)
+                        if child is None:
+                            continue           # removed since opendir
+                        out.append((idx, name, self._attr(child)))
+                    except (OSError, pyfuse3.FUSEError):
                         continue
-                    attr = self._attr(child)
-                except (OSError, pyfuse3.FUSEError):
-                    continue
-                if name not in (b".", b".."):
-                    child.nlookup += 1
-                out.append((idx, name, attr))
-        if not out and end < len(dh.entries):
-            return self._readdir_batch(dh, end, count)
-        return out
+                if out:
+                    return out
+                pos = end
+            return []
 
-    def _unref(self, ino):
-        self._unref_many([ino])
-
-    def _unref_many(self, inos):
+    def _ref_many(self, inos):
         with self.lock:
             for ino in inos:
                 n = self.nodes.get(ino)
                 if n is not None:
-                    n.nlookup -= 1
+                    n.nlookup += 1
 
     async def releasedir(self, fh):
         self.dirhandles.pop(fh, None)
