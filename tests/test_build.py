@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KERNEL, make_patch
+from kproto_helpers import FAKE_KERNEL, make_patch
 from rig import build, patches, tree
 from rig.errors import BuildError, ConfigError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KERNEL, make_patch
+from kproto_helpers import FAKE_KERNEL, make_patch
 
 REPO = Path(__file__).resolve().parent.parent
 KPROTO = [sys.executable, "-m", "rig.cli"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KERNEL, make_patch
+from kproto_helpers import FAKE_KERNEL, make_patch
 from rig import patches, tree
 from rig.errors import BadInput, PatchError
 
