@@ -32,9 +32,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-# mount -t fuse.kproto-ovl: the helper execs this checkout's venv python
-if [ -f overlay_ref/mount.fuse.kproto-ovl ]; then
-    sed "s#@KPROTO_PYTHON@#$(pwd)/.venv/bin/python#" overlay_ref/mount.fuse.kproto-ovl > /sbin/mount.fuse.kproto-ovl.tmp
-    chmod 755 /sbin/mount.fuse.kproto-ovl.tmp
-    mv /sbin/mount.fuse.kproto-ovl.tmp /sbin/mount.fuse.kproto-ovl
+# mount -t fuse.kproto-ovl: the helper runs this checkout's venv python
+if [ "$(id -u)" = 0 ]; then
+    .venv/bin/python -m overlay_ref install-helper /sbin/mount.fuse.kproto-ovl >&2
 fi
