@@ -48,3 +48,10 @@ def test_check_landed_names_every_dropped_option(tmp_path):
 def test_digest_changes_with_content():
     a, b = kconfig.parse("CONFIG_A=y\n"), kconfig.parse("CONFIG_A=n\n")
     assert a.digest() != b.digest() and a.digest() == kconfig.parse("CONFIG_A=y").digest()
+
+
+def test_fragment_turns_warn_and_bug_support_back_on():
+    # tinyconfig sets "# CONFIG_BUG is not set": WARN_ON()/BUG_ON() would print nothing at all
+    cfg = kconfig.requested()
+    assert cfg.value("CONFIG_BUG") == "y" and cfg.value("CONFIG_DEBUG_BUGVERBOSE") == "y"
+    assert cfg.value("CONFIG_UNWINDER_ORC") == "y"
