@@ -215,7 +215,8 @@ static void run_seq(const char *dir, char **lines, int n)
 	alarm(10);
 	if (chdir(dir) < 0) {
 		printf("chdir %s: %s\n", dir, ename(errno));
-		exit(3);
+		fflush(stdout);
+		_exit(3);
 	}
 	for (int k = 0; k < n; k++) {
 		char buf[4096], *a[16];
@@ -227,7 +228,10 @@ static void run_seq(const char *dir, char **lines, int n)
 			do_op(a, na);
 		emit(k + 1);
 	}
-	exit(0);
+	/* _exit, not exit: exit() would lseek the shared SEQFILE offset back to the child's read
+	 * position (glibc syncs input streams at exit), and the parent would read the rest twice */
+	fflush(stdout);
+	_exit(0);
 }
 
 static int cmd_run(const char *base, int first, FILE *in)
