@@ -75,6 +75,10 @@ def terminal(report: Report) -> str:
             err = (t.get(side) or {}).get("error")
             if err:
                 lines.append(f"  {'':<10}   {side} error: {err}")
+        if t.get("blocked_tasks"):
+            dump = [l for l in t["blocked_tasks"].splitlines() if l.strip()]
+            lines.append(f"  {'':<10}   blocked tasks (sysrq-w, {len(dump)} lines; full dump in --json):")
+            lines.extend(f"  {'':<10}     | {l}" for l in dump[:10])
     lines.append("")
     sp = report.splats
     if sp.get("new"):

@@ -112,8 +112,11 @@ def _run_batch(vm: VM, run: KernelRun, names: list[str], timeouts: dict[str, flo
                 run.test_splats.setdefault(name, []).extend(titles)
             status = ev.get("status")
             progress(f"[{run.label}] {name}: {status}" + (f"  (splat: {'; '.join(titles)})" if titles else ""))
+            if status == "timeout":
+                # the harness gave up on the program; if it is stuck in the kernel, the guest is wedged
+                state["wedged"] = (name, state["offset"])
             state.update(current=None, since=time.monotonic())
-            if titles:
+            if titles or status == "timeout":
                 state["stop"] = True   # fresh boot for the rest: lockdep is off after its first report
 
     def on_idle(idle: float) -> bool:
@@ -128,13 +131,22 @@ def _run_batch(vm: VM, run: KernelRun, names: list[str], timeouts: dict[str, flo
             error = f"guest harness exited with status {rc}: {err.strip()[-300:]}"
     except SSHError as e:
         error = str(e)
+    if state.get("wedged") and vm.alive():
+        name, offset = state["wedged"]
+        progress(f"[{run.label}] {name}: timed out; collecting blocked tasks (sysrq-w) before the next boot")
+        res = run.results[name]
+        res["blocked_tasks"] = _collect_blocked_tasks(vm)
+        titles = [s.title for s in splatmod.scan_text(vm.console_since(offset))]
+        run.test_splats[name] = titles
+        res["error"] = f"hung: {res.get('error') or 'timed out'}" + (f"; splats: {'; '.join(titles)}" if titles else "")
+        run.events.append(f"{name}: {res['error']}")
     cur = state["current"]
     if cur is not None and cur not in run.results:
-        hung = vm.alive() and "timed out" in (error or "") or "no output" in (error or "")
-        if hung and vm.alive():
+        silent = "timed out" in (error or "") or "no output" in (error or "")
+        if silent and vm.alive():
             progress(f"[{run.label}] {cur}: no result after {timeouts.get(cur, 20.0) + HANG_MARGIN_S:.0f} s, "
                      "collecting blocked tasks (sysrq-w) and killing the VM")
-            _collect_blocked_tasks(vm)
+            blocked = _collect_blocked_tasks(vm)
             reason = f"hung: no result within {timeouts.get(cur, 20.0) + HANG_MARGIN_S:.0f} s (guest deadlock?)"
             status = "timeout"
         elif not vm.alive():
@@ -147,6 +159,8 @@ def _run_batch(vm: VM, run: KernelRun, names: list[str], timeouts: dict[str, flo
         titles = [s.title for s in splatmod.scan_text(seg)]
         run.test_splats.setdefault(cur, []).extend(titles)
         run.results[cur] = _error_result(cur, status, reason + (f"; splats: {'; '.join(titles)}" if titles else ""))
+        if status == "timeout":
+            run.results[cur]["blocked_tasks"] = blocked
         done.append(cur)
         progress(f"[{run.label}] {cur}: {status} ({reason})")
         run.events.append(f"{cur}: {reason}")
@@ -163,14 +177,27 @@ def _stream(vm: VM, cmd: str, on_line, on_idle, state) -> tuple[int, str]:
     return rc, "".join(err)
 
 
-def _collect_blocked_tasks(vm: VM) -> None:
-    """sysrq-w: dump blocked tasks to the console. Try a fresh SSH connection first (the wedged test
-    usually holds only overlay locks), then the QEMU monitor's keyboard."""
-    try:
-        other = GuestSSH(port=vm.port, key=vm.ssh.key, known_hosts=vm.ssh.known_hosts)
-        other.connect(timeout=5)
-        other.run("echo w > /proc/sysrq-trigger", timeout=10)
-        other.close()
-    except (SSHError, OSError):
-        vm.sysrq("w")
-    time.sleep(3)
+def _collect_blocked_tasks(vm: VM) -> str:
+    """sysrq-w: dump the blocked (D state) tasks to the console and return that part of the console.
+    Through the QEMU monitor's keyboard first (works when userspace and sshd are wedged), then via a
+    fresh SSH connection."""
+    offset = len(vm.console_text())
+    vm.sysrq("w")
+    for attempt in range(2):
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            text = vm.console_since(offset)
+            if "Show Blocked State" in text:
+                time.sleep(1.5)            # let the whole dump reach the console
+                text = vm.console_since(offset)
+                return text[text.index("Show Blocked State"):][:20000]
+            time.sleep(0.2)
+        if attempt == 0:
+            try:
+                other = GuestSSH(port=vm.port, key=vm.ssh.key, known_hosts=vm.ssh.known_hosts)
+                other.connect(timeout=5)
+                other.run("echo w > /proc/sysrq-trigger", timeout=10)
+                other.close()
+            except (SSHError, OSError):
+                pass
+    return ""

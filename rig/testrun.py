@@ -208,6 +208,9 @@ def run(opts: TestOptions) -> Report:
     for v in verdicts:
         j = v.as_json()
         j["splats"] = {"baseline": base_run.test_splats.get(v.name, []), "patched": patched_run.test_splats.get(v.name, [])}
+        blocked = patched_run.results.get(v.name, {}).get("blocked_tasks")
+        if blocked:
+            j["blocked_tasks"] = blocked          # sysrq-w dump taken when the test hung
         tests.append(j)
     new = splatmod.new_splats(base_run.splats, patched_run.splats)
     verdict, reasons = verdict_of(tests, new, base_run, patched_run)

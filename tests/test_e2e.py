@@ -125,6 +125,7 @@ def test_guest_deadlock_is_detected_collected_and_the_rest_reported():
     assert t["trigger_hang"]["status"] == "error"
     err = t["trigger_hang"]["patched"].get("error") or ""
     assert "hung" in err or "timed out" in err, err
+    assert "Show Blocked State" in t["trigger_hang"].get("blocked_tasks", ""), "sysrq-w dump collected"
     new = titles(rep["splats"]["new"])
     assert any(x.startswith("INFO: task hung in") or x.startswith("possible deadlock") or
                "recursive" in x for x in new), new
