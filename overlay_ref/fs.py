@@ -513,6 +513,10 @@ class OverlayFS(pyfuse3.Operations):
             if node.fd is not None and not node.fd_upper:
                 node.old_fds.append(node.fd)
                 node.fd = None
+        if kind == REG and node.opens > 0:
+            # an open object keeps a real fd on its current backing file at all times: its
+            # name (the only way _get_fd can reopen it) may be gone before the next I/O
+            self._get_fd(node)
         if kind != DIR:
             self._invalidate(node.ino)
 
@@ -582,6 +586,13 @@ class OverlayFS(pyfuse3.Operations):
             node.fd = fd
             node.fd_upper = node.upper
             return fd
+
+    def _pin_fd(self, node: Node) -> None:
+        """Before ``node`` loses a name: if it is open, make sure it has a real fd on its
+        current backing file, so open handles keep working (read, fstat, mmap, ftruncate) once
+        the name -- the only way to reopen the backing file -- is gone.  Caller holds self.lock."""
+        if node.kind == REG and node.opens > 0:
+            self._get_fd(node)
 
     def _close_fds(self, node: Node) -> None:
         with node.lock:
@@ -962,6 +973,7 @@ class OverlayFS(pyfuse3.Operations):
             if node.kind == DIR:
                 raise _err(errno.EISDIR)
             self.copy_up(parent)
+            self._pin_fd(node)
             path = _join(parent.path, name)
             up = self.upper_path(path)
             need_wh = self._lower_positive(parent, name)
@@ -1048,6 +1060,8 @@ class OverlayFS(pyfuse3.Operations):
                     rel = os.path.relpath(lp, self.lower_roots[li])
                     src_redirect = b"/" + (b"" if rel == b"." else rel)
             self.copy_up(src)
+            if dst is not None:
+                self._pin_fd(dst)        # an open file replaced by the rename stays readable
             up_src = self.upper_path(old_path)
             up_dst = self.upper_path(new_path)
             src_wh = self._lower_positive(op, nold)

@@ -224,3 +224,70 @@ def test_unlink_during_copy_up_does_not_resurrect(make_layers, ref_mount):
     st = os.lstat(layers.upper / "big")
     assert st.st_rdev == 0 and (st.st_mode & 0o170000) == 0o020000     # a whiteout
     assert os.listdir(layers.work / "work") == []
+
+
+# ---------------------------------------------------------------- open fds outliving their name
+
+@pytest.mark.parametrize("inline", ["on", "off"])
+def test_ro_fd_after_truncate_copy_up_and_unlink(inline, make_layers, ref_mount):
+    """The fuzzer's case: an fd opened on a lower-only file, then copy-up + truncate by path,
+    then unlink: the fd reads the object's current (now nameless) backing file, i.e. EOF."""
+    layers = make_layers([{"a": "lower data 0123456789"}])
+    m = ref_mount(layers, {"inline": inline})
+    fd = os.open(m / "a", os.O_RDONLY)
+    os.truncate(m / "a", 0)
+    os.unlink(m / "a")
+    assert os.read(fd, 16) == b""
+    assert os.pread(fd, 16, 0) == b""
+    assert os.fstat(fd).st_size == 0
+    os.close(fd)
+    assert os.listdir(m) == []
+
+
+def test_fds_after_copy_up_and_unlink(make_layers, ref_mount):
+    """After unlink, fds opened before and after the copy-up still see one object: pread,
+    fstat, mmap (old mapping and a new one) and ftruncate/write through the rw fd."""
+    data = b"foo" + b"\0" * 4093
+    layers = make_layers([{"f": data}])
+    m = ref_mount(layers)
+    ro = os.open(m / "f", os.O_RDONLY)
+    ino = os.fstat(ro).st_ino
+    before = mmap.mmap(ro, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+    rw = os.open(m / "f", os.O_RDWR)                 # copy-up
+    os.pwrite(rw, b"bar", 0)
+    os.unlink(m / "f")
+    assert not os.path.exists(m / "f")
+    assert os.pread(ro, 3, 0) == b"bar"
+    assert before[:3] == b"bar"
+    after = mmap.mmap(ro, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+    assert after[:3] == b"bar"
+    st = os.fstat(ro)
+    assert (st.st_ino, st.st_size, st.st_nlink) == (ino, 4096, 0)
+    os.ftruncate(rw, 2)                              # via the rw fd, after unlink
+    assert os.fstat(ro).st_size == 2 and os.fstat(rw).st_size == 2
+    assert os.pread(ro, 16, 0) == b"ba"
+    os.pwrite(rw, b"zap", 0)
+    assert os.pread(ro, 16, 0) == b"zap"
+    assert os.fstat(ro).st_size == 3
+    after.close()
+    before.close()
+    os.close(rw)
+    os.close(ro)
+    assert os.listdir(m) == []
+    st = os.lstat(layers.upper / "f")
+    assert st.st_rdev == 0 and (st.st_mode & 0o170000) == 0o020000     # a whiteout
+    assert os.listdir(layers.work / "work") == []
+
+
+def test_ro_fd_after_chmod_copy_up_and_rename_over(make_layers, ref_mount):
+    """Replacing an open file by rename (its only name goes away) after a metadata copy-up."""
+    layers = make_layers([{"a": "aaaa", "b": "bbbb"}])
+    m = ref_mount(layers)
+    fd = os.open(m / "a", os.O_RDONLY)
+    os.chmod(m / "a", 0o600)                         # copy-up, fd swapped to the upper file
+    os.rename(m / "b", m / "a")
+    assert os.pread(fd, 16, 0) == b"aaaa"
+    st = os.fstat(fd)
+    assert st.st_mode & 0o777 == 0o600 and st.st_size == 4
+    os.close(fd)
+    assert (m / "a").read_bytes() == b"bbbb"

@@ -242,6 +242,32 @@ def sc_fd_after_copy_up(m: Path):
     return obs
 
 
+def sc_fd_after_unlink(m: Path):
+    """An open fd keeps working once its name is gone, also when the object was copied up
+    since the fd was opened (found by the fuzzer: the reference read ENOENT here)."""
+    obs = []
+    ro = os.open(m / "a.txt", os.O_RDONLY)           # lower-only when opened
+    os.truncate(m / "a.txt", 0)                      # copy-up + truncate by path
+    os.unlink(m / "a.txt")
+    obs += [attempt(os.read, ro, 16), attempt(os.pread, ro, 16, 0), os.fstat(ro).st_size]
+    os.close(ro)
+    ro = os.open(m / "b.txt", os.O_RDONLY)
+    rw = os.open(m / "b.txt", os.O_RDWR)             # copy-up
+    os.write(rw, b"NEW")
+    os.unlink(m / "b.txt")
+    os.ftruncate(rw, 5)
+    os.pwrite(rw, b"!", 4)
+    obs += [os.pread(ro, 16, 0), os.fstat(ro).st_size, os.fstat(rw).st_size,
+            os.pread(rw, 16, 0), sorted(os.listdir(m))]
+    os.close(rw)
+    os.close(ro)
+    ro = os.open(m / "x.txt", os.O_RDONLY)           # never copied up
+    os.unlink(m / "x.txt")
+    obs += [os.pread(ro, 16, 0), os.fstat(ro).st_size]
+    os.close(ro)
+    return obs
+
+
 def _exchange(a, b):
     import ctypes
     import ctypes.util
@@ -291,6 +317,7 @@ SCENARIOS = {
     "create_special": (sc_create_special, False),
     "errors": (sc_errors, False),
     "fd_after_copy_up": (sc_fd_after_copy_up, False),
+    "fd_after_unlink": (sc_fd_after_unlink, False),
 }
 
 
