@@ -29,6 +29,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Optional
 
 import pyfuse3
@@ -52,6 +53,7 @@ _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _PREFETCH = 4 << 20
 _UNLOCKED_COPY_MIN = 1 << 20
 _COPY_CHUNK = 1 << 20
+_DAY_NS = 24 * 3600 * 10**9
 
 
 _libc = None
@@ -84,7 +86,8 @@ class _NeedThread(Exception):
 
 class Node:
     __slots__ = ("ino", "path", "parent", "kind", "upper", "lowers", "nlookup", "aliases",
-                 "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock", "copying")
+                 "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock", "copying",
+                 "atime_ns")
 
     def __init__(self, ino: int, path: bytes, parent: int, kind: int, upper: bool,
                  lowers: list[tuple[int, bytes]]):
@@ -103,6 +106,7 @@ class Node:
         self.opens = 0
         self.lock = threading.Lock()
         self.copying = False                 # a data copy-up runs without the namespace lock
+        self.atime_ns: Optional[int] = None  # in-memory atime of a lower-only object (relatime)
 
 
 class Handle:
@@ -391,7 +395,8 @@ class OverlayFS(pyfuse3.Operations):
         a.st_size = st.st_size
         a.st_blksize = st.st_blksize
         a.st_blocks = st.st_blocks
-        a.st_atime_ns = st.st_atime_ns
+        at = node.atime_ns
+        a.st_atime_ns = at if at is not None and not node.upper else st.st_atime_ns
         a.st_mtime_ns = st.st_mtime_ns
         a.st_ctime_ns = st.st_ctime_ns
         return a
@@ -450,6 +455,7 @@ class OverlayFS(pyfuse3.Operations):
         self.copy_up(parent)
         src = node.lowers[0][1]
         st = os.lstat(src)
+        atime = node.atime_ns if node.atime_ns is not None else st.st_atime_ns
         dst = self.upper_path(node.path)
         tmp = self._tmpname()
         kind = S_IFMT(st.st_mode)
@@ -459,7 +465,7 @@ class OverlayFS(pyfuse3.Operations):
                 self._copy_xattrs(src, tmp)
                 os.chown(tmp, st.st_uid, st.st_gid)
                 os.chmod(tmp, stat.S_IMODE(st.st_mode))
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.utime(tmp, ns=(atime, st.st_mtime_ns))
             elif kind == REG:
                 fin = os.open(src, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
                 try:
@@ -482,7 +488,7 @@ class OverlayFS(pyfuse3.Operations):
                         self._copy_xattrs(src, tmp, fout)
                         os.fchown(fout, st.st_uid, st.st_gid)
                         os.fchmod(fout, stat.S_IMODE(st.st_mode))
-                        os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
+                        os.utime(fout, ns=(atime, st.st_mtime_ns))
                     finally:
                         os.close(fout)
                 finally:
@@ -491,13 +497,13 @@ class OverlayFS(pyfuse3.Operations):
                 os.symlink(os.readlink(src), tmp)
                 self._copy_xattrs(src, tmp)
                 os.chown(tmp, st.st_uid, st.st_gid, follow_symlinks=False)
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                os.utime(tmp, ns=(atime, st.st_mtime_ns), follow_symlinks=False)
             else:
                 os.mknod(tmp, st.st_mode, st.st_rdev)
                 self._copy_xattrs(src, tmp)
                 os.chown(tmp, st.st_uid, st.st_gid)
                 os.chmod(tmp, stat.S_IMODE(st.st_mode))
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.utime(tmp, ns=(atime, st.st_mtime_ns))
             os.rename(tmp, dst)
         except BaseException:
             try:
@@ -510,6 +516,7 @@ class OverlayFS(pyfuse3.Operations):
             raise
         with node.lock:
             node.upper = True
+            node.atime_ns = None             # the upper file carries it from now on
             if node.fd is not None and not node.fd_upper:
                 node.old_fds.append(node.fd)
                 node.fd = None
@@ -1180,13 +1187,42 @@ class OverlayFS(pyfuse3.Operations):
                 except OSError:
                     n = -1
                 if n == size:
+                    if not node.upper:
+                        self._touch_atime(node, fd)
                     return bytes(buf)
         return await self._run(self._read_op, fh, off, size)
 
+    def _touch_atime(self, node: Node, fd: int) -> None:
+        """Access time of a read served from a lower file, with relatime semantics (the default
+        of the host's mounts): the atime becomes "now" when it is not newer than the mtime or
+        the ctime, or is 24 h old.  Lower files are opened O_NOATIME and never written, so the
+        new atime lives only in the in-memory node (``getattr`` reports it) until a copy-up
+        writes it to the upper file: a read never copies anything up.  It is lost on unmount
+        and, like any FUSE daemon's, only reads that reach the daemon (page-cache misses)
+        count; objects with an upper file get their atime from the upper filesystem's read.
+        (overlayfs leaves the atime of lower files alone: overlayfs.rst, "Non-standard
+        behavior" (a).)"""
+        now = time.time_ns()
+        at = node.atime_ns
+        if at is not None and now - at < _DAY_NS:
+            return          # newer than mtime/ctime (checked when set; lowers do not change)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        if at is None:
+            at = st.st_atime_ns
+        if at <= st.st_mtime_ns or at <= st.st_ctime_ns or now - at >= _DAY_NS:
+            at = now
+        node.atime_ns = at
+
     def _read_op(self, fh, off, size):
         h = self.handles[fh]
-        fd = self._get_fd(h.node)
+        node = h.node
+        fd = self._get_fd(node)
         data = os.pread(fd, size, off)
+        if not node.upper:
+            self._touch_atime(node, fd)
         if len(data) == size and size >= 65536:
             # looks like a sequential stream (kernel readahead): start reading ahead in the
             # backing file so the next requests take the no-thread fast path

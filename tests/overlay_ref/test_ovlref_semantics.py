@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -444,6 +445,53 @@ def test_fallocate(std):
         os.close(fd)
     assert os.stat(m / "b.txt").st_size == 1 << 16
     assert (m / "b.txt").read_bytes()[:7] == b"lower-b"
+
+
+def _old_atime_layers(make_layers, atime_ns):
+    """One lower file "f" with mtime 2000-01-01 and the given atime (the checksums of the
+    layers are taken with O_NOATIME, so they keep it)."""
+    layers = make_layers([{"f": "lower-f"}])
+    os.utime(layers.lowers[0] / "f", ns=(atime_ns, 946684800 * 10**9))
+    layers.rehash()
+    assert os.stat(layers.lowers[0] / "f").st_atime_ns == atime_ns
+    return layers
+
+
+def test_atime_read_lower_file_relatime(make_layers, ref_mount):
+    """relatime on the overlay object: reading a lower file whose atime is not newer than its
+    mtime updates st_atime, without a copy-up and without touching the lower file; the atime is
+    kept in memory and goes to the upper file with a later copy-up."""
+    old = 946684800 * 10**9
+    layers = _old_atime_layers(make_layers, old)
+    m = ref_mount(layers)
+    assert os.stat(m / "f").st_atime_ns == old
+    t0 = time.time_ns()
+    assert (m / "f").read_bytes() == b"lower-f"
+    at = os.stat(m / "f").st_atime_ns
+    assert at >= t0 - 10**9
+    assert os.stat(m / "f").st_mtime_ns == old
+    assert os.listdir(layers.upper) == []                          # no copy-up
+    assert os.stat(layers.lowers[0] / "f").st_atime_ns == old      # lower untouched
+    # relatime: atime now newer than mtime/ctime -> a second read leaves it alone
+    fd = os.open(m / "f", os.O_RDONLY)
+    os.pread(fd, 100, 0)
+    assert os.fstat(fd).st_atime_ns == at
+    os.close(fd)
+    # a metadata copy-up carries the object's atime to the upper file
+    os.chmod(m / "f", 0o600)
+    assert os.stat(layers.upper / "f").st_atime_ns == at
+    assert os.stat(m / "f").st_atime_ns == at
+    assert os.stat(layers.lowers[0] / "f").st_atime_ns == old
+
+
+def test_atime_read_lower_file_recent_atime_kept(make_layers, ref_mount):
+    """relatime: an atime newer than mtime and ctime and less than 24 h old is not updated."""
+    recent = time.time_ns() + 3600 * 10**9       # newer than the ctime utime() gives the file
+    layers = _old_atime_layers(make_layers, recent)
+    m = ref_mount(layers)
+    assert (m / "f").read_bytes() == b"lower-f"
+    assert os.stat(m / "f").st_atime_ns == recent
+    assert os.listdir(layers.upper) == []
 
 
 def test_uid_switch_with_allow_other(make_layers, ref_mount):
