@@ -127,6 +127,17 @@ class DirHandle:
 
 
 class OverlayFS(pyfuse3.Operations):
+    # fallocate(2) cannot be served: pyfuse3 (3.5.0 here, and upstream's current internal.pxi)
+    # fills a module-private ``fuse_lowlevel_ops`` in init_fuse_ops() without a ``fallocate``
+    # member and hands it to fuse_session_new(), which copies it into the opaque session; its
+    # session loop passes every request to fuse_session_process_buf().  So there is no
+    # Operations method to define and no hook from Python: libfuse answers FUSE_FALLOCATE with
+    # ENOSYS and the kernel turns that into EOPNOTSUPP for this mount (glibc's posix_fallocate
+    # then falls back to writing zeros, which works).  Serving it needs a pyfuse3 that wires
+    # fuse_ops.fallocate (a patched build or a newer release); then define
+    # ``async def fallocate(self, fh, mode, off, length)`` copying up like write() and calling
+    # fallocate on the upper fd.  tests/overlay_ref/test_ovlref_semantics.py::
+    # test_fallocate_syscall is a strict xfail that turns red when that becomes possible.
     enable_writeback_cache = False
 
     def __init__(self, cfg: OverlayConfig):

@@ -447,6 +447,25 @@ def test_fallocate(std):
     assert (m / "b.txt").read_bytes()[:7] == b"lower-b"
 
 
+@pytest.mark.xfail(strict=True, raises=OSError,
+                   reason="pyfuse3 has no fallocate handler (FUSE_FALLOCATE gets ENOSYS -> "
+                          "EOPNOTSUPP); see the comment on OverlayFS in overlay_ref/fs.py")
+def test_fallocate_syscall(std):
+    layers, m = std
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    fd = os.open(m / "b.txt", os.O_RDWR)
+    try:
+        if libc.fallocate(fd, 0, 0, 1 << 16) != 0:
+            e = ctypes.get_errno()
+            assert e == errno.EOPNOTSUPP
+            raise OSError(e, os.strerror(e))
+        assert os.fstat(fd).st_size == 1 << 16
+        assert os.pread(fd, 7, 0) == b"lower-b"
+    finally:
+        os.close(fd)
+
+
 def _old_atime_layers(make_layers, atime_ns):
     """One lower file "f" with mtime 2000-01-01 and the given atime (the checksums of the
     layers are taken with O_NOATIME, so they keep it)."""
