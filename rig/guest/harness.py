@@ -391,7 +391,9 @@ def checksum_tree(root: Path) -> str:
         h.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}\0{st.st_gid}\0{st.st_nlink}\0{st.st_rdev}\0"
                  f"{st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else 0}\0".encode())
         if stat.S_ISREG(st.st_mode):
-            with open(p, "rb") as f:
+            # O_NOATIME: checksumming must not move the lower files' atime (atime tests rely on it)
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+            with os.fdopen(fd, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         elif stat.S_ISLNK(st.st_mode):
