@@ -268,4 +268,33 @@ static __attribute__((unused)) int rofd_then_copyup_write(const char *rel, const
 	return rofd;
 }
 
+
+/* Read up to N bytes from FD the way HOW names: "pread", "readv", "sendfile" or "splice" (the last two
+ * through a pipe), so the *_ro_fd_after_copyup tests share one body. */
+static __attribute__((unused)) ssize_t read_fd_via(const char *how, int fd, char *buf, size_t n)
+{
+	ssize_t r = -1;
+	if (!strcmp(how, "pread"))
+		return pread(fd, buf, n, 0);
+	if (!strcmp(how, "readv")) {
+		struct iovec iov[2] = {{buf, 3}, {buf + 3, n - 3}};
+		return readv(fd, iov, 2);
+	}
+	int pfd[2];
+	if (pipe(pfd))
+		die("pipe");
+	if (!strcmp(how, "sendfile")) {
+		off_t off = 0;
+		r = sendfile(pfd[1], fd, &off, n);
+	} else {
+		loff_t off = 0;
+		r = splice(fd, &off, pfd[1], NULL, n, 0);
+	}
+	if (r > 0)
+		r = read(pfd[0], buf, r);
+	close(pfd[0]);
+	close(pfd[1]);
+	return r;
+}
+
 #endif
