@@ -87,7 +87,7 @@ class _NeedThread(Exception):
 class Node:
     __slots__ = ("ino", "path", "parent", "kind", "upper", "lowers", "nlookup", "aliases",
                  "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock", "copying",
-                 "atime_ns")
+                 "atime_ns", "lower_key")
 
     def __init__(self, ino: int, path: bytes, parent: int, kind: int, upper: bool,
                  lowers: list[tuple[int, bytes]]):
@@ -107,6 +107,9 @@ class Node:
         self.lock = threading.Lock()
         self.copying = False                 # a data copy-up runs without the namespace lock
         self.atime_ns: Optional[int] = None  # in-memory atime of a lower-only object (relatime)
+        # (st_dev, st_ino) of the lower file of a non-directory whose lower file has several
+        # names (a hard link on a lower layer): every name of it is this one node
+        self.lower_key: Optional[tuple[int, int]] = None
 
 
 class Handle:
@@ -159,6 +162,10 @@ class OverlayFS(pyfuse3.Operations):
         self.nodes: dict[int, Node] = {}
         self.by_path: dict[bytes, int] = {}
         self.by_upper_ino: dict[tuple[int, int], int] = {}
+        # lower hard links: (lower st_dev, st_ino) -> node, and (built on the first copy-up of
+        # such a file) every name of every multiply-linked lower file
+        self.by_lower_ino: dict[tuple[int, int], int] = {}
+        self._lower_link_names: Optional[dict[tuple[int, int], list[bytes]]] = None
         self.ino_counter = itertools.count(pyfuse3.ROOT_INODE + 1)
         self.fh_counter = itertools.count(1)
         self.handles: dict[int, Handle] = {}
@@ -273,11 +280,13 @@ class OverlayFS(pyfuse3.Operations):
     # ------------------------------------------------------------------ lookup
 
     def _walk_lowers(self, parent: Node, name: bytes, kind: Optional[int],
-                     redirect: Optional[bytes]) -> tuple[Optional[int], list]:
+                     redirect: Optional[bytes], sts: Optional[list] = None
+                     ) -> tuple[Optional[int], list]:
         """Find ``name`` below ``parent`` in the lower layers.
 
         ``kind`` is the type of the upper entry (None if there is none); ``redirect`` the upper
-        directory's redirect.  Returns (kind, lowers)."""
+        directory's redirect.  Returns (kind, lowers); the lstat of each entry of ``lowers`` is
+        appended to ``sts`` when given."""
         lowers: list[tuple[int, bytes]] = []
         cur_name = name
         abs_redirect: Optional[bytes] = None
@@ -303,12 +312,16 @@ class OverlayFS(pyfuse3.Operations):
             if kind is None:
                 kind = k
                 lowers.append((i, cand))
+                if sts is not None:
+                    sts.append(st)
                 if k != DIR:
                     break
             else:
                 if kind != DIR or k != DIR:
                     break
                 lowers.append((i, cand))
+                if sts is not None:
+                    sts.append(st)
             # k is a directory here
             if self.is_opaque(cand):
                 break
@@ -321,8 +334,9 @@ class OverlayFS(pyfuse3.Operations):
                         cur_name = r
         return kind, lowers
 
-    def _resolve(self, parent: Node, name: bytes):
-        """Resolve ``name`` in ``parent`` from the layers. Returns (kind, upper_st, lowers) or None."""
+    def _resolve(self, parent: Node, name: bytes, sts: Optional[list] = None):
+        """Resolve ``name`` in ``parent`` from the layers. Returns (kind, upper_st, lowers) or
+        None; the lstats of ``lowers`` go to ``sts`` when given."""
         path = _join(parent.path, name)
         upper_st = None
         kind = None
@@ -338,7 +352,7 @@ class OverlayFS(pyfuse3.Operations):
                     return kind, upper_st, []
                 if self.cfg.follow_redirects:
                     redirect = self._getx(up, self.x_redirect) or None
-        kind, lowers = self._walk_lowers(parent, name, kind, redirect)
+        kind, lowers = self._walk_lowers(parent, name, kind, redirect, sts)
         if kind is None:
             return None
         return kind, upper_st, lowers
@@ -361,10 +375,18 @@ class OverlayFS(pyfuse3.Operations):
         ino = self.by_path.get(path)
         if ino is not None:
             return self.nodes[ino]
-        res = self._resolve(parent, name)
+        sts: list[os.stat_result] = []
+        res = self._resolve(parent, name, sts)
         if res is None:
             return None
         kind, upper_st, lowers = res
+        lower_key = None
+        if upper_st is None and kind != DIR and sts and sts[0].st_nlink > 1:
+            # one name of a file hard-linked on a lower layer: the same object as its other names
+            lower_key = (sts[0].st_dev, sts[0].st_ino)
+            node = self._join_lower_link(parent, path, lower_key)
+            if node is not None:
+                return node
         if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
             key = (upper_st.st_dev, upper_st.st_ino)
             other = self.by_upper_ino.get(key)
@@ -378,7 +400,102 @@ class OverlayFS(pyfuse3.Operations):
         self.by_path[path] = node.ino
         if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
             self.by_upper_ino[(upper_st.st_dev, upper_st.st_ino)] = node.ino
+        if lower_key is not None:
+            node.lower_key = lower_key
+            self.by_lower_ino[lower_key] = node.ino
         return node
+
+    # ------------------------------------------------------------------ lower hard links
+    #
+    # A file with several names on a lower layer (same lower st_dev/st_ino) is one overlay
+    # object: one node whose aliases are all its visible names, st_ino shared, st_nlink the
+    # lower one.  Its copy-up copies the data once (through the work dir, as any copy-up) and
+    # then link()s every other visible name of it to the new upper inode, so the upper layer
+    # holds them as hard links of each other in the kernel's plain format (what overlayfs with
+    # index=on ends up with once every name is copied up; the reference writes no index
+    # entries).  "Every name" comes from a one-time scan of the lower layers (made on the first
+    # copy-up of such a file, kept for the mount: lower layers never change); a name found
+    # otherwise (e.g. through a redirect) is linked when it is looked up.
+
+    def _join_lower_link(self, parent: Node, path: bytes, key: tuple[int, int]) -> Optional[Node]:
+        """``path`` is a name of the lower hard-linked file ``key``: the node of that object if
+        it already has one (its other names were looked up), now also named ``path``."""
+        ino = self.by_lower_ino.get(key)
+        node = self.nodes.get(ino) if ino is not None else None
+        if node is None or node.lower_key != key:
+            return None
+        if node.upper:
+            if node.unlinked:
+                return None        # its upper file has no name left to link to
+            # copied up before this name was known: link it to the upper inode now
+            self.copy_up(parent)
+            os.link(self.upper_path(node.path), self.upper_path(path), follow_symlinks=False)
+        if node.unlinked:
+            node.unlinked = False
+            node.aliases = set()
+            node.path = path
+            node.parent = parent.ino
+        node.aliases.add(path)
+        self.by_path[path] = node.ino
+        return node
+
+    def _lower_names(self, key: tuple[int, int]) -> list[bytes]:
+        """Overlay paths of every lower-layer name of the lower file ``key`` (hidden or not)."""
+        if self._lower_link_names is None:
+            found: dict[tuple[int, int], list[bytes]] = {}
+            for root in self.lower_roots:
+                stack = [b""]
+                while stack:
+                    rel = stack.pop()
+                    try:
+                        it = os.scandir(root + b"/" + rel if rel else root)
+                    except OSError:
+                        continue
+                    with it:
+                        for e in it:
+                            r = _join(rel, e.name)
+                            try:
+                                if e.is_dir(follow_symlinks=False):
+                                    stack.append(r)
+                                    continue
+                                st = e.stat(follow_symlinks=False)
+                            except OSError:
+                                continue
+                            if st.st_nlink > 1:
+                                found.setdefault((st.st_dev, st.st_ino), []).append(r)
+            self._lower_link_names = found
+        return self._lower_link_names.get(key, [])
+
+    def _lookup_path(self, path: bytes) -> Optional[Node]:
+        node = self.nodes[pyfuse3.ROOT_INODE]
+        if not path:
+            return node
+        for comp in path.split(b"/"):
+            if node.kind != DIR:
+                return None
+            node = self._lookup_locked(node, comp)
+            if node is None:
+                return None
+        return node
+
+    def _link_lower_names(self, node: Node, key: tuple[int, int]) -> None:
+        """After the copy-up of ``node`` (a lower hard-linked file): give every other visible
+        name of it an upper hard link of the new upper inode.  Caller holds self.lock."""
+        ust = os.lstat(self.upper_path(node.path))
+        self.by_upper_ino[(ust.st_dev, ust.st_ino)] = node.ino
+        for p in sorted(node.aliases - {node.path}):
+            parent = self._lookup_path(os.path.dirname(p))
+            if parent is None:
+                continue
+            self.copy_up(parent)
+            os.link(self.upper_path(node.path), self.upper_path(p), follow_symlinks=False)
+        for p in self._lower_names(key):
+            if p in node.aliases or p in self.by_path:
+                continue
+            try:
+                self._lookup_path(p)          # joins (and links) it if it shows this object
+            except (OSError, pyfuse3.FUSEError):
+                continue
 
     def _new_upper_node(self, parent: Node, name: bytes, kind: int, lowers=None) -> Node:
         path = _join(parent.path, name)
@@ -531,6 +648,8 @@ class OverlayFS(pyfuse3.Operations):
             if node.fd is not None and not node.fd_upper:
                 node.old_fds.append(node.fd)
                 node.fd = None
+        if kind != DIR and node.lower_key is not None:
+            self._link_lower_names(node, node.lower_key)
         if kind == REG and node.opens > 0:
             # an open object keeps a real fd on its current backing file at all times: its
             # name (the only way _get_fd can reopen it) may be gone before the next I/O
@@ -660,6 +779,8 @@ class OverlayFS(pyfuse3.Operations):
         if self.by_upper_ino:
             for k in [k for k, v in self.by_upper_ino.items() if v == ino]:
                 del self.by_upper_ino[k]
+        if node.lower_key is not None and self.by_lower_ino.get(node.lower_key) == ino:
+            del self.by_lower_ino[node.lower_key]
         self._close_fds(node)
 
     def _move_path(self, old: bytes, new: bytes, node: Node, new_parent: Node) -> None:
