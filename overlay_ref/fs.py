@@ -487,8 +487,12 @@ class OverlayFS(pyfuse3.Operations):
             parent = self._lookup_path(os.path.dirname(p))
             if parent is None:
                 continue
-            self.copy_up(parent)
-            os.link(self.upper_path(node.path), self.upper_path(p), follow_symlinks=False)
+            try:
+                self.copy_up(parent)
+                os.link(self.upper_path(node.path), self.upper_path(p), follow_symlinks=False)
+            except (OSError, pyfuse3.FUSEError) as e:
+                # the copy-up itself succeeded: do not fail the operation that asked for it
+                log.warning("copy-up of %r: cannot link its lower name %r: %s", node.path, p, e)
         for p in self._lower_names(key):
             if p in node.aliases or p in self.by_path:
                 continue
