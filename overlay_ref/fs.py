@@ -7,10 +7,12 @@ mount (copy-up, rename and hard links keep it).  A node knows its overlay path, 
 upper entry, and its lower entries ``[(layer index, absolute path)]`` (for a directory: every lower
 directory merged into it; for a non-directory: the one it was found in, i.e. its copy-up origin).
 The object's *current backing file* is the upper entry when there is one, else the first lower
-entry.  Data I/O of every open handle goes through one real fd per node that is swapped to the
-upper file on copy-up, so handles opened before the copy-up read the new data (the userspace
-counterpart of the kernel's ``ovl_real_fdget``); the FUSE page cache of the inode is shared by all
-mappings and every write goes through it, so MAP_SHARED mappings see the new data as well.
+entry.  A file with several names on a lower layer is one node too (keyed by its lower
+st_dev/st_ino); its copy-up links its other names to the new upper inode.  Data I/O of every
+open handle goes through one real fd per node that is swapped to the upper file on copy-up, so
+handles opened before the copy-up read the new data (the userspace counterpart of the kernel's
+``ovl_real_fdget``); the FUSE page cache of the inode is shared by all mappings and every write
+goes through it, so MAP_SHARED mappings see the new data as well.
 
 All filesystem work runs in worker threads (``trio.to_thread``); the namespace and copy-up run
 under one lock, data I/O does not.
