@@ -121,8 +121,10 @@ class VM:
             sshmod.make_keys(sshdir)
         (sshdir / "sshd_config").write_text(_render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
         init = self.run_dir / "init"
-        init.write_text(_render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT,
+        init.write_text(_render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT, run_dir=self.run_dir,
                                 ready_marker=READY_MARKER, hung_task_timeout=self.hung_task_timeout))
+        (self.run_dir / "fstab").write_text(_render("fstab.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT))
+        shutil.copy2(TEMPLATES / "ip.batch", self.run_dir / "ip.batch")
         os.chmod(init, 0o755)
 
     def command(self) -> list[str]:
