@@ -11,9 +11,23 @@ import pytest
 from kproto_helpers import FAKE_KERNEL  # noqa: E402
 
 
+SESSION_MARK = "KPROTO_TEST_SESSION"
+
+
 def _qemu_pids() -> set[int]:
+    """QEMU processes started by this test session: they inherit SESSION_MARK in their environment
+    (so another user's or another session's VMs on the same machine do not count)."""
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    mark = f"{SESSION_MARK}={os.environ.get(SESSION_MARK, '')}".encode()
+    pids = set()
+    for p in out.split():
+        try:
+            env = open(f"/proc/{p}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if mark in env:
+            pids.add(int(p))
+    return pids
 
 
 def _fuse_mounts() -> set[str]:
@@ -30,6 +44,7 @@ _BEFORE: dict[str, set] = {}
 
 
 def pytest_sessionstart(session):
+    os.environ[SESSION_MARK] = f"{os.getpid()}-{os.urandom(4).hex()}"
     _BEFORE["qemu"] = _qemu_pids()
     _BEFORE["fuse"] = _fuse_mounts()
     _BEFORE["overlay"] = _overlay_mounts()
