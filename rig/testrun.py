@@ -122,8 +122,15 @@ def run_checks_cached(tree: treemod.SourceTree, series: list[patchmod.Patch]) ->
     return result
 
 
-def verdict_of(tests: list[dict], new_splats: list, base: KernelRun, patched: KernelRun) -> tuple[str, list[str]]:
+def verdict_of(tests: list[dict], new_splats: list, base: KernelRun, patched: KernelRun,
+               reference: dict[str, dict] | None = None) -> tuple[str, list[str]]:
+    """clean | regressed | error. A failure of the reference overlay itself is the rig's problem (error,
+    exit 3), not the patch's: without the oracle there is no verdict for that test."""
     reasons = []
+    ref_failed = sorted(n for n, r in (reference or {}).items() if r.get("status") != "ok")
+    if ref_failed:
+        return "error", [f"the reference overlay failed on {len(ref_failed)} test(s): {', '.join(ref_failed[:5])} "
+                         f"({(reference or {})[ref_failed[0]].get('error')})"]
     regressed = [t["name"] for t in tests if t["status"] == "regressed"]
     if regressed:
         reasons.append(f"{len(regressed)} test(s) regressed: {', '.join(regressed[:5])}")
@@ -168,13 +175,16 @@ def run(opts: TestOptions) -> Report:
         # The reference runs on the host (FUSE) while the guests run; its results are cached too:
         # they depend only on overlay_ref's code and the suite.
         ref_cache = _reference_cache_path(suite, bins, names, opts.timeout)
-        ref_start = time.monotonic()
+        def timed(fn, *args):
+            t_ref = time.monotonic()
+            return fn(*args), round(time.monotonic() - t_ref, 1)
+
         if ref_cache.is_file():
             say(f"reference: results cached ({ref_cache.name})")
-            ref_future = pool.submit(lambda: json.loads(ref_cache.read_text()))
+            ref_future = pool.submit(timed, lambda: json.loads(ref_cache.read_text()))
         else:
             say(f"reference: running {len(names)} test(s) on overlay_ref (in the background)")
-            ref_future = pool.submit(run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
+            ref_future = pool.submit(timed, run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
         cached = _baseline_cache_path(suite, base_kernel, bins, names, opts.timeout)
         if cached.is_file() and not opts.rerun_baseline:
             base_run = _load_run(cached, base_kernel, "baseline")
@@ -191,8 +201,7 @@ def run(opts: TestOptions) -> Report:
         timings["patched_tests_s"] = round(time.monotonic() - t, 1)
         timings["boot_s"] = round(patched_run.boot_s, 1)
         timings["tests_s"] = round(patched_run.tests_s, 1)
-        reference = ref_future.result()
-        timings["reference_s"] = round(time.monotonic() - ref_start, 1)
+        reference, timings["reference_s"] = ref_future.result()
         if not ref_cache.is_file() and all(r.get("status") == "ok" for r in reference.values()):
             _atomic_write(ref_cache, json.dumps(reference))
     finally:
@@ -213,7 +222,7 @@ def run(opts: TestOptions) -> Report:
             j["blocked_tasks"] = blocked          # sysrq-w dump taken when the test hung
         tests.append(j)
     new = splatmod.new_splats(base_run.splats, patched_run.splats)
-    verdict, reasons = verdict_of(tests, new, base_run, patched_run)
+    verdict, reasons = verdict_of(tests, new, base_run, patched_run, reference)
     timings["total_s"] = round(time.monotonic() - t0, 1)
     notes = []
     if not kvm_works():

@@ -171,3 +171,55 @@ with locked(Path({str(lock)!r})):
         waited = time.monotonic() - t0
     holder.wait(timeout=10)
     assert waited > 0.5          # it really waited for the other holder
+
+
+@pytest.mark.fuse
+def test_reference_daemon_killed_mid_test_is_an_infrastructure_error(tmp_path):
+    """The reference overlay's daemon dies while a test runs: the test is an error (not a divergence),
+    the mount is cleaned up, the lower layer is untouched, and `kproto test` would call it infra."""
+    import threading
+    from rig.guest import harness
+    from rig import guest_build, testrun
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "common.h").symlink_to(REPO / "guest_tests" / "common.h")
+    (suite / "slow_reader.c").write_text(
+        '#include "common.h"\nint main(int argc, char **argv)\n{\n\tchar buf[32] = {0};\n\tinit(argc, argv);\n'
+        '\tint fd = xopen(P("foo"), O_RDONLY);\n\tsleep(4);\n\tssize_t n = pread(fd, buf, 16, 0);\n'
+        '\tobs_rc("pread", n);\n\treturn 0;\n}\n')
+    (suite / "slow_reader.toml").write_text('description = "reads after a pause"\ntimeout = 30\n'
+                                            '[[lower]]\n[[lower.entries]]\npath = "foo"\ncontent = "data\\n"\n')
+    bins = guest_build.build(suite, cache=tmp_path / "cache")
+    work = tmp_path / "work"
+    killed = []
+
+    def kill_daemon():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed:
+            time.sleep(0.2)
+            with open("/proc/mounts") as fh:
+                if not any(str(work) in l for l in fh):
+                    continue                      # not mounted yet: the daemon is not serving
+            time.sleep(0.5)
+            for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    text = cmd.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if "overlay_ref" in text and str(work) in text:
+                    os.kill(int(cmd.parent.name), signal.SIGKILL)
+                    killed.append(int(cmd.parent.name))
+                    return
+
+    th = threading.Thread(target=kill_daemon)
+    th.start()
+    [res] = harness.run_tests(bins=bins, tests=suite, work=work, target="ref", emit=None,
+                              ref_python=sys.executable)
+    th.join()
+    assert killed, "the reference daemon was never found"
+    assert res["status"] == "error" and "daemon died" in res["error"], res
+    assert res["lower_modified"] is False
+    with open("/proc/mounts") as fh:
+        assert not [l for l in fh if str(work) in l], "the dead FUSE mount must be cleaned up"
+    verdict, reasons = testrun.verdict_of([], [], None, None, {"slow_reader": res})
+    assert verdict == "error" and "reference overlay failed" in reasons[0]

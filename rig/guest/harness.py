@@ -21,6 +21,7 @@ run the test (bad spec, layer build, mount, exec, unmount).
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import hashlib
 import json
@@ -489,30 +490,45 @@ class Mounter:
         if rc != 0:
             raise RuntimeError(f"overlay_ref mount failed ({rc}): {out[-500:]}")
         deadline = time.monotonic() + 15
-        while not os.path.ismount(merged):
+        while not _is_mounted(merged):
             if time.monotonic() > deadline:
                 raise RuntimeError("overlay_ref mount returned but the mount point is not mounted")
             time.sleep(0.05)
 
     def umount(self, merged: Path) -> str | None:
         """Unmount; lazy fallback. Returns an error string when something was left behind."""
-        if not os.path.ismount(merged):
+        if not _is_mounted(merged):
             return None
         if self.target == "ref":
             rc, out = _run([self.ref_python, "-m", "overlay_ref", "umount", str(merged)], timeout=30, env=self.env)
         else:
             rc, out = _run(["umount", str(merged)])
-        if rc == 0 and not os.path.ismount(merged):
+        if rc == 0 and not _is_mounted(merged):
             return None
         rc2, out2 = _run(["umount", "-l", str(merged)])
         if rc2 != 0 and self.target == "ref":
             rc2, out2 = _run(["fusermount3", "-u", "-z", str(merged)])
-        if os.path.ismount(merged):
+        if _is_mounted(merged):
             return f"could not unmount {merged}: {out} / {out2}"
         return f"unmount needed lazy detach: {out}"
 
 
 # ---------------------------------------------------------------- running
+
+def _is_mounted(path: Path) -> bool:
+    """Is PATH a mount point? From /proc/self/mounts, not stat(): a FUSE mount whose daemon died fails
+    every stat with ENOTCONN, and os.path.ismount() then says False while it is still mounted."""
+    want = str(Path(path).absolute())
+    try:
+        with open("/proc/self/mounts") as fh:
+            for line in fh:
+                mp = line.split()[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                if mp == want:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
 
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
@@ -584,6 +600,13 @@ def run_one(spec: Spec, bins: Path, work: Path, mounter: Mounter, timeout: float
         mounter.mount(lowers, upper, wdir, merged, spec.mount_options)
         mounted = True
         run = run_program(prog, merged, timeout or spec.timeout)
+        try:
+            os.stat(merged)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                raise
+            # a FUSE target whose daemon died: what the program saw says nothing about the overlay
+            run["error"] = "the filesystem daemon died during the test (Transport endpoint is not connected)"
         obs, diags = parse_observations(run["stdout"])
         res.update(observations=obs, diagnostics=diags, exit_code=run["exit_code"], signal=run["signal"],
                    stderr=run["stderr"][-STDERR_TAIL:])
@@ -600,7 +623,7 @@ def run_one(spec: Spec, bins: Path, work: Path, mounter: Mounter, timeout: float
         mounted = False
         if err:
             errors.append(err)
-            if os.path.ismount(merged):
+            if _is_mounted(merged):
                 res["status"] = "error"
         res["upper"] = upper_state(upper, lowers)
         res["lower_modified"] = [checksum_tree(d) for d in lowers] != sums
@@ -612,7 +635,7 @@ def run_one(spec: Spec, bins: Path, work: Path, mounter: Mounter, timeout: float
             err = mounter.umount(merged)
             if err:
                 errors.append(err)
-        if not os.path.ismount(merged):
+        if not _is_mounted(merged):
             shutil.rmtree(tdir, ignore_errors=True)
         else:
             errors.append(f"left {tdir} behind: still mounted")
