@@ -149,11 +149,18 @@ def _run_batch(vm: VM, run: KernelRun, names: list[str], timeouts: dict[str, flo
             blocked = _collect_blocked_tasks(vm)
             reason = f"hung: no result within {timeouts.get(cur, 20.0) + HANG_MARGIN_S:.0f} s (guest deadlock?)"
             status = "timeout"
-        elif not vm.alive():
-            reason = "the guest died during this test (panic?)"
-            status = "error"
         else:
-            reason = f"lost contact with the guest: {error}"
+            # the connection ended without a result: a panicking guest takes a moment to power off
+            deadline = time.monotonic() + 5
+            while vm.alive() and time.monotonic() < deadline:
+                if any(splatmod.is_fatal(x) for x in splatmod.scan_text(vm.console_since(state["offset"]))):
+                    break
+                time.sleep(0.2)
+            fatal = [x.title for x in splatmod.scan_text(vm.console_since(state["offset"])) if splatmod.is_fatal(x)]
+            if fatal or not vm.alive():
+                reason = f"the guest died during this test ({fatal[0] if fatal else 'QEMU exited'})"
+            else:
+                reason = f"lost contact with the guest: {error or 'the SSH session ended without a result'}"
             status = "error"
         seg = vm.console_since(state["offset"])
         titles = [s.title for s in splatmod.scan_text(seg)]

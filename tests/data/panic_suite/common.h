@@ -1,0 +1,1 @@
+../../../guest_tests/common.h
