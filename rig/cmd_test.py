@@ -48,7 +48,13 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
     opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
                                pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline, checks=not no_checks,
                                progress=_say, **({"suite": suite} if suite else {}))
-    rep = testrun.run(opts)
+    try:
+        rep = testrun.run(opts)
+    except testrun.Interrupted as e:
+        if json_out:
+            e.report.write_json(json_out)
+            _say(f"partial results written to {json_out}")
+        raise
     click.echo(reportmod.terminal(rep))
     if json_out:
         rep.write_json(json_out)

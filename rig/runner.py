@@ -54,6 +54,15 @@ def run_kernel_suite(kernel: Kernel, label: str, run_dir: Path, names: list[str]
                      boot_timeout: float = 120.0) -> KernelRun:
     """Run the staged suite (run_dir/guest) on KERNEL; one or more boots until every test has a result."""
     run = KernelRun(label=label, kernel=kernel)
+    try:
+        return _run_suite(run, kernel, label, run_dir, names, timeouts, progress, boot_timeout)
+    except KeyboardInterrupt as e:
+        e.partial_run = run            # what finished before Ctrl-C/SIGTERM, for the partial report
+        raise
+
+
+def _run_suite(run: KernelRun, kernel: Kernel, label: str, run_dir: Path, names: list[str],
+               timeouts: dict[str, float], progress: Callable[[str], None], boot_timeout: float) -> KernelRun:
     remaining = list(names)
     t_start = time.monotonic()
     while remaining and run.boots < MAX_BOOTS:

@@ -40,6 +40,14 @@ class TestOptions:
     progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM during the guest runs; carries the partial report (verdict error)."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__()
+        self.report = report
+
+
 def new_run_dir(keep: bool) -> Path:
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -102,6 +110,29 @@ def _load_run(path: Path, kernel: buildmod.Kernel, label: str) -> KernelRun:
     run.splats = [splatmod.Splat(kind=s["kind"], title=s["title"], log=s["log"], count=s.get("count", 1))
                   for s in d["splats"]]
     return run
+
+
+def _interrupted(e: KeyboardInterrupt, stage: str, runs: dict, tree, series, kernel, timings: dict,
+                 t0: float) -> Interrupted:
+    """The partial report of an interrupted run: per-kernel raw results of the tests that finished."""
+    partial = getattr(e, "partial_run", None)
+    if partial is not None:
+        runs[stage] = partial
+    names = sorted({n for r in runs.values() for n in r.results})
+    tests = []
+    for n in names:
+        t = {"name": n, "status": "error", "reason": "run interrupted before the comparison"}
+        for label, r in runs.items():
+            res = r.results.get(n)
+            if res:
+                t[label] = {k: res.get(k) for k in ("status", "observations", "exit_code", "signal", "error")}
+        tests.append(t)
+    timings["total_s"] = round(time.monotonic() - t0, 1)
+    rep = Report(verdict="error", kernel={"source": tree.origin, "version": kernel.version, "base": tree.base},
+                 patches=[p.as_json() for p in series], tests=tests,
+                 splats={"baseline": [], "patched": [], "new": []}, timings=timings,
+                 reasons=[f"interrupted during the {stage} kernel's tests; partial results only"])
+    return Interrupted(rep)
 
 
 def run_checks_cached(tree: treemod.SourceTree, series: list[patchmod.Patch]) -> dict:
@@ -185,19 +216,26 @@ def run(opts: TestOptions) -> Report:
         else:
             say(f"reference: running {len(names)} test(s) on overlay_ref (in the background)")
             ref_future = pool.submit(timed, run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
+        runs: dict[str, KernelRun] = {}
         cached = _baseline_cache_path(suite, base_kernel, bins, names, opts.timeout)
         if cached.is_file() and not opts.rerun_baseline:
-            base_run = _load_run(cached, base_kernel, "baseline")
+            base_run = runs["baseline"] = _load_run(cached, base_kernel, "baseline")
             say(f"baseline: results cached from an earlier run ({cached.name}; --rerun-baseline to redo)")
             timings["baseline_tests_s"] = 0.0
         else:
             t = time.monotonic()
-            base_run = run_kernel_suite(base_kernel, "baseline", run_dir, names, timeouts, say)
+            try:
+                base_run = runs["baseline"] = run_kernel_suite(base_kernel, "baseline", run_dir, names, timeouts, say)
+            except KeyboardInterrupt as e:
+                raise _interrupted(e, "baseline", runs, tree, series, patched_kernel, timings, t0) from None
             timings["baseline_tests_s"] = round(time.monotonic() - t, 1)
             if base_run.boots == 1 and all(r.get("status") != "timeout" for r in base_run.results.values()):
                 _save_run(cached, base_run)
         t = time.monotonic()
-        patched_run = run_kernel_suite(patched_kernel, "patched", run_dir, names, timeouts, say)
+        try:
+            patched_run = run_kernel_suite(patched_kernel, "patched", run_dir, names, timeouts, say)
+        except KeyboardInterrupt as e:
+            raise _interrupted(e, "patched", runs, tree, series, patched_kernel, timings, t0) from None
         timings["patched_tests_s"] = round(time.monotonic() - t, 1)
         timings["boot_s"] = round(patched_run.boot_s, 1)
         timings["tests_s"] = round(patched_run.tests_s, 1)

@@ -155,10 +155,11 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
     import time
     from rig.paths import cache_dir
     runs = cache_dir() / "runs"
-    before = set(runs.iterdir()) if runs.exists() else set()
     repo = Path(__file__).resolve().parent.parent
+    partial = Path(f"/tmp/kproto-sigterm-{os.getpid()}.json")
+    partial.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "test", "patches/ovl-copyup.patch", "-k",
-                             "rfc_read", "--rerun-baseline", "--no-checks"], cwd=repo,
+                             "rfc_read", "--rerun-baseline", "--no-checks", "--json", str(partial)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     qemu: set[int] = set()
     deadline = time.monotonic() + 600
@@ -167,16 +168,23 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
                 if "qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")}
         time.sleep(0.2)
     assert qemu, "kproto test never started a VM"
+    import re
+    cmdline = Path(f"/proc/{next(iter(qemu))}/cmdline").read_bytes().decode(errors="replace")
+    our_run_dir = Path(re.search(r"path=([^,\x00]+)/console-", cmdline).group(1))
+    assert our_run_dir.is_dir()
     time.sleep(3)                                   # mid-boot
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     assert "interrupted" in err
+    import json
+    rep = json.loads(partial.read_text())            # partial results kept
+    partial.unlink()
+    assert rep["verdict"] == "error" and "interrupted during the baseline" in rep["reasons"][0]
     time.sleep(1)
     for p in qemu:
         assert not Path(f"/proc/{p}").exists(), f"QEMU {p} survived SIGTERM of kproto"
-    after = set(runs.iterdir()) if runs.exists() else set()
-    assert after - before == set(), "the run directory must be removed"
+    assert not our_run_dir.exists(), "the run directory must be removed"
     assert tree.default_source().is_at_base()
     with open("/proc/mounts") as fh:
         assert not [l for l in fh if str(runs) in l.split()[1]], "reference FUSE mounts must be unmounted"
