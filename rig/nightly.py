@@ -8,7 +8,6 @@ Exit codes: 0 nothing regressed since the last complete run; 1 something regress
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .locks import LockBusy, locked
 from . import patches as patchmod
 from .errors import (EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, BadInput, BootError, BuildError, InfraError,
                      KprotoError, PatchError)
@@ -210,21 +210,12 @@ def parse_config(raw: dict, path: Path | None = None) -> NightlyConfig:
 @contextlib.contextmanager
 def nightly_lock(path: Path) -> Iterator[None]:
     """Exclusive, non-blocking flock next to the history database: a second nightly fails at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise NightlyBusy(f"another kproto nightly is running (pid {holder} holds {path}); not starting a second one") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        with locked(path, "the nightly lock", wait=False):
+            yield
+    except LockBusy as e:
+        raise NightlyBusy(f"another kproto nightly is running (pid {e.holder} holds {path}); "
+                          "not starting a second one") from None
 
 
 # ================================================================ diff against the last complete run
