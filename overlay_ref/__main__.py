@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument(a)
     s.add_argument("-o", dest="options", action="append", default=[])
     s.add_argument("--ready-fd", type=int)
+    s.add_argument("--run-dir")             # the runtime directory spawn() chose (re-verified)
     u = sub.add_parser("umount", help="umount MOUNTPOINT")
     u.add_argument("mountpoint")
     ih = sub.add_parser("install-helper",
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = OverlayConfig.build(args.lowers, args.upper, args.work, args.mountpoint, opts)
             from . import daemon
             if args.cmd == "_serve":
-                daemon.serve(cfg, ready_fd=args.ready_fd)
+                daemon.serve(cfg, ready_fd=args.ready_fd, run_dir=args.run_dir)
             elif args.foreground:
                 cfg.validate()
                 daemon.serve(cfg)
