@@ -6,10 +6,14 @@ Inputs are harness result dicts (rig/guest/harness.py) keyed by test name. What 
 - lower_modified (a target must never write to a lower layer);
 - the comparable part of the upper layer (key "upper:<path>"): per path the entry type, mode, uid, gid,
   size (regular files), symlink target, whiteout (mode of a whiteout ignored), and for directories that
-  also exist in a lower layer whether they are opaque. NOT compared: trusted.overlay.origin / impure /
-  nlink / uuid / metacopy / index, redirect values (absolute vs relative is an implementation choice)
-  and directory sizes: a correct overlay may differ there (the kernel records origin on copy-up, the
-  reference need not).
+  also exist in a lower layer whether they are opaque; the data digest (sha256) of regular files when
+  every compared side recorded one (not for metacopy-only copies, whose data stays below). NOT compared:
+  trusted.overlay.origin / impure / nlink / uuid / metacopy / index, redirect values (absolute vs
+  relative is an implementation choice) and directory sizes: a correct overlay may differ there (the
+  kernel records origin on copy-up, the reference need not).
+- an upper regular file present on one side only, over a lower file, is a side effect (an extra copy-up,
+  not a divergence) only when it equals its lower file: data digest, size, mode, uid, gid and user./
+  security. xattrs (the harness's `lower` record). A copy-up that lost a chmod or a write diverges.
 Statuses (DESIGN.md §4): match / fixed / regressed / diverges / error, "known" qualifying a divergence
 fully explained by guest_tests/known_divergences.toml.
 """
@@ -107,7 +111,7 @@ class TestVerdict:
     reference: dict = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)
     patched: dict = field(default_factory=dict)
-    reason: str | None = None        # for status error: what went wrong
+    reason: str | None = None        # error: what went wrong; regressed: the new divergences
     side_effects: list[str] = field(default_factory=list)   # extra copy-ups, not divergences
 
     def as_json(self) -> dict:
@@ -153,27 +157,94 @@ def comparable(res: dict) -> dict[str, str | None]:
     return out
 
 
+def _is_file(ent: dict | None) -> bool:
+    return bool(ent) and ent.get("type") == "file" and not ent.get("whiteout")
+
+
+def _metacopy(ent: dict) -> bool:
+    return any(k.endswith(".overlay.metacopy") for k in (ent.get("xattrs") or {}))
+
+
+def _digest(ent: dict | None) -> str | None:
+    """The data digest of an upper regular file, None when there is none to compare: recorded before the
+    harness kept digests, unreadable, or a metacopy-only copy (its upper file holds no data)."""
+    if not _is_file(ent) or _metacopy(ent):
+        return None
+    return ent.get("sha256")
+
+
+def _lower_mismatch(ent: dict) -> list[str] | None:
+    """What differs between an upper regular file and the lower file at its path (the harness's `lower`
+    record): [] for an exact copy-up. None for a result recorded before the harness kept `sha256` and
+    `lower` (cached JSON): nothing to check against."""
+    if "sha256" not in ent and "lower" not in ent:
+        return None
+    lo = ent.get("lower")
+    if not isinstance(lo, dict):
+        return ["lower"]          # in a lower layer, but no record of it: cannot prove equal
+    out = [k for k in ("type", "size", "mode", "uid", "gid") if k not in ent or ent.get(k) != lo.get(k)]
+    if "xattr_sha256" not in ent or "xattr_sha256" not in lo or ent["xattr_sha256"] != lo["xattr_sha256"]:
+        out.append("xattrs")
+    # a metacopy-only copy has no data of its own: its data is the lower file's by construction
+    if not _metacopy(ent) and (ent.get("sha256") is None or ent.get("sha256") != lo.get("sha256")):
+        out.append("data")
+    return out
+
+
 def _extra_copy_up(a: dict, b: dict, key: str) -> bool:
     """upper:P present on one side only, as a plain copy-up of a lower regular file: a copy-up the other
     side did not need (e.g. the 2016 RFC copies up on a read-only MAP_SHARED mmap). Not visible through
-    the POSIX API, so reported as a side effect rather than a divergence."""
+    the POSIX API, so reported as a side effect rather than a divergence -- but only when the copy equals
+    its lower file (data, size, mode, owner, xattrs): a copy-up that then lost a chmod or a write is a
+    divergence."""
     if not key.startswith("upper:"):
         return False
     p = key[len("upper:"):]
     ea, eb = (a.get("upper") or {}).get(p), (b.get("upper") or {}).get(p)
     one = ea if eb is None else eb if ea is None else None
-    return bool(one) and one.get("type") == "file" and bool(one.get("in_lower")) and not one.get("whiteout")
+    if not (_is_file(one) and one.get("in_lower")):
+        return False
+    # Entries without both `sha256` and `lower` come from results recorded before the harness kept them
+    # (cached baseline/reference JSON): keep the old rule (a side effect) for those rather than flip
+    # every cached extra copy-up into a divergence. Any entry carrying either field must prove equality.
+    mismatch = _lower_mismatch(one)
+    return mismatch is None or not mismatch
+
+
+def _views(*results: dict | None) -> list[dict[str, str | None]]:
+    """comparable() of each of RESULTS (compared with one another), plus for upper regular files:
+    - the data digest (" sha256=<16 hex>") when every one of RESULTS holding a regular file at that path
+      recorded a usable digest (so old cached results and metacopy-only copies compare by size as before);
+    - on an in_lower file present in only one of RESULTS, what differs from its lower file
+      (" (differs from lower: mode, data)"): shows why an extra copy-up is not a side effect. Values
+      already differ there (absent on the other side), so this never adds nor hides a difference."""
+    views = [comparable(r) if r else {} for r in results]
+    uppers = [((r or {}).get("upper") or {}) for r in results]
+    for p in set().union(*uppers):
+        key = f"upper:{p}"
+        ents = [u.get(p) for u in uppers]
+        files = [(v, e) for v, e in zip(views, ents) if _is_file(e)]
+        if files and all(_digest(e) for _, e in files):
+            for v, e in files:
+                v[key] = f"{v[key]} sha256={_digest(e)[:16]}"
+        present = [(v, e) for v, e in zip(views, ents) if e is not None]
+        if len(results) > 1 and len(present) == 1 and files and present[0][1].get("in_lower"):
+            v, e = present[0]
+            mismatch = _lower_mismatch(e)
+            if mismatch:
+                v[key] = f"{v[key]} (differs from lower: {', '.join(mismatch)})"
+    return views
 
 
 def diff_keys(a: dict, b: dict) -> list[str]:
-    ca, cb = comparable(a), comparable(b)
+    ca, cb = _views(a, b)
     return sorted(k for k in set(ca) | set(cb)
                   if ca.get(k, ABSENT) != cb.get(k, ABSENT) and not _extra_copy_up(a, b, k))
 
 
 def side_effects(ref: dict, target: dict) -> list[str]:
     """Copy-ups TARGET did that the reference did not (or the other way round), as readable notes."""
-    ca, cb = comparable(ref), comparable(target)
+    ca, cb = _views(ref, target)
     out = []
     for k in sorted(set(ca) | set(cb)):
         if ca.get(k, ABSENT) != cb.get(k, ABSENT) and _extra_copy_up(ref, target, k):
@@ -194,9 +265,30 @@ def _err_reason(label: str, res: dict | None) -> str:
 
 
 def _mk_diffs(keys: list[str], ref: dict, base: dict | None, pat: dict) -> list[ObsDiff]:
-    cr, cp = comparable(ref) if ref else {}, comparable(pat) if pat else {}
-    cb = comparable(base) if base else None
+    """The values side by side: reference and patched as compared with each other, the baseline as
+    compared with the reference."""
+    cr, cp = _views(ref, pat)
+    cb = _views(ref, base)[1] if base else None
     return [ObsDiff(k, cr.get(k), cb.get(k) if cb is not None else None, cp.get(k)) for k in keys]
+
+
+NEW_REASON_DETAILED = 3     # keys spelled out with their values in a regressed reason; the rest named
+
+
+def _show(v: str | None, width: int = 80) -> str:
+    if v is None:
+        return "(absent)"
+    return repr(v if len(v) <= width else v[: width - 1] + "…")
+
+
+def _new_reason(keys: list[str], diffs: list[ObsDiff]) -> str:
+    by = {d.key: d for d in diffs}
+    parts = [f"new divergence on {k} (reference {_show(by[k].reference)}, baseline {_show(by[k].baseline)}, "
+             f"patched {_show(by[k].patched)})" for k in keys[:NEW_REASON_DETAILED]]
+    rest = keys[NEW_REASON_DETAILED:]
+    if rest:
+        parts.append(f"{len(rest)} more new divergence(s): {', '.join(rest[:10])}{', …' if len(rest) > 10 else ''}")
+    return "; ".join(parts)
 
 
 def compare_target(reference: dict[str, dict], target: dict[str, dict], known: Known | None) -> list[TestVerdict]:
@@ -226,10 +318,15 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
                 known: Known | None) -> list[TestVerdict]:
     """Reference vs baseline kernel vs patched kernel, per test (DESIGN.md §4):
     match: patched agrees with the reference (and the baseline did too, or it was not run);
-    fixed: the baseline diverged (or errored), the patched agrees; regressed: the baseline agreed, the
-    patched diverges; diverges: both diverge; error: the patched or the reference result is missing,
-    errored or timed out. `known` is set for a divergence fully explained by the known-divergences data
-    (for `fixed`: the divergence the patch fixed was a known one)."""
+    fixed: the baseline diverged (or errored), the patched agrees;
+    regressed: the baseline ran (status ok) and the patched differs from the reference on some key where
+      the baseline agreed with the reference, or holds a different wrong value there than the baseline
+      did (new divergences; `reason` names them with the three values);
+    diverges: the patched diverges only where the baseline did, with the baseline's very values -- or the
+      baseline was not run, errored or timed out (nothing to tell old wrong values from new: diverges);
+    error: the patched or the reference result is missing, errored or timed out.
+    `known` is set for a divergence fully explained by the known-divergences data (for `fixed`: the
+    divergence the patch fixed was a known one); never for `regressed`."""
     known = known or Known()
     out = []
     for name in sorted(set(reference) | set(patched) | set(baseline)):
@@ -252,12 +349,21 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
             v.status = "fixed" if base_ran and not base_agrees else "match"
             if v.status == "fixed" and bkeys:
                 v.known = known.explain(name, bkeys)
-        else:
-            v.status = "regressed" if base_agrees else "diverges"
-            if v.status == "diverges":
-                v.known = known.explain(name, pkeys)
         all_keys = sorted(set(pkeys) | set(bkeys or []))
         v.diffs = _mk_diffs(all_keys, ref, base if base_ran else None, pat)
+        if pkeys:
+            new: list[str] = []
+            if bkeys is not None:
+                # new divergences: keys where the baseline agreed with the reference, or held a different
+                # wrong value (baseline vs patched compared directly, as diff_keys compares two sides)
+                vb, vp = _views(base, pat)
+                new = [k for k in pkeys if k not in bkeys or vb.get(k, ABSENT) != vp.get(k, ABSENT)]
+            if new:
+                v.status = "regressed"
+                v.reason = _new_reason(new, v.diffs)
+            else:
+                v.status = "diverges"
+                v.known = known.explain(name, pkeys)
         v.side_effects = side_effects(ref, pat)
         out.append(v)
     return out
@@ -352,8 +458,8 @@ def to_junit(verdicts: list[TestVerdict], suite_name: str, columns=("reference",
         if v.status == "error":
             out.append(f'      <error message={quoteattr(v.reason or "error")}>{escape(body)}</error>')
         elif v.status == "regressed" or (v.status == "diverges" and not v.known):
-            out.append(f'      <failure message={quoteattr(v.status + ": " + ", ".join(d.key for d in v.diffs[:8]))}>'
-                       f'{escape(body)}</failure>')
+            what = v.reason if v.status == "regressed" and v.reason else ", ".join(d.key for d in v.diffs[:8])
+            out.append(f'      <failure message={quoteattr(v.status + ": " + what)}>{escape(body)}</failure>')
         elif v.status == "diverges":
             out.append(f'      <skipped message={quoteattr("known divergence: " + v.known)}/>')
         if v.status != "match" and body:

@@ -32,7 +32,7 @@ TIMEOUT = res(status="timeout")
     (GOOD, ERR, GOOD, "fixed"),           # e.g. the baseline deadlocked, the patch fixes it
     (GOOD, GOOD, BAD, "regressed"),
     (GOOD, BAD, BAD, "diverges"),
-    (GOOD, BAD, OTHER_BAD, "diverges"),
+    (GOOD, BAD, OTHER_BAD, "regressed"),  # a different wrong value than the baseline's is a new divergence
     (GOOD, None, BAD, "diverges"),
     (GOOD, ERR, BAD, "diverges"),
     (GOOD, GOOD, ERR, "error"),
@@ -62,16 +62,89 @@ def test_compare_target_status(ref, tgt, status):
 
 
 def test_diffs_side_by_side():
+    # the baseline diverged on a only; the patched fixes a but diverges on b and c, where the baseline
+    # agreed: new divergences, so regressed (this was "diverges" before the "one patch, one answer" rule)
     [v] = compare.compare_run({"t": res(a=1, b=2)}, {"t": res(a=9, b=2)}, {"t": res(a=1, b=3, c=4)}, None)
-    assert v.status == "diverges"
+    assert v.status == "regressed"
     assert [(d.key, d.reference, d.baseline, d.patched) for d in v.diffs] == [
         ("a", "1", "9", "1"), ("b", "2", "2", "3"), ("c", None, None, "4")]
+    assert v.reason == ("new divergence on b (reference '2', baseline '2', patched '3'); "
+                        "new divergence on c (reference (absent), baseline (absent), patched '4')")
+
+
+# ---------------------------------------------------------------- new divergences (one patch, one answer)
+
+def _run1(ref, base, pat, known=None):
+    [v] = compare.compare_run({"t": ref}, {"t": base}, {"t": pat}, known or Known())
+    return v
+
+
+def test_new_divergence_next_to_a_known_one_is_a_regression():
+    """(1) the baseline diverges on a; the patched keeps that same wrong a and ALSO diverges on b."""
+    known = Known([KnownEntry(tests=["t"], keys=["a", "b"], doc="overlayfs.rst (x)")])
+    v = _run1(res(a="ok", b="ok"), res(a="bad", b="ok"), res(a="bad", b="bad"), known)
+    assert v.status == "regressed" and v.known is None
+    assert v.reason == "new divergence on b (reference 'ok', baseline 'ok', patched 'bad')"
+    assert "on a " not in v.reason
+    assert [d.key for d in v.diffs] == ["a", "b"]
+    assert compare.unexplained([v]) == [v]       # counted against the patch even though a and b are known
+
+
+def test_different_wrong_value_is_a_regression():
+    """(2) the patched holds a different wrong value on a than the baseline."""
+    v = _run1(res(a="ok"), res(a="bad"), res(a="worse"))
+    assert v.status == "regressed"
+    assert v.reason == "new divergence on a (reference 'ok', baseline 'bad', patched 'worse')"
+    # ... also when the difference is only on the upper layer's data digest
+    ent = dict(F, sha256="1" * 64, lower=dict(LOW, sha256="0" * 64), xattr_sha256={})
+    v = _run1(res(upper={"f": dict(ent, sha256="2" * 64)}), res(upper={"f": ent}),
+              res(upper={"f": dict(ent, sha256="3" * 64)}))
+    assert v.status == "regressed" and "upper:f" in v.reason and "sha256=3333" in v.reason
+
+
+def test_same_wrong_value_stays_diverges():
+    """(3) the patched keeps exactly the baseline's wrong value: diverges, known-qualified as before."""
+    known = Known([KnownEntry(tests=["t"], keys=["a"], doc="overlayfs.rst (x)")])
+    v = _run1(res(a="ok", b="ok"), res(a="bad", b="ok"), res(a="bad", b="ok"), known)
+    assert (v.status, v.known, v.reason) == ("diverges", "overlayfs.rst (x)", None)
+
+
+@pytest.mark.parametrize("base", [ERR, TIMEOUT, None])
+def test_baseline_without_results_patched_diverges_stays_diverges(base):
+    """Without a baseline that ran, old wrong values cannot be told from new ones: diverges, as before."""
+    [v] = compare.compare_run({"t": GOOD}, {} if base is None else {"t": base}, {"t": OTHER_BAD}, Known())
+    assert v.status == "diverges" and v.reason is None
+
+
+def test_many_new_divergences_reason_is_capped():
+    ref = res(**{f"k{i}": "ok" for i in range(20)})
+    v = _run1(ref, ref, res(**{f"k{i}": "bad" for i in range(20)}))
+    assert v.status == "regressed"
+    assert v.reason.count("new divergence on ") == compare.NEW_REASON_DETAILED
+    assert "17 more new divergence(s): " in v.reason and v.reason.endswith(", …")
+    long = _run1(res(a="x"), res(a="x"), res(a="y" * 500)).reason
+    assert len(long) < 200 and "…" in long
+
+
+def test_regressed_reason_in_table_junit_and_ktap():
+    vs = compare.compare_run({"t": res(a="ok", b="ok")}, {"t": res(a="bad", b="ok")},
+                             {"t": res(a="bad", b="bad")}, Known())
+    reason = "new divergence on b (reference 'ok', baseline 'ok', patched 'bad')"
+    assert f"    ! {reason}" in compare.format_table(vs).splitlines()
+    failure = ET.fromstring(compare.to_junit(vs, "s")).find("testsuite/testcase/failure")
+    assert failure.get("message") == f"regressed: {reason}"
+    ktap = compare.to_ktap(vs).splitlines()
+    assert f"# t: {reason}" in ktap and "not ok 1 t # regressed" in ktap
 
 
 # ---------------------------------------------------------------- what is compared
 
 F = {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 3, "xattrs": {}, "in_lower": True,
      "whiteout": False}
+# what the harness records since it keeps data digests and the lower file (upper_state)
+LOW = {"layer": 0, "type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 3, "sha256": "a" * 64,
+       "xattr_sha256": {"user.k": "b" * 64}}
+C = dict(F, sha256="a" * 64, xattr_sha256={"user.k": "b" * 64}, lower=LOW)     # an exact copy-up
 
 
 @pytest.mark.parametrize("a, b, differ", [
@@ -96,6 +169,22 @@ F = {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 3, "xattrs": {}
      {"upper": {"d": dict(F, type="dir", size=60, xattrs={"trusted.overlay.redirect": "x"})}}, []),
     ({"upper": {"l": dict(F, type="symlink", mode="0777", target="a")}},
      {"upper": {"l": dict(F, type="symlink", mode="0777", target="b")}}, ["upper:l"]),
+    # the data digest, when both sides recorded one
+    ({"upper": {"f": C}}, {"upper": {"f": dict(C, sha256="c" * 64)}}, ["upper:f"]),
+    ({"upper": {"f": F}}, {"upper": {"f": dict(C, sha256="c" * 64)}}, []),            # old cached side: size
+    ({"upper": {"f": dict(C, sha256="c" * 64, xattrs={"trusted.overlay.metacopy": None})}},
+     {"upper": {"f": C}}, []),                                                          # metacopy: no data
+    ({"upper": {"f": dict(C, xattr_sha256={})}}, {"upper": {"f": C}}, []),              # xattrs: not compared
+    # a one-sided copy-up is a side effect only when it equals its lower file
+    ({"upper": {"f": C}}, {"upper": {}}, []),
+    ({"upper": {"f": dict(C, mode="0600")}}, {"upper": {}}, ["upper:f"]),             # lost/extra chmod
+    ({"upper": {"f": dict(C, sha256="c" * 64)}}, {"upper": {}}, ["upper:f"]),           # data differs
+    ({"upper": {"f": dict(C, uid=7)}}, {"upper": {}}, ["upper:f"]),
+    ({"upper": {"f": dict(C, xattr_sha256={})}}, {"upper": {}}, ["upper:f"]),          # lost an xattr
+    ({"upper": {"f": dict(C, sha256=None)}}, {"upper": {}}, ["upper:f"]),               # unreadable: unproven
+    ({"upper": {"f": dict(C, lower=None)}}, {"upper": {}}, ["upper:f"]),
+    ({"upper": {"f": dict(C, lower=dict(LOW, type="symlink"))}}, {"upper": {}}, ["upper:f"]),
+    ({"upper": {"f": dict(C, sha256="c" * 64, xattrs={"trusted.overlay.metacopy": None})}}, {"upper": {}}, []),
 ])
 def test_comparable_parts(a, b, differ):
     ra, rb = res(), res()
@@ -209,6 +298,61 @@ def test_as_json_contract():
     t = compare.compare_target({"t": GOOD}, {"t": BAD}, None)[0].as_target_json()
     assert t["diffs"] == [{"key": "data", "reference": "NEW", "target": "old"}] and "target" in t
     assert isinstance(TestVerdict(name="x", status="match").as_json()["reference"], dict)
+
+
+def _copied(ent=None):
+    return {"status": "ok", "observations": {"data": "x"}, "exit_code": 0, "signal": None,
+            "upper": {} if ent is None else {"src": ent}}
+
+
+def test_extra_copy_up_equal_to_lower_is_a_side_effect():
+    """(4) an exact copy-up the reference did not do: match, with a side effect."""
+    ok = _copied()
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(C)}, compare.Known())
+    assert (v.status, v.diffs) == ("match", [])
+    assert v.side_effects == ["src: copied up here, not by the reference"]
+
+
+@pytest.mark.parametrize("bad, what", [
+    (dict(C, mode="0600"), "mode"),                   # (5) copied up, then lost a chmod
+    (dict(C, sha256="c" * 64), "data"),               # (6) copied up, then lost a write
+])
+def test_extra_copy_up_differing_from_lower_is_not_a_side_effect(bad, what):
+    ok = _copied()
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(bad)}, compare.Known())
+    assert v.status == "regressed" and v.side_effects == []
+    [d] = v.diffs
+    assert d.key == "upper:src" and d.reference is None
+    assert d.patched.endswith(f"(differs from lower: {what})")
+    assert "new divergence on upper:src" in v.reason
+    [t] = compare.compare_target({"t": ok}, {"t": _copied(bad)}, compare.Known())
+    assert t.status == "diverges"
+    # the reference's own copy-up is held to the same rule
+    [r] = compare.compare_target({"t": _copied(bad)}, {"t": ok}, compare.Known())
+    assert r.status == "diverges"
+    # the reference chmod'ed / wrote it too (both sides copied up, equal): no difference
+    [m] = compare.compare_target({"t": _copied(bad)}, {"t": _copied(bad)}, compare.Known())
+    assert m.status == "match"
+
+
+def test_extra_copy_up_old_format_keeps_the_old_rule():
+    """(7) results recorded before the harness kept sha256/lower (cached JSON): still a side effect."""
+    ok = _copied()
+    old = {k: v for k, v in C.items() if k not in ("sha256", "lower", "xattr_sha256")}
+    for ent in (old, dict(old, mode="0600")):     # nothing to check against: the old behaviour
+        [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(ent)}, compare.Known())
+        assert v.status == "match" and v.side_effects == ["src: copied up here, not by the reference"]
+    # a new-format entry with only one of the two fields must still prove equality
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(dict(old, sha256="a" * 64))}, compare.Known())
+    assert v.status == "regressed"
+
+
+def test_same_bad_copy_up_as_baseline_stays_diverges():
+    ok, bad = _copied(), _copied(dict(C, mode="0600"))
+    [v] = compare.compare_run({"t": ok}, {"t": bad}, {"t": bad}, compare.Known())
+    assert v.status == "diverges" and v.reason is None
+    [v] = compare.compare_run({"t": ok}, {"t": bad}, {"t": _copied(dict(C, mode="0640"))}, compare.Known())
+    assert v.status == "regressed"
 
 
 def test_extra_copy_up_is_reported_as_a_side_effect_not_a_regression():

@@ -1,6 +1,7 @@
 """rig/guest/harness.py: spec loading, observation parsing, layer building, and real host overlay runs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -140,8 +141,13 @@ def test_build_layer_all_types(tmp_path):
 
     up = harness.upper_state(root, [root])
     assert up["wh"]["whiteout"] is True and up["wh"]["type"] == "char"
+    digests = {"user.a": hashlib.sha256(b"1").hexdigest()}      # trusted.b: not a user./security. xattr
+    hello = hashlib.sha256(b"hello").hexdigest()
     assert up["d/f"] == {"type": "file", "mode": "0600", "uid": 1000, "gid": 2000, "size": 5,
-                         "xattrs": {}, "in_lower": True, "whiteout": False}
+                         "xattrs": {}, "in_lower": True, "whiteout": False, "sha256": hello,
+                         "xattr_sha256": digests,
+                         "lower": {"layer": 0, "type": "file", "mode": "0600", "uid": 1000, "gid": 2000, "size": 5,
+                                   "sha256": hello, "xattr_sha256": digests}}
     assert up["op"]["xattrs"] == {"trusted.overlay.opaque": "y"}
     assert up["sym"]["target"] == "d/f"
 
@@ -150,6 +156,72 @@ def test_build_layer_all_types(tmp_path):
     assert harness.checksum_tree(root) == before
     (root / "d/big").write_bytes(b"changed")
     assert harness.checksum_tree(root) != before
+
+
+def _user_xattrs_supported(d: Path) -> bool:
+    probe = d / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+def test_upper_state_records_data_digest_and_the_lower_file(tmp_path):
+    """Runs anywhere (no mount): the upper copy's sha256 and xattrs, and the topmost lower file's record."""
+    top, bottom, upper = tmp_path / "lower0", tmp_path / "lower1", tmp_path / "upper"
+    for d in (top, bottom, upper, top / "d", upper / "d"):
+        d.mkdir()
+    xattrs = _user_xattrs_supported(tmp_path)
+    (bottom / "f").write_bytes(b"bottom")           # shadowed by the top lower layer's f
+    (bottom / "only_bottom").write_bytes(b"b")
+    (top / "f").write_bytes(b"hello")
+    (top / "g").write_bytes(b"data")
+    os.symlink("f", top / "sym")
+    os.chmod(top / "f", 0o644)
+    os.chmod(top / "g", 0o600)
+    (upper / "f").write_bytes(b"hello")             # an exact copy-up
+    (upper / "g").write_bytes(b"DATA")              # a copy-up that got written to and chmod'ed
+    (upper / "only_bottom").write_bytes(b"b")
+    (upper / "new").write_bytes(b"n")               # not in any lower layer
+    os.symlink("f", upper / "sym")
+    os.chmod(upper / "f", 0o644)
+    os.chmod(upper / "g", 0o640)
+    if xattrs:
+        os.setxattr(top / "f", "user.a", b"1")
+        os.setxattr(upper / "f", "user.a", b"1")
+        os.setxattr(upper / "f", "user.overlay.origin", b"x")    # overlay-private: not in xattr_sha256
+    os.utime(top / "f", (0, 946684800))              # an old atime: relatime would move it on a read
+    before = os.stat(top / "f").st_atime_ns
+
+    up = harness.upper_state(upper, [top, bottom])
+    json.dumps(up)                                   # stays JSON-serialisable
+    assert os.stat(top / "f").st_atime_ns == before  # read with O_NOATIME (we own the file)
+
+    sha = lambda b: hashlib.sha256(b).hexdigest()    # noqa: E731
+    uid, gid = os.getuid(), os.getgid()
+    f = up["f"]
+    assert {k: f[k] for k in ("type", "mode", "uid", "gid", "size", "in_lower", "whiteout")} == {
+        "type": "file", "mode": "0644", "uid": uid, "gid": gid, "size": 5, "in_lower": True, "whiteout": False}
+    assert f["sha256"] == sha(b"hello")
+    want_x = {"user.a": sha(b"1")} if xattrs else {}
+    assert f["xattr_sha256"] == want_x
+    if xattrs:
+        assert f["xattrs"] == {"user.overlay.origin": None}
+    assert f["lower"] == {"layer": 0, "type": "file", "mode": "0644", "uid": uid, "gid": gid, "size": 5,
+                          "sha256": sha(b"hello"), "xattr_sha256": want_x}
+    g = up["g"]
+    assert g["sha256"] == sha(b"DATA") and g["mode"] == "0640"
+    assert (g["lower"]["sha256"], g["lower"]["mode"]) == (sha(b"data"), "0600")
+    assert up["only_bottom"]["lower"]["layer"] == 1
+    assert "lower" not in up["new"] and up["new"]["in_lower"] is False and up["new"]["sha256"] == sha(b"n")
+    assert up["d"]["lower"] == {"layer": 0, "type": "dir", "mode": up["d"]["lower"]["mode"], "uid": uid,
+                                "gid": gid, "xattr_sha256": {}}
+    assert "sha256" not in up["d"] and "sha256" not in up["sym"]
+    assert up["sym"]["lower"]["type"] == "symlink" and "sha256" not in up["sym"]["lower"]
 
 
 @root_only
