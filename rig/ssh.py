@@ -23,6 +23,77 @@ class SSHError(GuestError):
     """Connecting or running a command over SSH failed."""
 
 
+class ChannelClosed(Exception):
+    """The remote command of a StreamChannel ended (or the connection dropped)."""
+
+    def __init__(self, rc: int | None, stderr: str, dropped: bool = False) -> None:
+        super().__init__(f"remote command ended (status {rc})" if not dropped else "connection dropped")
+        self.rc, self.stderr, self.dropped = rc, stderr, dropped
+
+
+class StreamChannel:
+    """A running remote command, line by line both ways: read_line() with a timeout, send_line()."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.chan.settimeout(0.0)
+        self._buf = ""
+        self._err: list[str] = []
+
+    def _pump(self) -> bool:
+        got = False
+        while self.chan.recv_ready():
+            data = self.chan.recv(65536)
+            if not data:
+                break
+            self._buf += data.decode(errors="replace")
+            got = True
+        while self.chan.recv_stderr_ready():
+            data = self.chan.recv_stderr(65536)
+            if not data:
+                break
+            self._err.append(data.decode(errors="replace"))
+            got = True
+        return got
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next stdout line (without newline); None when none arrived within TIMEOUT; ChannelClosed
+        when the command has exited and everything it printed was read, or the connection dropped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._pump()
+            except (OSError, EOFError, socket.timeout):
+                pass
+            if "\n" in self._buf:
+                line, self._buf = self._buf.split("\n", 1)
+                return line
+            transport = self.chan.get_transport()
+            if self.chan.exit_status_ready() and not self.chan.recv_ready() and not self.chan.recv_stderr_ready():
+                if self._buf:
+                    line, self._buf = self._buf, ""
+                    return line
+                raise ChannelClosed(self.chan.recv_exit_status(), "".join(self._err))
+            if transport is None or not transport.is_active() or self.chan.closed:
+                raise ChannelClosed(None, "".join(self._err), dropped=True)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+    def send_line(self, line: str) -> None:
+        try:
+            self.chan.sendall((line + "\n").encode())
+        except (OSError, EOFError, paramiko.SSHException):
+            pass    # the reader sees the closed channel
+
+    def close(self) -> None:
+        try:
+            self.chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        self.chan.close()
+
+
 def make_keys(sshdir: Path) -> None:
     """Host and client ed25519 keys, 0600 inside a 0700 directory."""
     sshdir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -84,6 +155,10 @@ class GuestSSH:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise SSHError(f"ssh exec failed: {e or type(e).__name__}")
         return chan
+
+    def open_stream(self, command: str) -> StreamChannel:
+        """Start COMMAND and return its line-by-line channel (stdin open for send_line)."""
+        return StreamChannel(self._channel(command))
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run COMMAND; (exit status, stdout, stderr). SSHError on timeout or a dropped connection."""

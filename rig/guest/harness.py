@@ -5,14 +5,17 @@ imported on the host as `rig.guest.harness`. See guest_tests/README.md for the s
 observation format.
 
     harness.py --bins DIR --tests DIR --work DIR --target {overlay,ref} [-k PATTERN] [--names FILE]
-               [--timeout S] [--ref-python PATH]
+               [--timeout S] [--ref-python PATH] [--step] [--kernel-state]
 
 Output: JSON lines on stdout, flushed per line:
     {"event": "start", "name": N}            -- printed before the layers are built and mounted
     {"event": "result", "name": N, "status": "ok"|"error"|"timeout", "observations": {k: v},
      "exit_code": int|null, "signal": int|null, "upper": {path: {...}}, "stderr": str,
      "duration_s": float, "error": str|null, "lower_modified": bool, "diagnostics": [str]}
-    {"event": "done"}
+    {"event": "done"}                        -- every selected test ran
+    {"event": "stopped"}                     -- --step: the host said stop (it reboots for the rest)
+With --kernel-state, start and result events carry "kernel": {"debug_locks": 0|1|null, "tainted": int|null}.
+With --step, after each result the harness reads one line from stdin: `next` runs the next test.
 
 status: ok = the program ran and exited (any exit code, or killed by a signal of its own: both are
 compared as observations); timeout = killed after the test's timeout; error = the harness could not
@@ -44,7 +47,9 @@ DEFAULT_FILL = "abcdefghijklmnopqrstuvwxyz\n"
 ENTRY_TYPES = ("file", "dir", "symlink", "hardlink", "whiteout", "char", "fifo")
 ENTRY_KEYS = {"path", "type", "content", "content_hex", "size", "fill", "source", "mode", "uid", "gid",
               "mtime", "xattrs", "target", "major", "minor", "opaque"}
-SPEC_KEYS = {"description", "timeout", "tags", "mount_options", "fixture", "lower", "upper"}
+SPEC_KEYS = {"description", "timeout", "tags", "mount_options", "fixture", "lower", "upper", "phase", "order",
+             "concurrent"}
+PHASES = ("lockdep", "main")     # lockdep: lock-order scenarios, first in a fresh boot, fixed order
 LAYER_KEYS = {"entries"}
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 XATTR_VALUES_KEPT = ("opaque", "redirect", "whiteout")   # overlay xattrs whose value is recorded
@@ -95,6 +100,9 @@ class Spec:
     mount_options: list[str] = field(default_factory=list)
     lower: list[list[Entry]] = field(default_factory=list)   # first = topmost
     upper: list[Entry] = field(default_factory=list)
+    phase: str = "main"            # "lockdep": runs before every other test of a boot, by `order`
+    order: int = 0
+    concurrent: bool = False       # threads/timing: its outcome may vary from boot to boot
 
     @property
     def userxattr(self) -> bool:
@@ -211,6 +219,14 @@ def load_spec(path: Path) -> Spec:
     for opt in raw.get("mount_options", []):
         if opt.split("=")[0] in ("lowerdir", "upperdir", "workdir") or "," in opt:
             raise SpecError(f"{path}: mount option {opt!r}: layers come from the spec, one option per string")
+    phase = raw.get("phase", "main")
+    if phase not in PHASES:
+        raise SpecError(f"{path}: phase must be one of {', '.join(PHASES)}")
+    order = raw.get("order", 0)
+    if not isinstance(order, int) or isinstance(order, bool):
+        raise SpecError(f"{path}: order must be an integer")
+    if not isinstance(raw.get("concurrent", False), bool):
+        raise SpecError(f"{path}: concurrent must be true or false")
     lower = raw.get("lower", [])
     if not isinstance(lower, list) or not lower:
         raise SpecError(f"{path}: at least one [[lower]] layer is needed")
@@ -218,7 +234,8 @@ def load_spec(path: Path) -> Spec:
                 timeout=float(timeout), tags=list(raw.get("tags", [])),
                 mount_options=list(raw.get("mount_options", [])),
                 lower=[_entries(layer, f"{path}: lower layer {i + 1}") for i, layer in enumerate(lower)],
-                upper=_entries(raw.get("upper"), f"{path}: upper"))
+                upper=_entries(raw.get("upper"), f"{path}: upper"), phase=phase, order=order,
+                concurrent=bool(raw.get("concurrent", False)))
     for li, layer in enumerate(spec.lower + [spec.upper]):
         seen: set[str] = set()
         for e in layer:
@@ -257,7 +274,14 @@ def select(specs: list[Spec], pattern: str | None = None, names: list[str] | Non
                     return True
             return False
         out = [s for s in out if hit(s)]
-    return sorted(out, key=lambda s: s.name)
+    return sorted(out, key=run_order)
+
+
+def run_order(spec: Spec) -> tuple[int, int, str]:
+    """The order tests run in: the lockdep phase first (by `order`, then name), then the rest by name.
+    Lockdep reports a cycle only when every edge was recorded in the same boot, so the lock-order
+    scenarios run before anything else of a boot records edges, always in the same order."""
+    return (PHASES.index(spec.phase), spec.order if spec.phase == "lockdep" else 0, spec.name)
 
 
 # ---------------------------------------------------------------- observations
@@ -414,10 +438,62 @@ def _ftype(mode: int) -> str:
     return "unknown"
 
 
+DATA_XATTR_PREFIXES = ("user.", "security.")   # xattrs a copy-up carries over (overlay-private ones aside)
+
+
+def _file_sha256(p: Path) -> str | None:
+    """sha256 of a regular file's data, or None if it cannot be read. O_NOATIME where allowed (as in
+    checksum_tree: recording must not move a lower file's atime; it needs ownership or CAP_FOWNER)."""
+    noatime = getattr(os, "O_NOATIME", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    h = hashlib.sha256()
+    try:
+        try:
+            fd = os.open(p, flags | noatime)
+        except PermissionError:
+            fd = os.open(p, flags)
+        with os.fdopen(fd, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _xattr_digests(p: Path) -> dict[str, str]:
+    """The user.* / security.* xattrs of P that are not overlay-private: name -> sha256 of the value."""
+    return {k: hashlib.sha256(v).hexdigest() for k, v in sorted(_xattrs(p).items())
+            if k.startswith(DATA_XATTR_PREFIXES) and not k.startswith(OVERLAY_XATTR_PREFIXES)}
+
+
+def _lower_record(rel: str, lowers: list[Path]) -> dict | None:
+    """REL in the topmost lower layer holding it (lowers[0] is the topmost; the same test as in_lower):
+    layer index, type, mode, uid, gid, size and sha256 (regular files), xattr_sha256."""
+    for i, lo in enumerate(lowers):
+        p = lo / rel
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        ftype = _ftype(st.st_mode)
+        rec: dict = {"layer": i, "type": ftype, "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid,
+                     "gid": st.st_gid}
+        if ftype == "file":
+            rec["size"] = st.st_size
+            rec["sha256"] = _file_sha256(p)
+        rec["xattr_sha256"] = _xattr_digests(p)
+        return rec
+    return None
+
+
 def upper_state(upper: Path, lowers: list[Path] = ()) -> dict[str, dict]:
     """Per path in the upper layer: type, size (files), mode, uid, gid, target (symlinks), whiteout,
     in_lower (the same path exists in some lower layer), and the overlay xattrs (values for
-    opaque/redirect/whiteout, null for the others)."""
+    opaque/redirect/whiteout, null for the others). Also sha256 (regular files: of the data; null if
+    unreadable), xattr_sha256 (the user.* / security.* xattrs that are not overlay-private: name -> sha256
+    of the value) and, for in_lower paths, `lower`: the same path in the topmost lower layer holding it
+    ({layer, type, mode, uid, gid, size, sha256, xattr_sha256}; size/sha256 for regular files), so that
+    compare can tell a plain extra copy-up from one that lost a chmod or a write."""
     state: dict[str, dict] = {}
     for rel, st in _walk(upper):
         p = upper / rel
@@ -426,6 +502,7 @@ def upper_state(upper: Path, lowers: list[Path] = ()) -> dict[str, dict]:
                      "gid": st.st_gid}
         if ftype == "file":
             ent["size"] = st.st_size
+            ent["sha256"] = _file_sha256(p)
         if ftype == "symlink":
             ent["target"] = os.readlink(p)
         ox = {}
@@ -437,6 +514,9 @@ def upper_state(upper: Path, lowers: list[Path] = ()) -> dict[str, dict]:
         ent["in_lower"] = any(os.path.lexists(lo / rel) for lo in lowers)
         ent["whiteout"] = (ftype == "char" and st.st_rdev == 0) or any(
             k.endswith(".overlay.whiteout") for k in ox)
+        ent["xattr_sha256"] = _xattr_digests(p)
+        if ent["in_lower"]:
+            ent["lower"] = _lower_record(rel, list(lowers))
         state[rel] = ent
     return state
 
@@ -649,20 +729,80 @@ def _print_event(ev: dict) -> None:
     sys.stdout.flush()
 
 
+def kernel_state() -> dict:
+    """The running kernel's own health, read after each test: `debug_locks` from /proc/lockdep_stats
+    (0: lockdep turned itself off after a report) and the taint mask. None where the kernel has no such
+    file (no lockdep, or not Linux)."""
+    state: dict = {"debug_locks": None, "tainted": None}
+    try:
+        with open("/proc/lockdep_stats") as fh:
+            for line in fh:
+                k, _, v = line.partition(":")
+                if k.strip() == "debug_locks":
+                    state["debug_locks"] = int(v.strip())
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/sys/kernel/tainted") as fh:
+            state["tainted"] = int(fh.read().strip())
+    except (OSError, ValueError):
+        pass
+    return state
+
+
+def kmsg(text: str) -> bool:
+    """Write one line to the kernel log (/dev/kmsg): it reaches the console in order with the kernel's
+    own messages, so once the host sees it, everything printed before it is on the console too."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"<5>kproto: {text}\n".encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _wait_go(stdin) -> bool:
+    """Step mode: the host answers `next` when the next test may start (after its barrier), `stop` to end."""
+    line = stdin.readline()
+    return line.strip() == "next"
+
+
 def run_tests(bins: Path, tests: Path, work: Path, target: str, pattern: str | None = None,
               timeout: float | None = None, emit: Callable[[dict], None] | None = _print_event,
-              ref_python: str | None = None, names: list[str] | None = None) -> list[dict]:
-    """Run the selected tests (sorted by name) on TARGET; EMIT each event; return the result events."""
+              ref_python: str | None = None, names: list[str] | None = None, step=None,
+              with_kernel_state: bool = False) -> list[dict]:
+    """Run the selected tests (run_order) on TARGET; EMIT each event; return the result events.
+    STEP (a text stream, e.g. stdin): after each result, wait for the host's `next` (anything else or
+    EOF ends the run) -- the host runs its per-test barrier in between. WITH_KERNEL_STATE adds
+    kernel_state() to every start and result event (in the guest)."""
     bins, tests, work = Path(bins), Path(tests), Path(work)
     emit = emit or (lambda ev: None)
     work.mkdir(parents=True, exist_ok=True)
     mounter = Mounter(target, ref_python)
     results = []
-    for spec in select(load_specs(tests), pattern, names):
-        emit({"event": "start", "name": spec.name})
+    specs = select(load_specs(tests), pattern, names)
+    for i, spec in enumerate(specs):
+        start = {"event": "start", "name": spec.name}
+        if with_kernel_state:
+            start["kernel"] = kernel_state()
+            kmsg(f"start {spec.name}")
+        emit(start)
         res = run_one(spec, bins, work, mounter, timeout)
+        if with_kernel_state:
+            res["kernel"] = kernel_state()
+            token = f"barrier {spec.name} {os.getpid()}-{i}"
+            if kmsg(token):
+                res["barrier"] = f"kproto: {token}"
         emit(res)
         results.append(res)
+        if step is not None and i + 1 < len(specs) and not _wait_go(step):
+            emit({"event": "stopped"})
+            return results
     emit({"event": "done"})
     return results
 
@@ -677,12 +817,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", type=Path, default=None, help="file with test names to run, one per line")
     ap.add_argument("--timeout", type=float, default=None, help="override every test's timeout (s)")
     ap.add_argument("--ref-python", default=None, help="python that can import overlay_ref")
+    ap.add_argument("--step", action="store_true",
+                    help="after each result wait for `next` on stdin before the next test (host barrier)")
+    ap.add_argument("--kernel-state", action="store_true",
+                    help="add debug_locks and the taint mask to every start/result event")
     a = ap.parse_args(argv)
     names = None
     if a.names is not None:
         names = [n.strip() for n in a.names.read_text().splitlines() if n.strip()]
     try:
-        run_tests(a.bins, a.tests, a.work, a.target, a.pattern, a.timeout, _print_event, a.ref_python, names)
+        run_tests(a.bins, a.tests, a.work, a.target, a.pattern, a.timeout, _print_event, a.ref_python, names,
+                  step=sys.stdin if a.step else None, with_kernel_state=a.kernel_state)
     except SpecError as e:
         print(f"harness: bad spec: {e}", file=sys.stderr)
         return 2
