@@ -13,10 +13,12 @@ from .errors import BadInput
 @click.command("scan")
 @click.argument("console_log", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True,
-              help='print {"splats": [{"kind", "title", "log", "count"}, ...]} instead of the table')
+              help='print {"splats": [{"kind", "title", "signature", "log", "count"}, ...]} instead of the table')
 def command(console_log: Path, as_json: bool) -> None:
     """Find kernel splats (lockdep, WARNING, BUG/oops, KASAN/KFENCE/UBSAN, hung tasks, RCU stalls,
-    lockups, panics) in CONSOLE_LOG, titled like syzkaller and deduplicated by title.
+    lockups, panics) in CONSOLE_LOG, titled like syzkaller and deduplicated by signature: the lock
+    classes of a lockdep report (a cycle is the same splat whichever edge closed it), function@file of a
+    WARNING/BUG, the function of an oops or hang; --json shows it.
 
     Works on any kernel console log or dmesg output, from any machine. Exit status is 0 whenever the log
     could be read, whether splats were found or not (this command reports, it does not judge; use

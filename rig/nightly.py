@@ -27,7 +27,7 @@ from .locks import LockBusy, locked
 from . import patches as patchmod
 from .errors import (EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, BadInput, BootError, BuildError, InfraError,
                      KprotoError, PatchError)
-from .store import STAGE_RANK, SeriesRecord, Store, finding_key, now_iso
+from .store import STAGE_RANK, SeriesRecord, Store, finding_key, now_iso, same_splat, splat_key
 
 DEFAULT_HISTORY = 14
 DEFAULT_NOISE_PCT = 5.0
@@ -243,13 +243,22 @@ def _ch(kind: str, severity: str, rec: SeriesRecord | None = None, subject: str 
             "detail": detail}
 
 
+def _unique_splats(splats: list[dict]) -> list[dict]:
+    """One dict per splat identity (signature, else title), first one kept."""
+    out: dict[str, dict] = {}
+    for s in splats:
+        out.setdefault(splat_key(s), s)
+    return list(out.values())
+
+
 def diff(prev: list[SeriesRecord] | None, cur: list[SeriesRecord], noise_pct: float = DEFAULT_NOISE_PCT,
          prev_kernels: list[dict] | None = None, cur_kernels: list[dict] | None = None) -> list[dict]:
     """What changed since the previous complete run, one dict per change:
     kind, severity (regression | improvement | info), kernel, series, subject, before, after, detail.
 
     Regressions: a series that stopped applying / building / booting; a test that was ok (match, fixed,
-    known divergence) and is not any more; a splat title the series' patched kernel did not show last time;
+    known divergence) and is not any more; a splat (by signature; by title for history rows recorded
+    before signatures existed) the series' patched kernel did not show last time;
     a bench metric whose patched-vs-baseline change moved outside the noise band in the bad direction.
     """
     out: list[dict] = []
@@ -307,16 +316,20 @@ def diff(prev: list[SeriesRecord] | None, cur: list[SeriesRecord], noise_pct: fl
                     out.append(_ch("test-status-changed", "info", c, name, before["status"], t["status"]))
             for name in sorted(set(pt) - set(ct)):
                 out.append(_ch("test-removed", "info", c, name, before=pt[name]["status"]))
-        # splats
-        cur_titles = {s["title"]: s for s in c.splats.get("patched", [])}
-        in_base = {s["title"] for s in c.splats.get("baseline", [])}
+        # splats: by signature (a lockdep cycle closed by another edge gets another title, same signature),
+        # by title for rows recorded before signatures existed; the title is the subject shown
+        cur_sp = _unique_splats(c.splats.get("patched", []))
+        base_sp = c.splats.get("baseline", [])
         if both:
-            prev_titles = {s["title"] for s in p.splats.get("patched", [])}
-            for title in sorted(set(cur_titles) - prev_titles):
-                out.append(_ch("new-splat", "regression", c, title, after=cur_titles[title].get("kind"),
-                               detail="also in the baseline kernel" if title in in_base else None))
-            for title in sorted(prev_titles - set(cur_titles)):
-                out.append(_ch("splat-gone", "improvement", c, title))
+            prev_sp = _unique_splats(p.splats.get("patched", []))
+            for s in sorted(cur_sp, key=lambda s: s.get("title", "")):
+                if not any(same_splat(s, q) for q in prev_sp):
+                    out.append(_ch("new-splat", "regression", c, s.get("title"), after=s.get("kind"),
+                                   detail="also in the baseline kernel" if any(same_splat(s, b) for b in base_sp)
+                                   else None))
+            for q in sorted(prev_sp, key=lambda s: s.get("title", "")):
+                if not any(same_splat(q, s) for s in cur_sp):
+                    out.append(_ch("splat-gone", "improvement", c, q.get("title")))
         else:
             for s in c.splats.get("new", []):
                 out.append(_ch("new-splat", "regression", c, s["title"], after=s.get("kind")))

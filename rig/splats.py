@@ -3,9 +3,10 @@
 A *splat* is a kernel report on the console: a lockdep report, a WARNING, a BUG/oops, a KASAN/KFENCE/UBSAN
 report, a hung task, an RCU stall, a lockup, a panic.  `scan_text` finds them in any console log or dmesg
 (from any machine), gives each a title such as ``possible deadlock in ovl_copy_up_one``, ``WARNING in
-ovl_copy_up_one`` or ``INFO: task hung in ovl_copy_up_start``, and merges splats with the same title into one
-(with a count).  Titles carry no addresses, offsets, line numbers, pids or task names, so the same bug gets
-the same title on the baseline and on the patched kernel, and `new_splats` can tell new from old by title.
+ovl_copy_up_one`` or ``INFO: task hung in ovl_copy_up_start`` and a signature (its identity, below), and
+merges splats with the same signature into one (with a count).  Neither carries addresses, offsets, line
+numbers, pids or task names, so the same bug gets the same signature on the baseline and on the patched
+kernel, and `new_splats` can tell new from old by signature.
 
 How a log is read
 -----------------
@@ -40,6 +41,31 @@ suffixes (``.isra.0``, ``.constprop.0``, ``.cold``) are dropped.  Which stack, p
 * hung task: the first frame of the blocked task's stack that is not scheduler, waiting or locking code;
 * KASAN/KFENCE: the function named in the header, else the call trace.
 
+Signatures
+----------
+A title names the report by one function, and for a lockdep cycle that function depends on which edge
+happened to close the cycle in this run: the same cycle ``&mm->mmap_lock --> &ovl_i_lock_key[depth] -->
+sb_writers --> &type->i_mutex_dir_key --> &mm->mmap_lock`` is "possible deadlock in filldir64" in one boot
+and "possible deadlock in fault_in_readable" in another.  So every splat also gets a *signature*, its
+identity: deduplication, `new_splats` (new vs baseline), the JSON report and the nightly history go by
+it, the title stays the human text.  Per kind (`_signature`):
+
+* lockdep circular dependency: ``lockdep-cycle:`` + the sorted set of the lock classes of the cycle
+  (the ``-> #N (class)`` entries of the dependency chain, ``Chain exists of:``, the acquired and the held
+  lock), joined by ``|``;
+* other lockdep reports: ``lockdep-<what>:`` + the lock classes the report is about (recursive locking:
+  the acquired and held lock; inconsistent state: the lock taken; bad unlock balance: the lock released;
+  ...), or the function when the report names no lock class (suspicious RCU usage: function@file);
+* lock class names are normalised: ``#N`` (registration order) and ``/N`` (subclass) suffixes, addresses
+  and symbol offsets are dropped (``&type->i_mutex_dir_key#5/1`` -> ``&type->i_mutex_dir_key``);
+* WARNING: ``warning:F@file``, kernel BUG: ``kernel-bug:F@file`` (the file without the line number,
+  which shifts between kernels and patches; F as in the title);
+* faults: ``null-deref:F``, ``paging-fault:F``, ``gpf:F``, ``oops:F``, ``invalid-opcode:F``, ... (F: the
+  RIP function, or the first interesting caller, as in the title); list corruption ``list-corruption:F``;
+* hung task ``hung:F``, ``rcu-stall:F``, ``soft-lockup:F``, ``hard-lockup:F``, ``panic:<reason>``;
+* anything else (KASAN/KFENCE/UBSAN, sleeping in atomic, other BUGs): the title as a slug, ``:F`` kept
+  apart (``kasan-slab-use-after-free-read:ovl_dentry_upper``).
+
 The formats follow syzkaller's pkg/report (titles) and the kernel's own printing code (lockdep.c, panic.c,
 hung_task.c, kasan/report.c, ...); this is an independent implementation, stdlib only.
 """
@@ -50,7 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Splat", "scan_text", "scan_file", "new_splats", "format_table", "is_fatal",
-           "lockdep_disabled", "FATAL_KINDS", "KINDS"]
+           "lockdep_disabled", "signature_of", "lock_class", "FATAL_KINDS", "KINDS"]
 
 KINDS = ("lockdep", "warning", "bug", "kasan", "panic", "hung_task", "rcu_stall", "lockup", "oops", "gpf",
          "ubsan", "kfence", "list_corruption")
@@ -63,13 +89,23 @@ class Splat:
     title: str     # syzkaller-style title, e.g. "possible deadlock in ovl_copy_up_one"
     log: str       # the first occurrence's full excerpt, console prefixes stripped
     count: int = 1
+    # stable identity (see "Signatures" above), e.g. "lockdep-cycle:&mm->mmap_lock|sb_writers";
+    # left empty, it is computed from the excerpt (or, without one, from the title)
+    signature: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.signature:
+            self.signature = signature_of(self.kind, self.title, self.log)
 
     def as_json(self) -> dict:
-        return {"kind": self.kind, "title": self.title, "log": self.log, "count": self.count}
+        return {"kind": self.kind, "title": self.title, "signature": self.signature, "log": self.log,
+                "count": self.count}
 
     @classmethod
     def from_json(cls, d: dict) -> "Splat":
-        return cls(kind=d["kind"], title=d["title"], log=d.get("log", ""), count=int(d.get("count", 1)))
+        """Also reads JSON written before signatures existed: the signature is then computed from the log."""
+        return cls(kind=d["kind"], title=d["title"], log=d.get("log", ""), count=int(d.get("count", 1)),
+                   signature=d.get("signature") or "")
 
 
 def is_fatal(splat: Splat) -> bool:
@@ -190,6 +226,8 @@ _COMMON_SKIP = re.compile("|".join([
     r"^_*dump_stack", r"^show_(?:stack|trace|regs)", r"^_*show_regs", r"^_*warn", r"warn_slowpath",
     r"^report_bug", r"^handle_bug", r"^fixup_bug", r"^_*exc_", r"^asm_exc_", r"^do_error_trap", r"^do_trap",
     r"^do_int3", r"^do_invalid_op", r"^invalid_op", r"^_*bug$", r"^_*BUG", r"panic", r"^_*die$", r"^oops_",
+    # page-fault handling (a lock taken on a fault is titled by the code that faulted)
+    r"^do_(?:user|kern)_addr_fault$", r"^_*do_page_fault$", r"^_*handle_page_fault$", r"^page_fault_oops$",
     r"^_*might_(?:sleep|fault|resched)", r"^_*_might_sleep", r"^_*cant_(?:sleep|migrate)",
     r"^_*schedule", r"^io_schedule", r"^preempt_schedule",
     # sanitizers and debug checks
@@ -633,7 +671,155 @@ def _title_of(st: _Start, m: re.Match, lines: list[str]) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# 5. scanning
+# 5. signatures
+
+# a lock class as lockdep prints it, "(name){flags}": the name may be broken over lines by interleaving
+# (KERN_CONT pieces, the seed log) and may contain parentheses ("((wq_completion)events)")
+_LOCK_NAME = r"((?:[^\s{}]|[ \t]*\n[ \t]*)+?)"
+_LOCK_DESC = re.compile(r"\(" + _LOCK_NAME + r"\)\s*\{[-+.?]{2,}\}")
+_CHAIN_ENTRY = re.compile(r"->\s*#\d+\s*\(" + _LOCK_NAME + r"\)\s*\{[-+.?]{2,}\}")
+_CHAIN_EXISTS = re.compile(r"Chain exists of:[ \t]*\n(.*?)(?:\n[ \t]*\n|\Z)", re.S)
+_RELEASE = re.compile(r"is trying to release lock\s*\(" + _LOCK_NAME + r"\)\s*at:")
+# which printed locks a non-circular lockdep report is about: the lock description after each marker
+_LOCKDEP_MARKERS: dict[str, tuple[str, ...]] = {
+    "recursive": (r"is trying to acquire(?: lock)?:", r"already holding(?: lock)?:"),
+    "safe_unsafe": (r"is trying to acquire(?: lock)?:", r"already holding(?: lock)?:"),
+    "irq_inversion": (r"just changed the state of lock:", r"lock in the past:"),
+    "inconsistent": (r"\btakes:",),
+    "held_freed": (r"with a lock still held there!",),
+}
+_LOCKDEP_ALL_AFTER = {"held_return": r"with locks still held!", "still_held": r"still has locks held!"}
+_SRC_TOP = re.compile(r"(?:^|/)((?:arch|block|certs|crypto|drivers|fs|include|init|io_uring|ipc|kernel|lib|mm|"
+                      r"net|rust|samples|security|sound|virt)/\S+)$")
+_FAULT_TAGS = {"null": "null-deref", "paging": "paging-fault", "gpf": "gpf", "oops": "oops",
+               "double_fault": "double-fault", "soft": "soft-lockup", "hard": "hard-lockup", "rcu": "rcu-stall",
+               "hung": "hung"}
+
+
+def lock_class(name: str) -> str:
+    """A lock class name as lockdep prints it, without what varies between boots and kernels: the ``#N``
+    suffix (the order the class was registered in), the ``/N`` subclass, addresses and symbol offsets,
+    and whitespace.  ``&type->i_mutex_dir_key#5/1`` -> ``&type->i_mutex_dir_key``."""
+    name = re.sub(r"\s+", "", name)
+    name = re.sub(r"\+0x[0-9a-f]+/0x[0-9a-f]+", "", name)
+    name = re.sub(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{8,16}\b", "", name)
+    name = re.sub(r"#\d+", "", name)
+    name = re.sub(r"(?:/\d+)+$", "", name)
+    return name
+
+
+def _classes(names) -> str:
+    return "|".join(sorted({c for c in (lock_class(n) for n in names) if c}))
+
+
+def _lock_after(text: str, marker: str) -> list[str]:
+    """The lock class printed right after `marker` (on its line or the next ones, before a blank line)."""
+    out = []
+    for mm in re.finditer(marker, text):
+        rest = text[mm.end():mm.end() + 600]
+        dm = _LOCK_DESC.search(rest)
+        if dm and not re.search(r"\n[ \t]*\n", rest[:dm.start()]):
+            out.append(dm.group(1))
+    return out
+
+
+def _lockdep_classes(sub: str, text: str) -> str:
+    if sub == "circular":
+        names = [m.group(1) for m in _CHAIN_ENTRY.finditer(text)]
+        ce = _CHAIN_EXISTS.search(text)
+        if ce:
+            names += ce.group(1).split("-->")
+        names += _lock_after(text, r"is trying to acquire lock:") + _lock_after(text, r"already holding lock:")
+        return _classes(names)
+    if sub == "bad_unlock":
+        return _classes(m.group(1) for m in _RELEASE.finditer(text))
+    if sub in _LOCKDEP_ALL_AFTER:
+        mm = re.search(_LOCKDEP_ALL_AFTER[sub], text)
+        return _classes(m.group(1) for m in _LOCK_DESC.finditer(text, mm.end() if mm else 0))
+    names = []
+    for marker in _LOCKDEP_MARKERS.get(sub, ()):
+        names += _lock_after(text, marker)
+    return _classes(names)
+
+
+def _title_fn(title: str) -> str:
+    m = re.search(r" in (" + _FN + r")$", title)
+    return m.group(1) if m else ""
+
+
+def _src_file(path: str) -> str:
+    """A source path as the kernel prints it in WARNING/BUG headers, relative to the tree."""
+    m = _SRC_TOP.search(path)
+    return m.group(1) if m else path.lstrip("./")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _signature_from_title(title: str) -> str:
+    """Fallback: the title, numbers and addresses normalised, as a slug, with its function kept apart."""
+    fn = _title_fn(title)
+    prefix = title[:-len(fn) - 4] if fn else title
+    prefix = re.sub(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{8,16}\b", "", prefix)
+    prefix = re.sub(r"\d+", "N", prefix)
+    return (_slug(prefix) or "splat") + (f":{fn}" if fn else "")
+
+
+def _signature(st: _Start, m: re.Match | None, lines: list[str], kind: str, title: str) -> str:
+    """Signature of the report in lines (lines[0] is the header) whose kind and title are known."""
+    sub = st.sub
+    head = lines[0].lstrip()
+    fn = _title_fn(title)
+    if kind == "list_corruption":
+        return f"list-corruption:{fn}" if fn else "list-corruption"
+    if sub in ("warn", "warn_new"):
+        hm = (_WARN_HDR if sub == "warn" else _WARN_HDR_NEW).search(head)
+        if hm:
+            return f"warning:{fn or _fn(hm.group('fn'))}@{_src_file(hm.group('src'))}"
+        return "warning:" + (fn or "?")
+    if st.kind == "lockdep":
+        what = "cycle" if sub == "circular" else sub.replace("_", "-")
+        text = "\n".join(lines)
+        if sub == "rcu_usage":
+            fm = re.search(r"^\s*(\S+\.[chS]):\d+ suspicious", text, re.M)
+            return f"lockdep-{what}:{fn or '?'}" + (f"@{_src_file(fm.group(1))}" if fm else "")
+        classes = _lockdep_classes(sub, text)
+        if classes:
+            return f"lockdep-{what}:{classes}"
+        return f"lockdep-{what}:{fn or '?'}"      # no lock class in the report (truncated, non-static key)
+    if sub == "kernel_bug":
+        bm = re.match(r"kernel BUG at (\S+?):\d+", head)
+        return f"kernel-bug:{fn or '?'}" + (f"@{_src_file(bm.group(1))}" if bm else "")
+    if sub == "arm_fault":
+        return ("null-deref" if "NULL" in head else "paging-fault") + f":{fn or '?'}"
+    if sub == "trap":
+        return _slug(title[:-len(fn) - 4] if fn else title) + f":{fn or '?'}"
+    if sub in _FAULT_TAGS:
+        return f"{_FAULT_TAGS[sub]}:{fn or '?'}"
+    if sub == "workqueue":
+        return "workqueue-lockup"
+    if sub == "panic":
+        return "panic:" + re.sub(r"^kernel panic: ", "", title)
+    return _signature_from_title(title)
+
+
+def signature_of(kind: str, title: str, log: str = "") -> str:
+    """The signature of a splat known by kind, title and excerpt (e.g. from JSON written before signatures
+    existed): computed from the excerpt when it holds the report, else from the title."""
+    if log:
+        lines = log.splitlines()
+        for j, t in enumerate(lines):
+            hit = _match_start(t)
+            if hit:
+                st, m = hit
+                k, tt = _title_of(st, m, lines[j:])
+                return _signature(st, m, lines[j:], k, re.sub(r"\s+", " ", tt).strip())
+    return _signature_from_title(title)
+
+
+# --------------------------------------------------------------------------------------------------------
+# 6. scanning
 
 def _confirmed(lines: list[str], j: int, window: int = 25) -> bool:
     """A generic "BUG: ..." line is a kernel report only if the kernel's CPU/stack lines follow it
@@ -672,13 +858,15 @@ def _scan_stream(lines: list[str], positions: list[int], kernel: list[bool]) -> 
         first = j - 1 if j > 0 and _PRE_SEP.match(lines[j - 1]) else j
         kind, title = _title_of(st, m, lines[j:end])
         title = re.sub(r"\s+", " ", title).strip()
+        signature = _signature(st, m, lines[j:end], kind, title)
         log = "\n".join(lines[first:end]).strip("\n")
-        found.append((positions[j], Splat(kind=kind, title=title, log=log)))
+        found.append((positions[j], Splat(kind=kind, title=title, log=log, signature=signature)))
     return found
 
 
 def scan_text(text: str) -> list[Splat]:
-    """Splats in a kernel console log, deduplicated by title (with counts), in order of first appearance."""
+    """Splats in a kernel console log, deduplicated by signature (with counts; the first occurrence's title
+    and excerpt are kept), in order of first appearance."""
     logical = _logical_lines(text)
     prefixed_log = any(k for _, _, _, k in logical)   # no prefixes at all: plain dmesg, every line counts
     streams: dict[str, tuple[list[str], list[int], list[bool]]] = {}
@@ -693,10 +881,10 @@ def scan_text(text: str) -> list[Splat]:
     found.sort(key=lambda x: x[0])
     out: dict[str, Splat] = {}
     for _, sp in found:
-        if sp.title in out:
-            out[sp.title].count += 1
+        if sp.signature in out:
+            out[sp.signature].count += 1
         else:
-            out[sp.title] = sp
+            out[sp.signature] = sp
     return list(out.values())
 
 
@@ -706,9 +894,10 @@ def scan_file(path) -> list[Splat]:
 
 
 def new_splats(baseline: list[Splat], patched: list[Splat]) -> list[Splat]:
-    """The patched run's splats whose titles the baseline run did not have."""
-    seen = {s.title for s in baseline}
-    return [s for s in patched if s.title not in seen]
+    """The patched run's splats whose signatures the baseline run did not have (a lockdep cycle that the
+    baseline closed by another edge, under another title, is not new)."""
+    seen = {s.signature for s in baseline}
+    return [s for s in patched if s.signature not in seen]
 
 
 def format_table(splats: list[Splat]) -> str:

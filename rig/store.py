@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from .errors import BadInput, InfraError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2     # 2: splats.signature
 
 # Outcome of one series in one run, in the order a series gets through them.
 OUTCOMES = ("error", "apply-failed", "build-failed", "boot-failed", "tested")
@@ -81,8 +81,9 @@ CREATE TABLE IF NOT EXISTS splats (
     series_id  INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
     side       TEXT NOT NULL,                -- baseline | patched
     kind       TEXT,
-    title      TEXT NOT NULL,
-    is_new     INTEGER NOT NULL DEFAULT 0    -- patched splat not in the baseline kernel
+    title      TEXT NOT NULL,                -- the human text; identity is the signature
+    is_new     INTEGER NOT NULL DEFAULT 0,   -- patched splat not in the baseline kernel
+    signature  TEXT                          -- rig/splats.py signature; NULL in rows from before v2
 );
 CREATE TABLE IF NOT EXISTS timings (
     series_id  INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
@@ -180,6 +181,28 @@ class SeriesRecord:
         return out
 
 
+def splat_key(s: dict) -> str:
+    """What identifies a splat dict (kproto test report / history row): its signature, or for splats
+    recorded before signatures existed, its title."""
+    return s.get("signature") or s.get("title") or ""
+
+
+def same_splat(a: dict, b: dict) -> bool:
+    """Two splat dicts are the same splat: same signature when both have one, else same title (rows from
+    before signatures existed)."""
+    if a.get("signature") and b.get("signature"):
+        return a["signature"] == b["signature"]
+    return a.get("title") == b.get("title")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older kproto up to this schema (CREATE TABLE IF NOT EXISTS does not
+    add columns to existing tables). Idempotent."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(splats)")}
+    if "signature" not in cols:
+        conn.execute("ALTER TABLE splats ADD COLUMN signature TEXT")
+
+
 def finding_key(f: dict) -> str:
     fd = f.get("first_difference") or {}
     ops = f.get("ops") or []
@@ -212,6 +235,7 @@ class Store:
             if ver > SCHEMA_VERSION:
                 raise InfraError(f"{path}: history schema version {ver} is newer than this kproto ({SCHEMA_VERSION})")
             conn.executescript(SCHEMA)
+            _migrate(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.commit()
         except sqlite3.DatabaseError as e:
@@ -276,12 +300,13 @@ class Store:
             for t in rec.tests:
                 self.conn.execute("INSERT INTO test_results(series_id, name, status, known, observations) VALUES (?,?,?,?,?)",
                                   (sid, t["name"], t["status"], t.get("known"), json.dumps(t, sort_keys=True)))
-            new_titles = {s.get("title") for s in rec.splats.get("new", [])}
+            new_keys = {splat_key(s) for s in rec.splats.get("new", [])}
             for side in ("baseline", "patched"):
                 for s in rec.splats.get(side, []):
-                    self.conn.execute("INSERT INTO splats(series_id, side, kind, title, is_new) VALUES (?,?,?,?,?)",
+                    self.conn.execute("INSERT INTO splats(series_id, side, kind, title, is_new, signature)"
+                                      " VALUES (?,?,?,?,?,?)",
                                       (sid, side, s.get("kind"), s.get("title", ""),
-                                       int(side == "patched" and s.get("title") in new_titles)))
+                                       int(side == "patched" and splat_key(s) in new_keys), s.get("signature") or None))
             for k, v in rec.timings.items():
                 if isinstance(v, (int, float)):
                     self.conn.execute("INSERT INTO timings(series_id, key, seconds) VALUES (?,?,?)", (sid, k, float(v)))
@@ -367,6 +392,8 @@ class Store:
             splats: dict[str, list] = {"baseline": [], "patched": [], "new": []}
             for r in self.conn.execute("SELECT * FROM splats WHERE series_id = ? ORDER BY id", (sid,)):
                 s = {"kind": r["kind"], "title": r["title"]}
+                if r["signature"]:
+                    s["signature"] = r["signature"]
                 splats[r["side"]].append(s)
                 if r["is_new"]:
                     splats["new"].append(s)

@@ -196,6 +196,50 @@ def test_diff_splats():
     assert kinds(ch, "regression") == [("new-splat", "s", "n")]
 
 
+def _sp(title, sig=None, kind="lockdep"):
+    d = {"kind": kind, "title": title}
+    if sig:
+        d["signature"] = sig
+    return d
+
+
+def sig_rec(patched, baseline=(), name="s") -> SeriesRecord:
+    r = srec(name)
+    r.splats = {"baseline": list(baseline), "patched": list(patched), "new": []}
+    return r
+
+
+CYCLE = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&type->i_mutex_dir_key|sb_writers"
+
+
+def test_diff_splats_by_signature_not_title():
+    prev = sig_rec([_sp("possible deadlock in filldir64", CYCLE)])
+    # the same cycle, closed by another edge this time: another title, the same signature -> no change
+    assert nightly.diff([prev], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)])]) == []
+    # another cycle under the old title is new, and the old one is gone
+    other = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]"
+    ch = nightly.diff([prev], [sig_rec([_sp("possible deadlock in filldir64", other)])])
+    assert kinds(ch) == [("new-splat", "s", "possible deadlock in filldir64"),
+                         ("splat-gone", "s", "possible deadlock in filldir64")]
+    # "also in the baseline kernel" goes by signature too
+    ch = nightly.diff([sig_rec([])], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)],
+                                              baseline=[_sp("possible deadlock in filldir64", CYCLE)])])
+    assert [(c["kind"], c["subject"], c["detail"]) for c in ch] == [
+        ("new-splat", "possible deadlock in fault_in_readable", "also in the baseline kernel")]
+
+
+def test_diff_splats_from_history_rows_without_signature_go_by_title():
+    # rows recorded before signatures existed: compared by title, so upgrading kproto reports nothing
+    prev = sig_rec([_sp("possible deadlock in filldir64"), _sp("WARNING in ovl_read_iter", kind="warning")])
+    cur = sig_rec([_sp("possible deadlock in filldir64", CYCLE),
+                   _sp("WARNING in ovl_read_iter", "warning:ovl_read_iter@fs/overlayfs/file.c", kind="warning")])
+    assert nightly.diff([prev], [cur]) == []
+    ch = nightly.diff([prev], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)])])
+    assert kinds(ch) == [("new-splat", "s", "possible deadlock in fault_in_readable"),
+                         ("splat-gone", "s", "WARNING in ovl_read_iter"),
+                         ("splat-gone", "s", "possible deadlock in filldir64")]
+
+
 def test_diff_series_added_removed_patches_changed_kernel_moved():
     ch = nightly.diff([srec("a"), srec("b")], [srec("a", h="h2"), srec("c")],
                       prev_kernels=[{"name": "k", "version": "6.12.117", "commit_id": "aaa"}],
@@ -280,6 +324,37 @@ def test_two_fake_runs_store_diff_and_reports(tmp_path):
     assert summary.startswith("kproto nightly run 2: REGRESSED -- 3 regression(s)")
     assert "  - v1: no longer applies (last run: tested)" in summary
     assert "test rfc_read_ro_fd_after_copyup: match -> regressed" in summary
+
+
+def splat_report(*logs: str) -> Report:
+    """A kproto test report whose patched kernel showed the splats of these console-log fixtures."""
+    from rig.splats import scan_file
+    sp = [s.as_json() for log in logs for s in scan_file(DATA / "logs" / log)]
+    return Report(verdict="regressed" if sp else "clean",
+                  kernel={"source": "/usr/src/linux-source-6.12.tar.xz", "version": "6.12.117+", "base": "c1112cf8ff42"},
+                  patches=[], tests=[], splats={"baseline": [], "patched": sp, "new": sp},
+                  timings={"build_s": 1.0, "boot_s": 2.0, "tests_s": 3.0, "total_s": 6.0})
+
+
+def test_nightly_title_changed_signature_did_not_is_no_new_splat(tmp_path):
+    c = write_config(tmp_path, "n.toml", [("v1", [V1])])
+
+    def night(log):
+        return nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=fake_kernel,
+                           test_fn=Fake({"ovl-copyup.patch": splat_report(log)}))
+    night("lockdep-cycle-filldir-6.12.log")
+    r2 = night("lockdep-cycle-faultin-6.12.log")       # same cycle, closed by another edge: another title
+    assert [c for c in r2.changes if "splat" in c["kind"]] == []
+    r3 = night("lockdep-abba-6.12.log")                # another cycle
+    assert kinds(r3.changes) == [("new-splat", "v1", "possible deadlock in ovl_copy_up_start"),
+                                 ("splat-gone", "v1", "possible deadlock in fault_in_readable")]
+    conn = sqlite3.connect(tmp_path / "out" / "history.sqlite")
+    rows = conn.execute("SELECT s.run_id, p.title, p.signature, p.is_new FROM splats p JOIN series s"
+                        " ON s.id = p.series_id ORDER BY p.id").fetchall()
+    assert rows == [(1, "possible deadlock in filldir64", CYCLE, 1),
+                    (2, "possible deadlock in fault_in_readable", CYCLE, 1),
+                    (3, "possible deadlock in ovl_copy_up_start",
+                     "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]", 1)]
 
 
 def test_rig_error_in_one_series_does_not_stop_the_others(tmp_path):

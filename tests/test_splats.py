@@ -291,7 +291,7 @@ def test_new_splats_by_title():
 def test_as_json_and_back():
     (s,) = scan_file(SEED)
     d = s.as_json()
-    assert set(d) == {"kind", "title", "log", "count"}
+    assert set(d) == {"kind", "title", "signature", "log", "count"}
     assert json.loads(json.dumps(d)) == d
     assert Splat.from_json(d) == s
 
@@ -319,6 +319,172 @@ def test_scan_file_tolerates_binary_garbage(tmp_path):
     assert [s.title for s in scan_file(p)] == ["possible deadlock in ovl_copy_up_one"]
 
 
+# ---------------------------------------------------------------------------------------------- signatures
+
+# one cycle, &mm->mmap_lock --> &ovl_i_lock_key[depth] --> sb_writers --> &type->i_mutex_dir_key --> back,
+# reported in two boots: closed by filldir64 faulting under the dir lock (i_mutex_dir_key#5, sb_writers#4)
+# and by fault_in_readable under lock_rename's dir lock (i_mutex_dir_key#3/1, sb_writers#7)
+FILLDIR, FAULTIN = LOGS / "lockdep-cycle-filldir-6.12.log", LOGS / "lockdep-cycle-faultin-6.12.log"
+CYCLE_SIG = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&type->i_mutex_dir_key|sb_writers"
+
+
+def test_same_cycle_closed_by_different_edges_has_one_signature():
+    (a,), (b,) = scan_file(FILLDIR), scan_file(FAULTIN)
+    assert (a.title, b.title) == ("possible deadlock in filldir64", "possible deadlock in fault_in_readable")
+    assert a.signature == b.signature == CYCLE_SIG
+    # what differs between the two reports really is in them: suffixes, subclass, addresses
+    assert "i_mutex_dir_key#5){" in a.log and "i_mutex_dir_key#3/1){" in b.log
+    assert "sb_writers#4" in a.log and "sb_writers#7" in b.log
+    assert "ffff888004d2a4b0" in a.log and "ffff888004d2a4b0" not in b.log
+
+
+def test_new_splats_by_signature_not_title():
+    a, b = scan_file(FILLDIR), scan_file(FAULTIN)
+    assert new_splats(a, b) == [] and new_splats(b, a) == []
+    abba = scan_file(LOGS / "lockdep-abba-6.12.log")
+    assert new_splats(a, b + abba) == abba
+
+
+def test_dedup_merges_one_cycle_under_two_titles():
+    found = scan_text(FILLDIR.read_text() + FAULTIN.read_text())
+    assert _summary(found) == [("lockdep", 2, "possible deadlock in filldir64")]
+    assert found[0].signature == CYCLE_SIG
+
+
+def test_a_different_cycle_has_a_different_signature():
+    (a,) = scan_file(FILLDIR)
+    (sub,) = scan_file(LOGS / "lockdep-abba-6.12.log")     # two of the same classes only
+    assert sub.signature == "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]"
+    other = FILLDIR.read_text().replace("sb_writers#4", "&sb->s_type->i_mutex_key#12")
+    (o,) = scan_text(other)
+    assert o.title == a.title
+    assert o.signature == "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&sb->s_type->i_mutex_key|" \
+                          "&type->i_mutex_dir_key"
+    assert len({a.signature, sub.signature, o.signature}) == 3
+    assert new_splats(scan_file(FILLDIR), [o]) == [o]
+
+
+def test_cycle_signature_uses_the_chain_not_just_the_two_locks_of_the_new_edge():
+    # only the "-> #N" entries (and "Chain exists of") name ovl_i_lock: drop them and it is gone
+    text = FILLDIR.read_text()
+    start, end = text.index("the existing dependency chain"), text.index("other info that might")
+    (cut,) = scan_text(text[:start] + text[end:])
+    assert cut.signature == "lockdep-cycle:&mm->mmap_lock|&type->i_mutex_dir_key|sb_writers"
+
+
+def test_seed_cycle_signature_from_lines_broken_by_interleaving():
+    # the 4.9 seed prints class names in pieces ("&type->s_vfs_rename_key" / "#2"), old format "-> #3("
+    (s,) = scan_file(SEED)
+    assert s.signature == "lockdep-cycle:&mm->mmap_sem|&type->i_mutex_dir_key|&type->s_vfs_rename_key"
+
+
+@pytest.mark.parametrize("printed, normal", [
+    ("&type->i_mutex_dir_key#5", "&type->i_mutex_dir_key"),
+    ("&type->i_mutex_dir_key#3/1", "&type->i_mutex_dir_key"),
+    ("sb_writers#4", "sb_writers"),
+    ("&ovl_i_lock_key[depth]", "&ovl_i_lock_key[depth]"),
+    ("((wq_completion)events_unbound)", "((wq_completion)events_unbound)"),
+    ("&sb->s_type->i_lock_key#24/2", "&sb->s_type->i_lock_key"),
+    ("&type->s_vfs_rename_key\n#2", "&type->s_vfs_rename_key"),
+    ("ovl_key+0x0/0x10", "ovl_key"),
+])
+def test_lock_class_normalisation(printed, normal):
+    assert splats.lock_class(printed) == normal
+
+
+def test_other_lockdep_reports_are_signed_by_their_lock_classes():
+    assert [s.signature for s in scan_file(LOGS / "lockdep-variants-6.12.log")] == [
+        "lockdep-recursive:&ovl_i_lock_key[depth]",
+        "lockdep-inconsistent:&ofs->lock",
+        "lockdep-bad-unlock:&ovl_i_lock_key[depth]",
+        "lockdep-rcu-usage:ovl_i_path_real@fs/overlayfs/ovl_entry.h",
+    ]
+    (real,) = [s for s in scan_file(LOGS / "real-deadlock-6.12.log") if s.kind == "lockdep"]
+    assert real.signature == "lockdep-recursive:&ovl_i_lock_key[depth]"
+
+
+def _warn_at(line: int, fn: str = "ovl_copy_up_one", src: str = "fs/overlayfs/copy_up.c", pid: int = 245,
+             off: str = "0x3a5/0x590") -> str:
+    return (f"[   12.000000][  T{pid}] ------------[ cut here ]------------\n"
+            f"[   12.000001][  T{pid}] WARNING: CPU: 1 PID: {pid} at {src}:{line} {fn}+{off}\n"
+            f"[   12.000002][  T{pid}] RIP: 0010:{fn}+{off}\n"
+            f"[   12.000003][  T{pid}] Call Trace:\n"
+            f"[   12.000004][  T{pid}]  <TASK>\n"
+            f"[   12.000005][  T{pid}]  ovl_copy_up_flags+0xd2/0x110\n"
+            f"[   12.000006][  T{pid}]  </TASK>\n"
+            f"[   12.000007][  T{pid}] ---[ end trace 0000000000000000 ]---\n")
+
+
+def test_warning_signature_is_function_and_file_without_line():
+    (a,) = scan_text(_warn_at(1127))
+    (b,) = scan_text(_warn_at(1142, pid=300, off="0x3c1/0x5b0"))     # the patch moved it down 15 lines
+    assert a.signature == b.signature == "warning:ovl_copy_up_one@fs/overlayfs/copy_up.c"
+    assert new_splats([a], [b]) == []
+    (c,) = scan_text(_warn_at(1127, fn="ovl_copy_up_meta_inode_data"))
+    (d,) = scan_text(_warn_at(1127, src="fs/overlayfs/util.c"))
+    assert len({a.signature, c.signature, d.signature}) == 3
+    assert new_splats([a], [c, d]) == [c, d]
+    # one splat, counted twice, though the line numbers differ
+    found = scan_text(_warn_at(1127) + _warn_at(1142, pid=300))
+    assert [(s.count, s.signature) for s in found] == [(2, a.signature)]
+
+
+def test_warning_signature_of_the_new_header_format_and_of_absolute_paths():
+    text = ("[    2.000000] WARNING: fs/overlayfs/copy_up.c:1127 at ovl_copy_up_one+0x3a5/0x590, CPU#1: t/245\n"
+            "[    2.000001] Call Trace:\n[    2.000002]  ovl_copy_up_flags+0xd2/0x110\n")
+    (new,) = scan_text(text)
+    (abs_,) = scan_text(_warn_at(99, src="/build/linux-6.12/fs/overlayfs/copy_up.c"))
+    assert new.signature == abs_.signature == "warning:ovl_copy_up_one@fs/overlayfs/copy_up.c"
+
+
+@pytest.mark.parametrize("log, sigs", [
+    ("warn-on-6.12.log", ["warning:ovl_copy_up_one@fs/overlayfs/copy_up.c"]),
+    ("bugs-6.12.log", ["bug-sleeping-function-called-from-invalid-context:ovl_workdir_create",
+                       "bug-scheduling-while-atomic:ovl_wait_for_copyup",
+                       "list-corruption:ovl_cache_entry_del",
+                       "kernel-bug:ovl_copy_up_meta_inode_data@fs/overlayfs/copy_up.c"]),
+    ("null-deref-6.12.log", ["null-deref:ovl_getattr"]),
+    ("real-oops-null-6.12.log", ["null-deref:ovl_copy_up_one"]),
+    ("gpf-panic-6.12.log", ["gpf:ovl_cache_entry_free", "panic:Fatal exception"]),
+    ("hung-task-6.12.log", ["hung:ovl_copy_up_start", "hung:ovl_do_copy_up"]),
+    ("sanitizers-6.12.log", ["kasan-slab-use-after-free-read:ovl_dentry_upper",
+                             "kfence-use-after-free-read:ovl_cache_update", "ubsan-shift-out-of-bounds:ovl_map_ino"]),
+    ("stalls-6.12.log", ["rcu-stall:ovl_cache_get_impure", "soft-lockup:ovl_lookup_layer",
+                         "hard-lockup:ovl_spin_irqoff", "panic:Hard LOCKUP"]),
+])
+def test_signature_formats(log, sigs):
+    assert [s.signature for s in scan_file(LOGS / log)] == sigs
+
+
+def test_oops_signature_ignores_addresses_and_offsets():
+    text = (LOGS / "null-deref-6.12.log").read_text()
+    moved = re.sub(r"ovl_getattr\+0x4e/0x3a0", "ovl_getattr+0x61/0x3c0", text)
+    moved = re.sub(r"ffff8880[0-9a-f]{8}", "ffff888007777777", moved)
+    assert moved != text
+    assert [s.signature for s in scan_text(moved)] == [s.signature for s in scan_text(text)] == ["null-deref:ovl_getattr"]
+
+
+@pytest.mark.parametrize("log", FIXTURES, ids=[f.stem for f in FIXTURES])
+def test_signatures_are_normalised_and_recomputable(log):
+    found = scan_file(log)
+    assert len({s.signature for s in found}) == len(found)          # dedup is by signature
+    for s in found:
+        assert s.signature
+        assert not re.search(r"0x[0-9a-f]|\+0x|\b[0-9a-f]{8,16}\b|#\d|\.[chS]:\d", s.signature), s.signature
+        # from the excerpt alone (JSON written before signatures existed), the same signature
+        assert splats.signature_of(s.kind, s.title, s.log) == s.signature
+        old = {k: v for k, v in s.as_json().items() if k != "signature"}
+        assert Splat.from_json(old) == s
+
+
+def test_signature_without_an_excerpt_falls_back_to_the_title():
+    s = Splat(kind="warning", title="WARNING in ovl_read_iter", log="...")
+    assert s.signature == "warning:ovl_read_iter"
+    assert Splat.from_json({"kind": "bug", "title": "BUG: Bad rss-counter state"}).signature == \
+        "bug-bad-rss-counter-state"
+    assert Splat(kind="bug", title="x", log="", signature="given").signature == "given"
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 def _cli():
@@ -341,6 +507,14 @@ def test_cli_scan_json_contract():
                                                    "kernel panic: Fatal exception"]
     for s in doc["splats"]:
         assert {"kind", "title", "log"} <= set(s) and isinstance(s["log"], str) and s["log"]
+
+
+def test_cli_scan_json_prints_the_signature():
+    r = CliRunner().invoke(_cli(), ["scan", "--json", str(LOGS / "lockdep-cycle-faultin-6.12.log")])
+    assert r.exit_code == 0, r.output
+    (s,) = json.loads(r.output)["splats"]
+    assert s["title"] == "possible deadlock in fault_in_readable"
+    assert s["signature"] == CYCLE_SIG
 
 
 def test_cli_scan_clean_log_exits_zero():

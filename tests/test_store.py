@@ -123,6 +123,58 @@ def test_series_roundtrip(store):
     assert back.patches[0]["sha256"] == "ab" * 32
 
 
+CYCLE = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&type->i_mutex_dir_key|sb_writers"
+
+
+def test_splat_signature_roundtrip_and_is_new_by_signature(store):
+    rid = store.begin_run("h")
+    base = {"kind": "lockdep", "title": "possible deadlock in filldir64", "signature": CYCLE, "log": "..."}
+    same = {"kind": "lockdep", "title": "possible deadlock in fault_in_readable", "signature": CYCLE, "log": "..."}
+    new = {"kind": "lockdep", "title": "possible deadlock in filldir64", "log": "...",
+           "signature": "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]"}
+    # the new one has the baseline's title but another signature: only it is new
+    store.add_series(rid, rec(splats={"baseline": [base], "patched": [same, new], "new": [new]}))
+    [back] = store.load_series(rid)
+    assert [(s["title"], s.get("signature")) for s in back.splats["patched"]] == [
+        ("possible deadlock in fault_in_readable", CYCLE), ("possible deadlock in filldir64", new["signature"])]
+    assert back.splats["new"] == [{"kind": "lockdep", "title": "possible deadlock in filldir64",
+                                   "signature": new["signature"]}]
+
+
+def test_old_database_gets_the_signature_column(tmp_path):
+    path = tmp_path / "h.sqlite"
+    with Store.open(path) as s:
+        rid = s.begin_run("h")
+        s.add_series(rid, rec(splats={"baseline": [], "patched": [{"kind": "warning", "title": "WARNING in ovl_x"}],
+                                      "new": [{"kind": "warning", "title": "WARNING in ovl_x"}]}))
+        s.finish_run(rid, 0)
+    # turn it into what kproto wrote before signatures: schema 1, splats without the column
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE splats_v1 (
+            id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
+            side TEXT NOT NULL, kind TEXT, title TEXT NOT NULL, is_new INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO splats_v1 SELECT id, series_id, side, kind, title, is_new FROM splats;
+        DROP TABLE splats;
+        ALTER TABLE splats_v1 RENAME TO splats;
+        PRAGMA user_version = 1;
+    """)
+    conn.close()
+    with Store.open(path) as s:
+        cols = [r[1] for r in s.conn.execute("PRAGMA table_info(splats)")]
+        assert "signature" in cols
+        [old] = s.load_series(rid)
+        assert old.splats["patched"] == [{"kind": "warning", "title": "WARNING in ovl_x"}]   # no signature key
+        assert old.splats["new"] == old.splats["patched"]
+        r2 = s.begin_run("h")
+        sp = {"kind": "warning", "title": "WARNING in ovl_x", "signature": "warning:ovl_x@fs/overlayfs/x.c"}
+        s.add_series(r2, rec(splats={"baseline": [], "patched": [sp], "new": [sp]}))
+        assert s.load_series(r2)[0].splats["patched"] == [sp]
+    with Store.open(path) as s:        # opening again does not try to add it twice
+        assert [r[1] for r in s.conn.execute("PRAGMA table_info(splats)")].count("signature") == 1
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_changes_and_test_history(store):
     r1 = store.begin_run("h")
     store.add_series(r1, rec("v1", tests={"rfc_read": "match"}))
