@@ -4,8 +4,10 @@ Pieces, one concern each:
 - build_bins(): guest_tests/bench/*.c as static binaries, cached by content.
 - parse(): the programs' `name=value unit higher|lower` lines.
 - statistics: medians, %stddev, a two-level (boot, then repetition) bootstrap CI of the %change of
-  the medians, significance, and the "decided" test that drives the adaptive run loop. Pure Python,
-  seeded, so the same samples always give the same table.
+  the medians, a p-value per metric (Welch's t on the per-boot log medians), Holm over the metrics
+  and the alpha split over the adaptive looks (false alarms <= 5 % per run, all metrics and rounds
+  together), the minimum effect, and the "decided" test that drives the adaptive run loop. Pure
+  Python, seeded, so the same samples always give the same table.
 - sides: a Side is something we can start, run one repetition of the benchmark on, and stop:
   a guest kernel in QEMU (GuestSide), or an overlay on the host (HostSide: the host kernel's
   overlayfs or the reference overlay). run_bench() interleaves two sides, A B A B, and keeps adding
@@ -202,6 +204,128 @@ def combined_ci(base: Samples, patched: Samples, n_boot: int = 2000, seed: int =
     return lo, hi
 
 
+# ---- the test: one p-value per metric, Holm over the metrics, alpha split over the looks
+#
+# A run tests ~14 metrics, and the adaptive loop re-tests all of them after every extra round; a
+# 95 % interval per metric and per look made a false alarm in a same-kernel (A/A) run likely.
+# So: each metric gets a p-value (Welch's t-test on the per-boot medians, log scale: the boot is the
+# independent unit, its repetitions are not); Holm's step-down adjusts them over the metrics of the
+# look; and each look (every round at which the loop may stop: `runs` .. `max_runs`) spends its own
+# part of ALPHA, the parts summing to ALPHA. By the union bound the chance of any false
+# "significant", over all metrics and all looks, whatever the stopping rule does, is at most ALPHA.
+# The last look gets most of it (as O'Brien-Fleming boundaries do): a run that is still undecided
+# ends there, with the most data; the earlier looks only need enough to stop on a clear change.
+
+ALPHA = 0.05              # family-wise false-alarm rate of one `kproto bench` run (all metrics, all looks)
+FINAL_LOOK_SHARE = 0.8    # of ALPHA, spent at the last look; the earlier looks split the rest equally
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df (possibly fractional) degrees of freedom."""
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, betainc(df / 2.0, 0.5, df / (df + t * t)))
+
+
+def boot_log_medians(samples: Samples) -> list[float]:
+    """One value per boot: the log of the median of its repetitions (boots with no positive median are
+    left out)."""
+    return [math.log(median(boot)) for boot in samples if boot and median(boot) > 0]
+
+
+def welch_p(x: list[float], y: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test of mean(x) == mean(y). 1.0 when either side has fewer than
+    two values (the spread between boots is then unknown, so nothing can be called)."""
+    n1, n2 = len(x), len(y)
+    if n1 < 2 or n2 < 2:
+        return 1.0
+    m1, m2 = sum(x) / n1, sum(y) / n2
+    v1 = sum((v - m1) ** 2 for v in x) / (n1 - 1) / n1
+    v2 = sum((v - m2) ** 2 for v in y) / (n2 - 1) / n2
+    se2 = v1 + v2
+    diff = m2 - m1
+    if se2 <= 1e-24:          # no spread at all: any difference is certain, none is none
+        return 0.0 if abs(diff) > 1e-12 else 1.0
+    df = se2 * se2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1))
+    return t_two_sided_p(diff / math.sqrt(se2), df)
+
+
+def metric_p_value(base: Samples, patched: Samples) -> float:
+    """p-value of "baseline and patched have the same typical value" for one metric: Welch's t-test
+    on the per-boot log medians (a change is a ratio; boot-to-boot spread is the noise that counts)."""
+    return welch_p(boot_log_medians(base), boot_log_medians(patched))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order: the i-th smallest p is multiplied by
+    (m - i + 1), then made non-decreasing along the sorted order and capped at 1. Rejecting every
+    hypothesis whose adjusted p is <= alpha keeps the family-wise error at alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def n_looks(runs: int, max_runs: int) -> int:
+    """How many rounds run_bench() tests at and may stop after: `runs`, `runs`+1, ..., `max_runs`."""
+    return max(1, max_runs - max(runs, 1) + 1)
+
+
+def look_alpha(look: int, looks: int, alpha: float = ALPHA) -> float:
+    """The level of look `look` (1-based) out of `looks`: the last look gets FINAL_LOOK_SHARE of
+    alpha, the earlier ones split the rest equally; a single look gets all of it. The levels of
+    all the looks add up to alpha."""
+    if looks <= 1:
+        return alpha
+    if look >= looks:
+        return alpha * FINAL_LOOK_SHARE
+    return alpha * (1.0 - FINAL_LOOK_SHARE) / (looks - 1)
+
+
 @dataclass
 class MetricResult:
     name: str
@@ -217,6 +341,8 @@ class MetricResult:
     runs: int                 # boots (rounds) per side
     samples: int              # values per side (boots x repetitions)
     decided: bool
+    p_value: float = 1.0      # this metric alone, this look
+    p_adjusted: float = 1.0   # Holm over the metrics, scaled by alpha / (this look's level): compare with ALPHA
 
     @property
     def verdict(self) -> str:
@@ -230,39 +356,64 @@ class MetricResult:
                 "patched_median": self.patched_median, "change_pct": round(self.change_pct, 3),
                 "ci95_pct": [round(self.ci95_pct[0], 3), round(self.ci95_pct[1], 3)],
                 "significant": self.significant, "runs": self.runs,
-                # extras (not in the contract): direction, spread, sample count, verdict
+                # extras (not in the contract): direction, spread, sample count, p-values, verdict
                 "better": self.better, "baseline_stddev_pct": round(self.baseline_stddev_pct, 3),
                 "patched_stddev_pct": round(self.patched_stddev_pct, 3), "samples": self.samples,
+                "p_value": _round_p(self.p_value), "p_adjusted": _round_p(self.p_adjusted),
                 "verdict": self.verdict or "no change"}
 
 
-def is_significant(change: float, ci: tuple[float, float], min_effect: float) -> bool:
-    """The interval excludes zero, and the change is at least MIN_EFFECT % (a floor against
-    real-but-negligible shifts, e.g. one kernel's different memory layout)."""
+def _round_p(p: float) -> float:
+    return float(f"{p:.4g}")
+
+
+def is_significant(change: float, ci: tuple[float, float], min_effect: float, p_adjusted: float,
+                   alpha: float = ALPHA) -> bool:
+    """Significant: the family- and look-adjusted p-value is at most ALPHA, the 95 % interval
+    excludes zero (so the table never stars a change its own interval doubts), and the change is at
+    least MIN_EFFECT % (a floor against real-but-negligible shifts, e.g. one kernel's different
+    memory layout)."""
     lo, hi = ci
-    return (lo > 0 or hi < 0) and abs(change) >= min_effect
+    return p_adjusted <= alpha and (lo > 0 or hi < 0) and abs(change) >= min_effect
 
 
-def is_decided(change: float, ci: tuple[float, float], min_effect: float) -> bool:
+def is_decided(significant: bool, ci: tuple[float, float], min_effect: float) -> bool:
     """Decided: significant, or the whole interval lies inside ±MIN_EFFECT (no change that matters).
-    Otherwise the interval is too wide to tell, and another round may settle it."""
+    Otherwise the interval is too wide to tell, and another round may settle it. (Only the stopping
+    rule uses this; the alpha split over the looks holds whatever it decides.)"""
     lo, hi = ci
-    return is_significant(change, ci, min_effect) or (-min_effect <= lo and hi <= min_effect)
+    return significant or (-min_effect <= lo and hi <= min_effect)
+
+
+def adjust_family(results: list[MetricResult], *, min_effect: float, level: float | None = None,
+                  alpha: float = ALPHA) -> list[MetricResult]:
+    """Holm over the metrics of one look, tested at `level` (look_alpha(); default alpha: a single
+    look). Sets p_adjusted (Holm's, scaled by alpha / level, so that it compares with alpha whatever
+    the look), significant and decided of every result, in place, and returns them."""
+    level = alpha if level is None else level
+    for m, p_holm in zip(results, holm([m.p_value for m in results])):
+        m.p_adjusted = min(1.0, p_holm * alpha / level)
+        m.significant = is_significant(m.change_pct, m.ci95_pct, min_effect, m.p_adjusted, alpha)
+        m.decided = is_decided(m.significant, m.ci95_pct, min_effect)
+    return results
 
 
 def analyze_metric(name: str, unit: str, better: str, base: Samples, patched: Samples, *,
-                   min_effect: float, n_boot: int = 2000, seed: int = 0) -> MetricResult:
+                   min_effect: float, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA) -> MetricResult:
+    """One metric on its own (a family of one, one look); Collected.analyze() adjusts over the family."""
     pb, pp = pooled(base), pooled(patched)
     mb, mp = median(pb), median(pp)
     ch = change_pct(mb, mp)
     # seed per metric, so adding or removing a metric does not change the others' intervals
     s = seed ^ int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
     ci = combined_ci(base, patched, n_boot=n_boot, seed=s)
+    p = metric_p_value(base, patched)
+    sig = is_significant(ch, ci, min_effect, p, alpha)
     return MetricResult(name=name, unit=unit, better=better, baseline_median=mb, patched_median=mp,
                         baseline_stddev_pct=stddev_pct(pb), patched_stddev_pct=stddev_pct(pp),
-                        change_pct=ch, ci95_pct=ci, significant=is_significant(ch, ci, min_effect),
+                        change_pct=ch, ci95_pct=ci, significant=sig,
                         runs=min(len(base), len(patched)), samples=min(len(pb), len(pp)),
-                        decided=is_decided(ch, ci, min_effect))
+                        decided=is_decided(sig, ci, min_effect), p_value=p, p_adjusted=p)
 
 
 @dataclass
@@ -286,14 +437,16 @@ class Collected:
         for name, vals in boot.items():
             store.setdefault(name, []).append(vals)
 
-    def analyze(self, min_effect: float, n_boot: int = 2000, seed: int = 0) -> list[MetricResult]:
+    def analyze(self, min_effect: float, n_boot: int = 2000, seed: int = 0, level: float | None = None,
+                alpha: float = ALPHA) -> list[MetricResult]:
+        """Every metric, then Holm over them at this look's `level` (adjust_family)."""
         out = []
         for name in self.order:
             if self.a.get(name) and self.b.get(name):
                 unit, better = self.units[name]
                 out.append(analyze_metric(name, unit, better, self.a[name], self.b[name],
-                                          min_effect=min_effect, n_boot=n_boot, seed=seed))
-        return out
+                                          min_effect=min_effect, n_boot=n_boot, seed=seed, alpha=alpha))
+        return adjust_family(out, min_effect=min_effect, level=level, alpha=alpha)
 
 
 # ---------------------------------------------------------------- sides and the run loop
@@ -314,6 +467,7 @@ class BenchOptions:
     reps: int = 3                 # benchmark repetitions per boot
     duration_ms: int = 200        # per time-boxed metric
     min_effect: float = 3.0       # % below which a change is not called significant
+    alpha: float = ALPHA          # false-alarm rate of the whole run (all metrics, all looks)
     n_boot: int = 2000
     seed: int = 0
     only: tuple[str, ...] = ()    # metric name substrings; empty = all
@@ -326,9 +480,12 @@ def run_bench(a: Side, b: Side, opts: BenchOptions,
     """Interleave A and B: each round starts both sides fresh (a new boot each), then runs the
     repetitions alternately, A B B A A B ..., so slow drift of the host lands on both sides; the
     order of the sides flips every round. After `runs` rounds, keep adding rounds (up to `max_runs`)
-    while any metric is undecided."""
+    while any metric is undecided. Every round from `runs` on is a look: all metrics are tested, with
+    Holm over them, at that look's share of alpha (look_alpha()), so whichever look the run stops at,
+    its false-alarm rate over all metrics and looks stays at or below alpha."""
     col = Collected()
     results: list[MetricResult] = []
+    looks = n_looks(opts.runs, opts.max_runs)
     while True:
         col.rounds += 1
         r = col.rounds
@@ -356,7 +513,8 @@ def run_bench(a: Side, b: Side, opts: BenchOptions,
         if r < opts.runs:
             progress(f"round {r}/{opts.runs} done")
             continue
-        results = col.analyze(opts.min_effect, opts.n_boot, opts.seed)
+        level = look_alpha(min(looks, r - opts.runs + 1), looks, opts.alpha)
+        results = col.analyze(opts.min_effect, opts.n_boot, opts.seed, level=level, alpha=opts.alpha)
         undecided = [m.name for m in results if not m.decided]
         if not undecided:
             progress(f"round {r}: every metric decided")
@@ -367,6 +525,48 @@ def run_bench(a: Side, b: Side, opts: BenchOptions,
             return col, results
         progress(f"round {r}: {len(undecided)} metric(s) undecided "
                  f"({', '.join(undecided[:4])}{', ...' if len(undecided) > 4 else ''}); another round")
+
+
+@dataclass(frozen=True)
+class SimMetric:
+    """One simulated metric: its typical value, boot-to-boot spread and repetition noise (standard
+    deviations, in % of the value)."""
+    name: str
+    value: float = 100.0
+    boot_sd_pct: float = 4.0
+    rep_sd_pct: float = 1.0
+    unit: str = "MB/s"
+    better: str = "higher"
+
+
+class SimulatedSide:
+    """A Side made of simulated readings (no VM, no overlay): each start() is a "boot" that draws one
+    offset per metric (log-normal, boot_sd_pct), each rep() one reading per metric with repetition
+    noise (rep_sd_pct), times scale[name] (the simulated effect of a patch; 1.0 when not given).
+    Seeded: drives run_bench() through the whole decision procedure, e.g. to measure its A/A
+    false-alarm rate and its power (tests/test_bench.py, bench/bench_aa_false_alarm.py)."""
+
+    def __init__(self, label: str, metrics: list[SimMetric], seed: int,
+                 scale: dict[str, float] | None = None) -> None:
+        self.label, self.metrics = label, list(metrics)
+        self.scale = dict(scale or {})
+        self.rng = random.Random(seed)
+        self.offsets: dict[str, float] = {}
+
+    def start(self, round_no: int) -> None:
+        self.offsets = {m.name: self.rng.gauss(0.0, m.boot_sd_pct / 100) for m in self.metrics}
+
+    def ready(self) -> None:
+        pass
+
+    def rep(self) -> dict[str, Reading]:
+        return {m.name: Reading(m.value * self.scale.get(m.name, 1.0)
+                                * math.exp(self.offsets[m.name] + self.rng.gauss(0.0, m.rep_sd_pct / 100)),
+                                m.unit, m.better)
+                for m in self.metrics}
+
+    def stop(self) -> None:
+        pass
 
 
 GUEST_BENCH_DIR = "/tmp/kb"
@@ -535,8 +735,12 @@ def _fmt_pct(x: float) -> str:
     return f"{x:+.1f}" if abs(x) < 1000 else (">+999" if x > 0 else "<-999")
 
 
+def _fmt_p(p: float) -> str:
+    return "<1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
 def render(results: list[MetricResult], *, title: str, a_label: str, b_label: str, accel: str,
-           rounds: int, reps: int, min_effect: float, per: str = "boot") -> str:
+           rounds: int, reps: int, min_effect: float, per: str = "boot", alpha: float = ALPHA) -> str:
     lines = [title]
     if accel.startswith("tcg"):
         lines.append(f"note: {TCG_NOTE}")
@@ -545,24 +749,27 @@ def render(results: list[MetricResult], *, title: str, a_label: str, b_label: st
     elif accel:
         lines.append(f"accel: {accel}")
     lines.append(f"{rounds} {per}(s) per side, {reps} repetition(s) per {per}, interleaved A B; "
-                 f"95% CI: two-level bootstrap of the median ratio, widened to the paired per-round t-interval; '*' = significant "
-                 f"(CI excludes 0 and |%change| >= {min_effect:g}%)")
+                 f"95% CI: two-level bootstrap of the median ratio, widened to the paired per-round t-interval; "
+                 f"p_adj: Welch's t on the per-{per} medians, Holm over the {len(results)} metric(s), scaled for "
+                 f"the adaptive rounds; '*' = significant (p_adj <= {alpha:g}, CI excludes 0 and "
+                 f"|%change| >= {min_effect:g}%): at most {alpha * 100:g}% of same-kernel runs show any '*'")
     if rounds < 2:
-        lines.append(f"note: a single {per} per side: the interval only sees repetition noise, not how much "
-                     f"{per}s differ; use --runs 2 or more before trusting a '*'")
+        lines.append(f"note: a single {per} per side: nothing tells how much {per}s differ, so nothing can be "
+                     f"called significant; use --runs 2 or more")
     lines.append("")
     w = max([len(m.name) + len(m.unit) + 3 for m in results] + [10])
     lines.append(f"{a_label[:21]:>21s}                        {b_label[:21]:>21s}")
     lines.append(f"{'median':>12s} {'%stddev':>8s} {'%change':>9s}   {'median':>12s} {'%stddev':>8s}"
-                 f"   {'95% CI of %change':>19s}   {'metric':<{w}s}")
-    lines.append(f"{'-' * 12} {'-' * 8} {'-' * 9}   {'-' * 12} {'-' * 8}   {'-' * 19}   {'-' * w}")
+                 f"   {'95% CI of %change':>19s} {'p_adj':>6s}   {'metric':<{w}s}")
+    lines.append(f"{'-' * 12} {'-' * 8} {'-' * 9}   {'-' * 12} {'-' * 8}   {'-' * 19} {'-' * 6}   {'-' * w}")
     for m in results:
         ci = f"[{_fmt_pct(m.ci95_pct[0])}, {_fmt_pct(m.ci95_pct[1])}]"
         star = "*" if m.significant else " "
         name = f"{m.name} ({m.unit})"
         lines.append(f"{_fmt(m.baseline_median):>12s} {'± ' + format(m.baseline_stddev_pct, '.0f') + '%':>8s} "
                      f"{m.change_pct:+8.1f}%{star}  {_fmt(m.patched_median):>12s} "
-                     f"{'± ' + format(m.patched_stddev_pct, '.0f') + '%':>8s}   {ci:>19s}   {name:<{w}s} {m.verdict}".rstrip())
+                     f"{'± ' + format(m.patched_stddev_pct, '.0f') + '%':>8s}   {ci:>19s} {_fmt_p(m.p_adjusted):>6s}   "
+                     f"{name:<{w}s} {m.verdict}".rstrip())
     reg = [m.name for m in results if m.verdict == "regression"]
     imp = [m.name for m in results if m.verdict == "improvement"]
     und = [m.name for m in results if m.verdict == "undecided"]

@@ -27,7 +27,8 @@ def _say(msg: str) -> None:
 @click.option("--duration-ms", type=click.IntRange(min=10), default=50, show_default=True,
               help="time box (guest time) of each looped metric")
 @click.option("--min-effect", type=click.FloatRange(min=0), default=3.0, show_default=True,
-              help="smallest |%change| called significant (the CI must also exclude 0)")
+              help="smallest |%change| called significant (the adjusted p-value must also be <= 0.05 and the CI "
+              "exclude 0)")
 @click.option("--no-icount", is_flag=True, help="under TCG, time guests by the host wall clock instead of by "
               "emulated instruction count (noisy on a loaded host)")
 @click.option("-k", "only", multiple=True, help="only metrics whose name contains this (repeatable)")
@@ -47,6 +48,10 @@ def command(patches, runs, max_runs, reps, duration_ms, min_effect, no_icount, o
 
     --host-vs-ref needs no kernel build or VM: the same programs run on the host, on the host
     kernel's overlayfs and on the reference overlay (tmpfs layers, wall-clock timing), exit 0.
+
+    Significance is controlled over the whole run: Welch's t per metric on the per-boot medians, Holm
+    over the metrics, and alpha spent across the adaptive rounds, so a same-kernel run flags any
+    metric in at most 5% of runs; a change under --min-effect is never significant.
 
     Exit: 0 no significant regression, 1 a metric regressed significantly, 2 bad input, 3 infrastructure."""
     from .testrun import new_run_dir
@@ -107,10 +112,10 @@ def command(patches, runs, max_runs, reps, duration_ms, min_effect, no_icount, o
             shutil.rmtree(run_root, ignore_errors=True)
     click.echo(benchmod.render(results, title=title, a_label=a_label, b_label=b_label, accel=accel,
                                rounds=col.rounds, reps=opts.reps, min_effect=opts.min_effect,
-                               per="round" if host_vs_ref else "boot"))
+                               per="round" if host_vs_ref else "boot", alpha=opts.alpha))
     if json_out:
         doc = benchmod.to_json(results, rounds=col.rounds, reps=opts.reps, min_effect_pct=opts.min_effect,
-                               **extra)
+                               alpha=opts.alpha, looks=benchmod.n_looks(opts.runs, opts.max_runs), **extra)
         if accel.startswith("tcg"):
             doc["note"] = benchmod.TCG_NOTE + ("; " + benchmod.ICOUNT_NOTE if "icount" in accel else "")
         Path(json_out).write_text(json.dumps(doc, indent=1) + "\n")

@@ -99,18 +99,81 @@ def test_paired_round_ci():
     assert -23 < lo < -20 < -19 < hi < -17
 
 
-@pytest.mark.parametrize("change, ci, min_effect, significant, decided", [
-    (-20.0, (-25.0, -15.0), 3.0, True, True),      # clear regression
-    (-2.0, (-2.5, -1.5), 3.0, False, True),        # real but below the floor: decided, not significant
-    (0.5, (-1.0, 2.0), 3.0, False, True),          # inside the equivalence band
-    (1.0, (-8.0, 10.0), 3.0, False, False),        # too wide: undecided
-    (4.0, (0.0, 8.0), 3.0, False, False),          # touches zero: not significant
-    (4.0, (0.5, 8.0), 3.0, True, True),            # excludes zero, big enough
-    (2.0, (0.5, 4.0), 3.0, False, False),          # excludes zero but straddles the floor
+@pytest.mark.parametrize("change, ci, p_adj, significant, decided", [
+    (-20.0, (-25.0, -15.0), 0.001, True, True),    # clear regression
+    (-20.0, (-25.0, -15.0), 0.2, False, False),    # its own CI excludes 0, but not after Holm and the looks
+    (-2.0, (-2.5, -1.5), 1e-6, False, True),       # real but below the floor: decided, not significant
+    (0.5, (-1.0, 2.0), 0.5, False, True),          # inside the equivalence band
+    (1.0, (-8.0, 10.0), 0.7, False, False),        # too wide: undecided
+    (4.0, (0.0, 8.0), 0.01, False, False),         # touches zero: not significant
+    (4.0, (0.5, 8.0), 0.05, True, True),           # excludes zero, big enough, p_adj at the level
+    (4.0, (0.5, 8.0), 0.051, False, False),        # ... p_adj just above it
+    (2.0, (0.5, 4.0), 1e-6, False, False),         # excludes zero but straddles the floor
 ])
-def test_significance_and_decision(change, ci, min_effect, significant, decided):
-    assert bench.is_significant(change, ci, min_effect) is significant
-    assert bench.is_decided(change, ci, min_effect) is decided
+def test_significance_and_decision(change, ci, p_adj, significant, decided):
+    sig = bench.is_significant(change, ci, 3.0, p_adj)
+    assert sig is significant
+    assert bench.is_decided(sig, ci, 3.0) is decided
+
+
+# ---------------------------------------------------------------- multiplicity: p-values, Holm, looks
+
+def test_t_distribution_and_welch_against_reference_values():
+    # two-sided tail of Student's t (the 97.5 % quantiles of the table above; a fractional df for Welch)
+    assert bench.t_two_sided_p(2.228, 10) == pytest.approx(0.0500118, rel=1e-5)
+    assert bench.t_two_sided_p(12.706, 1) == pytest.approx(0.0500008, rel=1e-5)
+    assert bench.t_two_sided_p(3.0, 2.5) == pytest.approx(0.0725761, rel=1e-5)
+    assert bench.t_two_sided_p(0.0, 4) == pytest.approx(1.0)
+    # Welch on log values (scipy.stats.ttest_ind(equal_var=False) gives 0.0215898)
+    base = [[100.0], [104.0], [97.0]]
+    patched = [[90.0], [93.0], [88.0], [95.0]]
+    assert bench.metric_p_value(base, patched) == pytest.approx(0.0215898, rel=1e-5)
+    # one boot per side: the spread between boots is unknown, nothing can be called
+    assert bench.metric_p_value([[100.0, 100.0]], [[50.0, 50.0]]) == 1.0
+    # no spread at all: a difference is certain, no difference is none
+    assert bench.welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0
+    assert bench.welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+def test_holm_adjusted_p_values_hand_worked():
+    # m = 4, sorted p: 0.01 x4 = 0.04, 0.015 x3 = 0.045, 0.04 x2 = 0.08, 0.30 x1 = 0.30
+    # (given out of order: the result is in the input order)
+    adj = bench.holm([0.04, 0.01, 0.30, 0.015])
+    assert adj == pytest.approx([0.08, 0.04, 0.30, 0.045])
+    assert [a <= 0.05 for a in adj] == [False, True, False, True]
+    # plain Bonferroni (x4) would keep 0.015 -> 0.06 above 0.05: Holm is the stronger of the two
+    assert 0.015 * 4 > 0.05
+    # step-down monotonicity: 0.02 x2 = 0.04, then 0.021 x1 = 0.021 is raised to 0.04
+    assert bench.holm([0.021, 0.02]) == pytest.approx([0.04, 0.04])
+    # capped at 1; a family of one is left alone
+    assert bench.holm([0.5, 0.6, 0.9]) == [1.0, 1.0, 1.0]
+    assert bench.holm([0.03]) == [0.03]
+    assert bench.holm([]) == []
+
+
+def test_alpha_is_split_over_the_looks():
+    assert bench.n_looks(3, 6) == 4 and bench.n_looks(3, 3) == 1 and bench.n_looks(4, 2) == 1
+    levels = [bench.look_alpha(k, 4) for k in (1, 2, 3, 4)]
+    assert sum(levels) == pytest.approx(bench.ALPHA)
+    assert levels[-1] == pytest.approx(bench.ALPHA * bench.FINAL_LOOK_SHARE) and levels[-1] > levels[0]
+    assert levels[0] == levels[1] == levels[2]
+    assert bench.look_alpha(1, 1) == bench.ALPHA
+
+
+def test_adjust_family_applies_holm_and_the_look_level():
+    base = [[100.0], [104.0], [97.0]]
+    patched = [[90.0], [93.0], [88.0], [95.0]]          # p = 0.0216 on its own: -9.6 %
+    same = [[101.0], [98.0], [102.0]]
+    alone = bench.analyze_metric("x", "MB/s", "higher", base, patched, min_effect=3)
+    assert alone.p_adjusted == alone.p_value and alone.significant
+    fam = [bench.analyze_metric(n, "MB/s", "higher", base, patched if n == "x" else same, min_effect=3)
+           for n in ("x", "y", "z")]
+    bench.adjust_family(fam, min_effect=3)               # x3 by Holm: 0.065 > 0.05
+    assert fam[0].p_adjusted == pytest.approx(3 * 0.0215898, rel=1e-4) and not fam[0].significant
+    (one,) = bench.adjust_family([alone], min_effect=3, level=bench.look_alpha(4, 4))
+    assert one.p_adjusted == pytest.approx(0.0215898 / bench.FINAL_LOOK_SHARE, rel=1e-4) and one.significant
+    (one,) = bench.adjust_family([alone], min_effect=3, level=bench.look_alpha(1, 4))
+    assert not one.significant and not one.decided
 
 
 def test_verdict_follows_the_direction_of_better():
@@ -131,6 +194,7 @@ def test_json_shape_matches_the_contract():
         assert isinstance(j[key], typ), key
     assert isinstance(j["ci95_pct"], list) and len(j["ci95_pct"]) == 2
     assert j["runs"] == 2 and j["significant"] is True
+    assert 0 <= j["p_value"] <= j["p_adjusted"] <= 0.05
 
 
 # ---------------------------------------------------------------- the adaptive run loop
@@ -219,6 +283,84 @@ def test_run_loop_rejects_a_filter_that_matches_nothing():
     with pytest.raises(BadInput):
         bench.run_bench(a, b, BenchOptions(runs=1, reps=1, only=("nosuchmetric",)), progress=lambda m: None)
     assert log[-1].startswith("stop")
+
+
+# ---------------------------------------------------------------- A/A false alarms and power, simulated
+
+def _sim_metrics(rng, boot_sd=(3.0, 5.0), rep_sd=1.0):
+    """The 14 metrics of ovlbench, each with its own boot-to-boot spread (sd in %, drawn in boot_sd)."""
+    names = [f"{m}_{l}" for m in ("seqread_hot", "pread4k_rand", "open_read_close", "stat", "mmap_read")
+             for l in ("lower", "upper")] + ["pread4k_fd_before_copyup", "mmap_shared_first_lower",
+                                             "seqread_cold_lower", "readdir_lower"]
+    assert len(names) == 14
+    return [bench.SimMetric(n, value=100.0, boot_sd_pct=rng.uniform(*boot_sd), rep_sd_pct=rep_sd,
+                            better="lower" if n == "mmap_shared_first_lower" else "higher") for n in names]
+
+
+def _simulate(n_runs, seed, monkeypatch, scale=None, boot_sd=(3.0, 5.0), rep_sd=1.0, min_effect=3.0):
+    """n_runs whole `kproto bench` decisions (run_bench with its adaptive rounds, default runs=3 ..
+    max_runs=6, 3 reps) on simulated readings. Every look is recorded, not only the last. n_boot=10:
+    the bootstrap only sizes the printed interval (and the stopping rule), the error control is in
+    the p-values, and 2000 resamples x 14 metrics x 4 looks x 400 runs would take minutes."""
+    looks: list[list[bench.MetricResult]] = []
+    real_analyze = bench.Collected.analyze
+
+    def recording(self, *a, **kw):
+        res = real_analyze(self, *a, **kw)
+        looks.append(res)
+        return res
+
+    monkeypatch.setattr(bench.Collected, "analyze", recording)
+    runs = []
+    for i in range(n_runs):
+        rng = random.Random(seed * 100_003 + i)
+        ms = _sim_metrics(rng, boot_sd, rep_sd)
+        a = bench.SimulatedSide("A", ms, rng.randrange(1 << 30))
+        b = bench.SimulatedSide("B", ms, rng.randrange(1 << 30), scale=scale)
+        looks.clear()
+        col, res = bench.run_bench(a, b, BenchOptions(n_boot=10, min_effect=min_effect), progress=lambda m: None)
+        runs.append((col, res, list(looks)))
+    return runs
+
+
+def test_aa_false_alarm_rate_is_at_most_5_percent_per_run(monkeypatch):
+    # Same kernel on both sides, 14 metrics, 3-5 % boot-to-boot spread: 400 simulated runs.
+    runs = _simulate(400, seed=1, monkeypatch=monkeypatch)
+    n = len(runs)
+    exit1 = sum(any(m.verdict == "regression" for m in res) for _, res, _ in runs) / n
+    any_star_any_look = sum(any(m.significant for look in looks for m in look) for _, _, looks in runs) / n
+    assert exit1 <= 0.05 and any_star_any_look <= 0.05, (exit1, any_star_any_look)
+    # the noise is real: uncorrected, one test per metric per look at 5 %, most runs would alarm
+    raw = sum(any(m.p_value <= 0.05 for look in looks for m in look) for _, _, looks in runs) / n
+    assert raw >= 0.3, raw
+    assert sum(len(looks) for _, _, looks in runs) / n > 2     # the adaptive rounds did run
+
+
+def test_a_15_percent_regression_is_found_in_nearly_every_run(monkeypatch):
+    runs = _simulate(200, seed=2, monkeypatch=monkeypatch, scale={"pread4k_rand_lower": 0.85})
+    found = sum(any(m.name == "pread4k_rand_lower" and m.verdict == "regression" for m in res)
+                for _, res, _ in runs) / len(runs)
+    others = sum(any(m.significant and m.name != "pread4k_rand_lower" for m in res) for _, res, _ in runs)
+    assert found >= 0.9, found
+    assert others / len(runs) <= 0.05
+
+
+def test_a_change_below_the_minimum_effect_is_never_significant(monkeypatch):
+    # -2 % with little noise: the test alone would call it (no floor: flagged), the 3 % floor does
+    # not; -5 % clears the floor.
+    quiet = dict(boot_sd=(0.1, 0.2), rep_sd=0.1)
+
+    def stat_lower(runs):
+        return [next(m for m in res if m.name == "stat_lower") for _, res, _ in runs]
+
+    small = stat_lower(_simulate(60, seed=3, monkeypatch=monkeypatch, scale={"stat_lower": 0.98}, **quiet))
+    assert not any(m.significant for m in small)
+    assert all(m.decided for m in small)                   # and a decision: no change that matters
+    no_floor = stat_lower(_simulate(60, seed=3, monkeypatch=monkeypatch, scale={"stat_lower": 0.98},
+                                    min_effect=0.0, **quiet))
+    assert sum(m.verdict == "regression" for m in no_floor) >= 0.9 * len(no_floor)
+    big = stat_lower(_simulate(60, seed=3, monkeypatch=monkeypatch, scale={"stat_lower": 0.95}, **quiet))
+    assert all(m.verdict == "regression" for m in big)
 
 
 def test_render_table():
