@@ -52,7 +52,7 @@ static void *thread_b(void *arg)
 		pathf(spath, sizeof(spath), "scratch%02d", round);
 		int sfd = open(spath, O_RDWR | O_CREAT, 0644);
 		if (sfd < 0 || ftruncate(sfd, 65536) != 0) { errors_b++; if (sfd >= 0) close(sfd); continue; }
-		char *buf = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
+		char *buf = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE, sfd, 0);  /* private: the dirents (inode numbers) must not land in the file */
 		if (buf == MAP_FAILED) { errors_b++; close(sfd); continue; }
 		int dfd = open(dpath, O_RDONLY | O_DIRECTORY);
 		if (dfd < 0 || syscall(SYS_getdents64, dfd, buf, 65536) < 0)

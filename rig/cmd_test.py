@@ -39,14 +39,20 @@ def _say(msg: str) -> None:
               help="directory of guest tests to run instead of guest_tests/")
 @click.option("--no-checks", is_flag=True, help="skip checkpatch/get_maintainer (kproto check) before building")
 @click.option("--rerun-baseline", is_flag=True, help="re-run the baseline kernel even if its results are cached")
-def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, no_checks, rerun_baseline):
+@click.option("--confirm", type=click.IntRange(min=0, max=20), default=2, show_default=True, metavar="N",
+              help="extra fresh boots of each kernel for tests whose outcome can vary (splat, hang, error, "
+                   "concurrent) and differs between the kernels")
+@click.option("--allow-flaky", is_flag=True, help="a test whose outcome varies across boots does not make the verdict exit 1")
+def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, no_checks,
+             rerun_baseline, confirm, allow_flaky):
     """Build PATCH... on the base kernel, boot baseline and patched kernels, run the guest tests,
     compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
 
-    Exit: 0 clean, 1 regressed, 2 bad input, 3 infrastructure failure."""
+    Exit: 0 clean, 1 regressed or flaky, 2 bad input, 3 infrastructure failure."""
     from . import compare, testrun
     opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
                                pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline, checks=not no_checks,
+                               confirm=confirm, allow_flaky=allow_flaky,
                                progress=_say, **({"suite": suite} if suite else {}))
     try:
         rep = testrun.run(opts)
@@ -62,7 +68,8 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
         junit_out.write_text(compare.to_junit(rep.verdicts, "kproto-test"))
     if html_out:
         html_out.write_text(reportmod.html(rep))
-    sys.exit(EXIT_CLEAN if rep.verdict == "clean" else EXIT_REGRESSED if rep.verdict == "regressed" else EXIT_INFRA)
+    sys.exit(EXIT_CLEAN if rep.verdict == "clean" else
+             EXIT_REGRESSED if rep.verdict in ("regressed", "flaky") else EXIT_INFRA)
 
 
 @click.command("build")

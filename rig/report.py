@@ -9,12 +9,12 @@ import jinja2
 
 from .paths import TEMPLATES
 
-STATUS_ORDER = {"regressed": 0, "error": 1, "fixed": 2, "diverges": 3, "match": 4}
+STATUS_ORDER = {"regressed": 0, "flaky": 1, "error": 2, "fixed": 3, "diverges": 4, "match": 5}
 
 
 @dataclass
 class Report:
-    verdict: str                       # clean | regressed | error
+    verdict: str                       # clean | regressed | flaky | error
     kernel: dict                       # {"source", "version", "base", "accel"}
     patches: list[dict]
     tests: list[dict]                  # TestVerdict.as_json()
@@ -69,6 +69,12 @@ def terminal(report: Report) -> str:
             lines.append(f"  {'':<10}   side effect: {note}")
         if t["status"] == "match":
             continue
+        if t.get("reason") and t["status"] in ("regressed", "flaky"):
+            lines.append(f"  {'':<10}   {t['reason']}")
+        elif (t.get("evidence") or {}).get("summary"):
+            lines.append(f"  {'':<10}   boots: {t['evidence']['summary']}")
+        for side, evs in (t.get("kernel_events") or {}).items():
+            lines.append(f"  {'':<10}   {side} kernel after this test: {'; '.join(evs)}")
         for d in t.get("diffs", [])[:6]:
             lines.append(f"  {'':<10}   {d['key']}: {d.get('reference')!s} | {d.get('baseline')!s} | {d.get('patched')!s}")
         for side in ("baseline", "patched"):
@@ -84,7 +90,12 @@ def terminal(report: Report) -> str:
     if sp.get("new"):
         lines.append(f"NEW SPLATS in the patched kernel ({len(sp['new'])}):")
         for s in sp["new"]:
-            lines.append(f"  {s['kind']:<10} {s['title']}" + (f"  (x{s.get('count', 1)})" if s.get("count", 1) > 1 else ""))
+            seen = s.get("boots") or {}
+            where = (f"  [seen in {seen.get('patched')} patched boots, {seen.get('baseline')} baseline boots]"
+                     if seen else "")
+            lines.append(f"  {s['kind']:<10} {s['title']}{where}")
+            if s.get("signature"):
+                lines.append(f"  {'':<10} signature: {s['signature']}")
             excerpt = [l for l in s["log"].splitlines() if l.strip()][:14]
             lines.extend(f"      | {l}" for l in excerpt)
     else:

@@ -18,7 +18,8 @@ from . import compare, guest_build
 from . import patches as patchmod
 from . import splats as splatmod
 from . import tree as treemod
-from .errors import InfraError, KprotoError
+from .errors import BootError, InfraError, KprotoError
+from .evidence import LOCKDEP_KINDS, Evidence, add_run, decide, needs_confirmation
 from .guest import harness
 from .paths import GUEST_TESTS, cache_dir
 from .report import Report
@@ -37,6 +38,9 @@ class TestOptions:
     rerun_baseline: bool = False
     checks: bool = True                # checkpatch + get_maintainer before building (kproto check)
     suite: Path = GUEST_TESTS          # directory of guest tests (*.c + *.toml)
+    confirm: int = 2                   # extra boots per kernel for tests whose outcome can vary
+    allow_flaky: bool = False          # a flaky test alone does not make the verdict need attention
+    machine_factories: dict | None = None   # label -> runner.MachineFactory (tests: a fake machine)
     progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
 
 
@@ -70,12 +74,27 @@ def run_reference(suite: Path, bins: Path, names: list[str], timeout: float | No
     return {r["name"]: r for r in results}
 
 
+# What shapes a kernel's results besides the kernel itself: the harness, the runner and its barrier,
+# the splat analysis (titles, signatures), the guest boot (vm, ssh, templates) and the suite. A kproto
+# upgrade that changes any of them never compares against stale cached results.
+_ANALYSIS = ("runner.py", "splats.py", "vm.py", "ssh.py", "guest_build.py", "evidence.py", "guest/harness.py")
+
+
+def analysis_fingerprint(suite: Path) -> str:
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    files = [here / f for f in _ANALYSIS] + sorted((here / "templates").glob("*")) + \
+        sorted(p for p in Path(suite).rglob("*") if p.is_file() and p.suffix in (".c", ".h", ".toml"))
+    for f in files:
+        h.update(str(f.relative_to(f.parent.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:20]
+
+
 def _baseline_cache_path(suite: Path, kernel: buildmod.Kernel, bins: Path, names: list[str],
-                         timeout: float | None) -> Path:
-    h = hashlib.sha256(f"{kernel.key}|{bins.name}|{','.join(names)}|{timeout}".encode())
-    h.update(harness.__file__.encode() + Path(harness.__file__).read_bytes())
-    for spec in sorted(suite.rglob("*.toml")):
-        h.update(spec.read_bytes())
+                         timeout: float | None, extra: str = "") -> Path:
+    """Keyed by the kernel (base, config fragment, patches), the suite, the selection and the analysis code."""
+    h = hashlib.sha256(f"{kernel.key}|{bins.name}|{','.join(names)}|{timeout}|{extra}".encode())
+    h.update(analysis_fingerprint(suite).encode())
     return cache_dir() / "results" / f"baseline-{h.hexdigest()[:20]}.json"
 
 
@@ -98,18 +117,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _save_run(path: Path, run: KernelRun) -> None:
-    _atomic_write(path, json.dumps({"results": run.results, "splats": [s.as_json() for s in run.splats],
-                                    "test_splats": run.test_splats, "boot_s": run.boot_s,
-                                    "tests_s": run.tests_s, "boots": run.boots, "events": run.events}))
+    _atomic_write(path, json.dumps(run.as_json()))
 
 
 def _load_run(path: Path, kernel: buildmod.Kernel, label: str) -> KernelRun:
-    d = json.loads(path.read_text())
-    run = KernelRun(label=label, kernel=kernel, results=d["results"], test_splats=d["test_splats"],
-                    boot_s=d["boot_s"], tests_s=d["tests_s"], boots=d["boots"], events=d["events"])
-    run.splats = [splatmod.Splat(kind=s["kind"], title=s["title"], log=s["log"], count=s.get("count", 1))
-                  for s in d["splats"]]
-    return run
+    return KernelRun.from_json(json.loads(path.read_text()), kernel, label)
 
 
 def _interrupted(e: KeyboardInterrupt, stage: str, runs: dict, tree, series, kernel, timings: dict,
@@ -153,10 +165,11 @@ def run_checks_cached(tree: treemod.SourceTree, series: list[patchmod.Patch]) ->
     return result
 
 
-def verdict_of(tests: list[dict], new_splats: list, base: KernelRun, patched: KernelRun,
-               reference: dict[str, dict] | None = None) -> tuple[str, list[str]]:
-    """clean | regressed | error. A failure of the reference overlay itself is the rig's problem (error,
-    exit 3), not the patch's: without the oracle there is no verdict for that test."""
+def verdict_of(tests: list[dict], new_splats: list, base: KernelRun | None, patched: KernelRun | None,
+               reference: dict[str, dict] | None = None, allow_flaky: bool = False) -> tuple[str, list[str]]:
+    """clean | regressed | flaky | error. A failure of the reference overlay itself is the rig's problem
+    (error, exit 3), not the patch's: without the oracle there is no verdict for that test. `flaky`
+    (exit 1): nothing regressed for sure, but a test's outcome varied across boots (--allow-flaky: clean)."""
     reasons = []
     ref_failed = sorted(n for n, r in (reference or {}).items() if r.get("status") != "ok")
     if ref_failed:
@@ -165,14 +178,46 @@ def verdict_of(tests: list[dict], new_splats: list, base: KernelRun, patched: Ke
     regressed = [t["name"] for t in tests if t["status"] == "regressed"]
     if regressed:
         reasons.append(f"{len(regressed)} test(s) regressed: {', '.join(regressed[:5])}")
+    pres = patched.results if patched else {}
+    bres = base.results if base else {}
     new_errors = [t["name"] for t in tests if t["status"] == "error"
-                  and (patched.results.get(t["name"], {}).get("status") != "ok")
-                  and base.results.get(t["name"], {}).get("status") == "ok"]
+                  and (pres.get(t["name"], {}).get("status") != "ok")
+                  and bres.get(t["name"], {}).get("status") == "ok"]
     if new_errors:
         reasons.append(f"{len(new_errors)} test(s) fail only on the patched kernel: {', '.join(new_errors[:5])}")
     if new_splats:
         reasons.append(f"{len(new_splats)} new splat(s): {'; '.join(s.title for s in new_splats[:3])}")
-    return ("regressed" if reasons else "clean"), reasons
+    if reasons:
+        return "regressed", reasons
+    flaky = [t["name"] for t in tests if t["status"] == "flaky"]
+    if flaky and not allow_flaky:
+        return "flaky", [f"{len(flaky)} test(s) flaky (outcome varies across boots): {', '.join(flaky[:5])}; "
+                         "--allow-flaky to accept"]
+    return "clean", []
+
+
+def _boot_failure_report(tree, series, base_kernel, patched_kernel, err: BootError, names: list[str],
+                         base_run: KernelRun | None, timings: dict, t0: float, checks) -> Report:
+    """The patched kernel did not boot while the baseline did: that is the patch's regression."""
+    console = getattr(err, "console", "") or err.detail or str(err)
+    found = splatmod.scan_text(console)
+    fatal = [s for s in found if splatmod.is_fatal(s)] or found
+    tail = "\n".join(console.splitlines()[-25:])
+    what = fatal[0].title if fatal else str(err).splitlines()[0]
+    tests = [{"name": n, "status": "error", "reason": "not run: the patched kernel did not boot",
+              "baseline": {"status": (base_run.results.get(n) or {}).get("status") if base_run else None},
+              "patched": {"status": "error", "error": "the patched kernel did not boot"}} for n in names]
+    timings["total_s"] = round(time.monotonic() - t0, 1)
+    base_sigs = {s.signature for s in (base_run.splats if base_run else [])}
+    new = [s for s in found if s.signature not in base_sigs]
+    return Report(verdict="regressed",
+                  kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
+                          "accel": "kvm" if kvm_works() else "tcg"},
+                  patches=[p.as_json() for p in series], tests=tests,
+                  splats={"baseline": [s.as_json() for s in (base_run.splats if base_run else [])],
+                          "patched": [s.as_json() for s in found], "new": [s.as_json() for s in new]},
+                  timings=timings, reasons=[f"the patched kernel did not boot: {what}"],
+                  notes=[f"patched console tail:\n{tail}"], checks=checks)
 
 
 def run(opts: TestOptions) -> Report:
@@ -197,10 +242,20 @@ def run(opts: TestOptions) -> Report:
     timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
 
     suite = Path(opts.suite)
+    specs = {s.name: s for s in harness.load_specs(suite)}
     names, timeouts = select_tests(suite, opts.pattern, opts.timeout)
     bins = guest_build.build(suite)
     run_dir = new_run_dir(opts.keep)
+    factories = opts.machine_factories or {}
     pool = ThreadPoolExecutor(max_workers=1)
+    runs: dict[str, KernelRun] = {}
+    evidence: dict[str, Evidence] = {}
+    base_run: KernelRun | None = None
+
+    def kernel_run(kernel, label: str, wanted: list[str], first_boot: int = 1) -> KernelRun:
+        return run_kernel_suite(kernel, label, run_dir, wanted, timeouts, say,
+                                machine_factory=factories.get(label), first_boot=first_boot)
+
     try:
         guest_build.stage(run_dir, suite, bins)
         # The reference runs on the host (FUSE) while the guests run; its results are cached too:
@@ -216,7 +271,6 @@ def run(opts: TestOptions) -> Report:
         else:
             say(f"reference: running {len(names)} test(s) on overlay_ref (in the background)")
             ref_future = pool.submit(timed, run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
-        runs: dict[str, KernelRun] = {}
         cached = _baseline_cache_path(suite, base_kernel, bins, names, opts.timeout)
         if cached.is_file() and not opts.rerun_baseline:
             base_run = runs["baseline"] = _load_run(cached, base_kernel, "baseline")
@@ -225,20 +279,55 @@ def run(opts: TestOptions) -> Report:
         else:
             t = time.monotonic()
             try:
-                base_run = runs["baseline"] = run_kernel_suite(base_kernel, "baseline", run_dir, names, timeouts, say)
+                base_run = runs["baseline"] = kernel_run(base_kernel, "baseline", names)
             except KeyboardInterrupt as e:
                 raise _interrupted(e, "baseline", runs, tree, series, patched_kernel, timings, t0) from None
             timings["baseline_tests_s"] = round(time.monotonic() - t, 1)
-            if base_run.boots == 1 and all(r.get("status") != "timeout" for r in base_run.results.values()):
+            if all(r.get("status") != "timeout" for r in base_run.results.values()):
                 _save_run(cached, base_run)
         t = time.monotonic()
         try:
-            patched_run = run_kernel_suite(patched_kernel, "patched", run_dir, names, timeouts, say)
+            patched_run = runs["patched"] = kernel_run(patched_kernel, "patched", names)
         except KeyboardInterrupt as e:
             raise _interrupted(e, "patched", runs, tree, series, patched_kernel, timings, t0) from None
+        except BootError as e:
+            # the baseline booted (or its results were cached from a boot): the patch broke boot
+            say(f"the patched kernel did not boot: {str(e).splitlines()[0]}")
+            return _boot_failure_report(tree, series, base_kernel, patched_kernel, e, names, base_run,
+                                        timings, t0, checks)
         timings["patched_tests_s"] = round(time.monotonic() - t, 1)
         timings["boot_s"] = round(patched_run.boot_s, 1)
         timings["tests_s"] = round(patched_run.tests_s, 1)
+        add_run(evidence, base_run, "baseline")
+        add_run(evidence, patched_run, "patched")
+
+        # confirmation boots for the tests the two kernels disagree on, where the outcome can vary
+        t = time.monotonic()
+        boots = {"baseline": base_run.boots, "patched": patched_run.boots}
+        extra_splats: dict[str, list[splatmod.Splat]] = {"baseline": [], "patched": []}
+        for rnd in range(1, opts.confirm + 1):
+            wanted = [n for n in names if n in evidence
+                      and needs_confirmation(evidence[n], specs[n].concurrent if n in specs else False)]
+            if not wanted:
+                break
+            say(f"confirming {len(wanted)} test(s) on fresh boots of both kernels (round {rnd}/{opts.confirm}): "
+                f"{', '.join(wanted[:4])}{' ...' if len(wanted) > 4 else ''}")
+            for label, kernel in (("baseline", base_kernel), ("patched", patched_kernel)):
+                ccache = _baseline_cache_path(suite, base_kernel, bins, wanted, opts.timeout, extra=f"confirm-{rnd}") \
+                    if label == "baseline" else None
+                if ccache is not None and ccache.is_file() and not opts.rerun_baseline:
+                    extra = _load_run(ccache, kernel, label)
+                else:
+                    try:
+                        extra = kernel_run(kernel, label, wanted, first_boot=boots[label] + 1)
+                    except KeyboardInterrupt as e:
+                        raise _interrupted(e, label, runs, tree, series, patched_kernel, timings, t0) from None
+                    if ccache is not None and all(r.get("status") != "timeout" for r in extra.results.values()):
+                        _save_run(ccache, extra)
+                boots[label] += extra.boots
+                extra_splats[label] += extra.splats
+                add_run(evidence, extra, label)
+        timings["confirm_s"] = round(time.monotonic() - t, 1)
         reference, timings["reference_s"] = ref_future.result()
         if not ref_cache.is_file() and all(r.get("status") == "ok" for r in reference.values()):
             _atomic_write(ref_cache, json.dumps(reference))
@@ -252,31 +341,76 @@ def run(opts: TestOptions) -> Report:
     known = compare.load_known()
     verdicts = compare.compare_run(reference, base_run.results, patched_run.results, known)
     tests = []
+    flaky_sigs: set[str] = set()
     for v in verdicts:
+        ev = evidence.get(v.name)
+        if ev is not None and (len(ev.patched) > 1 or len(ev.baseline) > 1):
+            d = decide(ev)
+            if d.status == "regressed" and v.status != "error":
+                v.status, v.reason = "regressed", d.reason
+            elif d.status == "flaky":
+                v.status, v.reason = "flaky", d.reason
+                flaky_sigs |= {x.signature for s in ev.patched for x in s.splats}
         j = v.as_json()
-        j["splats"] = {"baseline": base_run.test_splats.get(v.name, []), "patched": patched_run.test_splats.get(v.name, [])}
+        j["splats"] = {"baseline": base_run.titles(v.name), "patched": patched_run.titles(v.name)}
+        j["splat_signatures"] = {"baseline": base_run.signatures(v.name), "patched": patched_run.signatures(v.name)}
+        if ev is not None:
+            j["boots"] = {"baseline": len(ev.baseline), "patched": len(ev.patched)}
+            if len(ev.patched) > 1 or len(ev.baseline) > 1:
+                j["evidence"] = ev.as_json()
+        for side, r in (("baseline", base_run), ("patched", patched_run)):
+            kev = (r.results.get(v.name) or {}).get("kernel_events")
+            if kev:
+                j.setdefault("kernel_events", {})[side] = kev
         blocked = patched_run.results.get(v.name, {}).get("blocked_tasks")
         if blocked:
             j["blocked_tasks"] = blocked          # sysrq-w dump taken when the test hung
         tests.append(j)
-    new = splatmod.new_splats(base_run.splats, patched_run.splats)
-    verdict, reasons = verdict_of(tests, new, base_run, patched_run, reference)
+    all_base = base_run.splats + extra_splats["baseline"]
+    all_patched = patched_run.splats + extra_splats["patched"]
+    new = splatmod.new_splats(_dedup(all_base), _dedup(all_patched))
+    # a new splat that came and went on a flaky test is that test's flakiness, not a sure regression --
+    # except lockdep's: it never reports a cycle that is not there
+    sure_new = [s for s in new if s.kind in LOCKDEP_KINDS or s.signature not in flaky_sigs]
+    verdict, reasons = verdict_of(tests, sure_new, base_run, patched_run, reference, opts.allow_flaky)
     timings["total_s"] = round(time.monotonic() - t0, 1)
     notes = []
     if not kvm_works():
         notes.append("KVM is not usable here (no vmx/svm): the guests ran under TCG; timings are emulated")
-    for ev in base_run.events + patched_run.events:
-        notes.append(ev)
-    if patched_run.boots > 1:
-        notes.append(f"patched kernel was booted {patched_run.boots} times (fresh boot after each splat/hang)")
+    for ev_text in base_run.events + patched_run.events:
+        notes.append(ev_text)
+    if boots["patched"] > 1:
+        notes.append(f"patched kernel was booted {boots['patched']} times (fresh boot after each splat, taint, "
+                     f"lockdep-off or hang; confirmation boots)")
     rep = Report(
         verdict=verdict,
         kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
                 "accel": "kvm" if kvm_works() else "tcg"},
         patches=[p.as_json() for p in series], tests=tests,
-        splats={"baseline": [s.as_json() for s in base_run.splats],
-                "patched": [s.as_json() for s in patched_run.splats],
-                "new": [s.as_json() for s in new]},
+        splats={"baseline": [s.as_json() for s in _dedup(all_base)],
+                "patched": [s.as_json() for s in _dedup(all_patched)],
+                "new": [dict(s.as_json(), boots=_seen(s, evidence)) for s in new]},
         timings=timings, reasons=reasons, notes=notes, checks=checks)
     rep.verdicts = verdicts
     return rep
+
+
+def _dedup(splats: list[splatmod.Splat]) -> list[splatmod.Splat]:
+    out: dict[str, splatmod.Splat] = {}
+    for s in splats:
+        if s.signature in out:
+            out[s.signature].count += s.count
+        else:
+            out[s.signature] = splatmod.Splat.from_json(s.as_json())
+    return list(out.values())
+
+
+def _seen(s: splatmod.Splat, evidence: dict[str, Evidence]) -> dict:
+    """In how many boots of each kernel a splat with this signature showed (over the tests that ran)."""
+    out = {}
+    for side in ("baseline", "patched"):
+        boots = {x.boot for ev in evidence.values() for x in getattr(ev, side)}
+        hit = {x.boot for ev in evidence.values() for x in getattr(ev, side)
+               if any(y.signature == s.signature for y in x.splats)}
+        out[side] = f"{len(hit)}/{len(boots)}"
+    return out

@@ -22,7 +22,7 @@ def test_guest_panic_marks_the_test_and_the_rest_run_on_a_fresh_boot(tmp_path):
                                   progress=lambda m: None)
     crash, after = run.results["crash_panic"], run.results["zz_after_panic"]
     assert crash["status"] == "error" and "died" in crash["error"], crash
-    assert any("panic" in t.lower() or "sysrq" in t.lower() for t in run.test_splats["crash_panic"]), run.test_splats
+    assert any("panic" in t.lower() or "sysrq" in t.lower() for t in run.titles("crash_panic")), run.test_splats
     assert after["status"] == "ok" and after["observations"]["data"] == "x\\n"
     assert run.boots == 2
     assert any(s.kind == "panic" for s in run.splats)
