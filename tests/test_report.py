@@ -94,3 +94,26 @@ def test_html_report_renders_in_chromium(tmp_path):
     assert 'id="verdict"' in dom and ">regressed<" in dom
     assert "readdir_after_copyup" in dom and "map_after_copyup" in dom and "NEWDATA" in dom
     assert "possible deadlock in ovl_mmap" in dom
+
+
+def test_flaky_needs_attention_unless_allowed_and_regressions_win():
+    tests = [_test("t", "flaky"), _test("u", "match")]
+    runs = _run({"t": {"status": "ok"}, "u": {"status": "ok"}})
+    ref = {"t": {"status": "ok"}, "u": {"status": "ok"}}
+    assert testrun.verdict_of(tests, [], runs, runs, ref)[0] == "flaky"
+    assert testrun.verdict_of(tests, [], runs, runs, ref, allow_flaky=True) == ("clean", [])
+    tests.append(_test("v", "regressed"))
+    assert testrun.verdict_of(tests, [], runs, runs, ref, allow_flaky=True)[0] == "regressed"
+    assert testrun.verdict_of(tests, [], runs, runs, ref)[0] == "regressed"
+
+
+def test_terminal_shows_the_boot_counts_and_signature_of_a_new_splat():
+    rep = _report()
+    rep.splats["new"] = [dict(SPLAT, signature="lockdep-cycle:&mm->mmap_lock|x",
+                              boots={"patched": "3/3", "baseline": "0/3"})]
+    rep.tests[2]["status"] = "flaky"
+    rep.tests[2]["reason"] = "outcome varies across boots of the patched kernel [patched-1: ok; patched-2: error]"
+    out = report.terminal(rep)
+    assert "possible deadlock in ovl_mmap  [seen in 3/3 patched boots, 0/3 baseline boots]" in out
+    assert "signature: lockdep-cycle:&mm->mmap_lock|x" in out
+    assert "FLAKY" in out and "patched-2: error" in out
