@@ -28,7 +28,7 @@ from xml.sax.saxutils import escape, quoteattr
 from . import paths
 from .errors import BadInput
 
-STATUSES = ("match", "fixed", "regressed", "diverges", "error")
+STATUSES = ("match", "fixed", "regressed", "flaky", "diverges", "error")
 OBS_FIELDS = ("observations", "exit_code", "signal", "upper", "status", "error")
 ABSENT = None
 
@@ -442,7 +442,7 @@ def _diff_text(v: TestVerdict, columns=("reference", "baseline", "patched")) -> 
 def to_junit(verdicts: list[TestVerdict], suite_name: str, columns=("reference", "baseline", "patched")) -> str:
     """JUnit XML: regressed and unexplained diverges are failures, error is an error, a known
     divergence is skipped (with the doc reference), match and fixed pass."""
-    fails = sum(1 for v in verdicts if v.status == "regressed" or (v.status == "diverges" and not v.known))
+    fails = sum(1 for v in verdicts if v.status in ("regressed", "flaky") or (v.status == "diverges" and not v.known))
     errs = sum(1 for v in verdicts if v.status == "error")
     skipped = sum(1 for v in verdicts if v.status == "diverges" and v.known)
     total_t = sum(float((v.patched or {}).get("duration_s") or 0) for v in verdicts)
@@ -457,7 +457,7 @@ def to_junit(verdicts: list[TestVerdict], suite_name: str, columns=("reference",
         body = _diff_text(v, columns)
         if v.status == "error":
             out.append(f'      <error message={quoteattr(v.reason or "error")}>{escape(body)}</error>')
-        elif v.status == "regressed" or (v.status == "diverges" and not v.known):
+        elif v.status in ("regressed", "flaky") or (v.status == "diverges" and not v.known):
             what = v.reason if v.status == "regressed" and v.reason else ", ".join(d.key for d in v.diffs[:8])
             out.append(f'      <failure message={quoteattr(v.status + ": " + what)}>{escape(body)}</failure>')
         elif v.status == "diverges":

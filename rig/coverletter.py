@@ -95,7 +95,7 @@ def _tested_on(k: dict) -> str:
 
 def render(report: dict, bench: dict | None = None, fragments: tuple[Path, ...] = ()) -> str:
     tests = report.get("tests", [])
-    by = {s: [t for t in tests if t.get("status") == s] for s in ("fixed", "regressed", "diverges", "error", "match")}
+    by = {s: [t for t in tests if t.get("status") == s] for s in ("fixed", "regressed", "flaky", "diverges", "error", "match")}
     splats = report.get("splats") or {}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
