@@ -58,6 +58,8 @@ def test_ovl_copyup_patch_fixes_the_mmap_probes_and_follows_the_json_contract():
     assert set(t) == set(PROBES)
     for name in PROBES:
         assert set(t[name]) >= {"name", "status", "reference", "baseline", "patched"}
+        # deterministic single-threaded probes: one boot of each kernel, no confirmation reruns
+        assert t[name]["boots"] == {"baseline": 1, "patched": 1}
     # DESIGN.md §2 on 6.12: read and fstat are fixed upstream; both MAP_SHARED probes are stale
     assert t["rfc_read_ro_fd_after_copyup"]["status"] == "match"
     assert t["fstat_ro_fd_after_copyup"]["status"] == "match"
@@ -66,11 +68,37 @@ def test_ovl_copyup_patch_fixes_the_mmap_probes_and_follows_the_json_contract():
     assert "VERDICT: CLEAN" in proc.stdout and "FIXED" in proc.stdout
 
 
+def test_rfc_lock_order_cycle_is_found_on_every_patched_boot_and_never_on_the_baseline():
+    """The 2016 review's finding, reproduced deterministically: the lock-order scenario closes the
+    mmap_lock -> ovl_i_lock -> i_mutex_key cycle at the RFC's copy-up under mmap_lock on every boot."""
+    proc, rep = kproto("test", "patches/ovl-copyup.patch", "-k", "lock_order_copyup_scenario")
+    assert rep is not None, proc.stderr
+    assert proc.returncode == 1 and rep["verdict"] == "regressed", proc.stdout
+    [new] = rep["splats"]["new"]
+    assert new["kind"] == "lockdep"
+    assert new["signature"] == "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&sb->s_type->i_mutex_key"
+    assert new["title"] == "possible deadlock in ovl_copy_up_start"
+    t = by_name(rep)["lock_order_copyup_scenario"]
+    assert t["status"] == "regressed"
+    assert t["boots"] == {"baseline": 3, "patched": 3}
+    assert "seen in 3/3 patched boots, 0/3 baseline boots" in t["reason"]
+    assert "seen in 3/3 patched boots, 0/3 baseline boots" in proc.stdout
+
+
 def test_patch_that_does_not_apply_is_exit_2_naming_the_hunk_and_tree_is_untouched():
     proc, rep = kproto("test", str(FIXTURES / "does-not-apply.patch"))
     assert proc.returncode == 2, proc.stderr
     assert "does-not-apply.patch" in proc.stderr and "fs/overlayfs/file.c:" in proc.stderr
     assert tree.default_source().is_at_base()
+
+
+def test_patched_kernel_that_panics_at_boot_is_the_patchs_regression():
+    proc, rep = kproto("test", str(FIXTURES / "boot-panic.patch"), "-k", ",".join(PROBES[:1]))
+    assert rep is not None, proc.stderr
+    assert proc.returncode == 1 and rep["verdict"] == "regressed", proc.stderr
+    assert rep["reasons"][0].startswith("the patched kernel did not boot: Kernel panic")
+    assert "kproto fixture: overlayfs refuses to initialise" in rep["reasons"][0] + json.dumps(rep["splats"]["new"])
+    assert {t["status"] for t in rep["tests"]} == {"error"}
 
 
 def test_build_error_is_exit_3_with_the_compiler_error_and_no_cache_entry():
@@ -84,7 +112,8 @@ def test_build_error_is_exit_3_with_the_compiler_error_and_no_cache_entry():
 
 
 def _trigger(fixture: str, pattern: str, timeout: float = 1800):
-    proc, rep = kproto("test", str(FIXTURES / fixture), "--suite", str(TRIGGERS), "-k", pattern, timeout=timeout)
+    proc, rep = kproto("test", str(FIXTURES / fixture), "--suite", str(TRIGGERS), "-k", pattern, "--confirm", "1",
+                       timeout=timeout)
     assert rep is not None, proc.stderr
     return proc, rep
 
@@ -95,6 +124,8 @@ def test_warn_on_copy_up_is_a_new_titled_splat():
     assert "WARNING in ovl_copy_up_one" in titles(rep["splats"]["new"])
     t = by_name(rep)
     assert "WARNING in ovl_copy_up_one" in t["trigger_warn"]["splats"]["patched"]
+    assert t["trigger_warn"]["boots"] == {"baseline": 2, "patched": 2}       # one confirmation round
+    assert "seen in 2/2 patched boots, 0/2 baseline boots" in t["evidence"]["summary"]
     assert t["zz_after_trigger"]["status"] == "match"
 
 
