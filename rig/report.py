@@ -65,14 +65,14 @@ def terminal(report: Report) -> str:
         tag = t["status"].upper()
         known = f"  [known divergence: {t['known']}]" if t.get("known") else ""
         lines.append(f"  {tag:<10} {t['name']:<{w}}{known}")
-        for note in t.get("side_effects") or []:
-            lines.append(f"  {'':<10}   side effect: {note}")
-        if t["status"] == "match":
-            continue
         if t.get("reason") and t["status"] in ("regressed", "flaky"):
             lines.append(f"  {'':<10}   {t['reason']}")
         elif (t.get("evidence") or {}).get("summary"):
             lines.append(f"  {'':<10}   boots: {t['evidence']['summary']}")
+        for note in t.get("side_effects") or []:
+            lines.append(f"  {'':<10}   side effect: {note}")
+        if t["status"] == "match":
+            continue
         for side, evs in (t.get("kernel_events") or {}).items():
             lines.append(f"  {'':<10}   {side} kernel after this test: {'; '.join(evs)}")
         for d in t.get("diffs", [])[:6]:
