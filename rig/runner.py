@@ -14,8 +14,8 @@ kernel log and waits for the host's `next`. Between two tests the host runs the 
 A test is hung only when it really did not finish: the harness reported `timeout` (its program was
 killed after the spec's timeout) or no result came within the timeout plus a margin. Then the
 blocked tasks are dumped (sysrq-w), the machine is killed and the rest runs on a fresh boot. When
-consecutive tests hang with the same blocked-task signature, the runner stops after MAX_SAME_HANGS
-and reports the rest as `not run: same deadlock as T`.
+MAX_SAME_HANGS tests of one kernel run hang with the same blocked-task signature, the runner stops and
+reports the rest as `not run: same deadlock as T`.
 
 The machine is injected (`machine_factory`): QemuMachine here, a replaying fake in the tests, so
 this state machine is tested without QEMU.
@@ -167,6 +167,7 @@ class KernelRun:
     console_logs: list[Path] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     console: str = ""              # every boot's console, concatenated (kept after the run dir is gone)
+    deadlock: dict | None = None   # {"signature", "hung": [tests], "not_run": [tests]} when it gave up
 
     def console_text(self) -> str:
         if self.console:
@@ -182,12 +183,13 @@ class KernelRun:
     def as_json(self) -> dict:
         return {"results": self.results, "splats": [s.as_json() for s in self.splats],
                 "test_splats": {n: [s.as_json() for s in v] for n, v in self.test_splats.items()},
-                "boot_s": self.boot_s, "tests_s": self.tests_s, "boots": self.boots, "events": self.events}
+                "boot_s": self.boot_s, "tests_s": self.tests_s, "boots": self.boots, "events": self.events,
+                "deadlock": self.deadlock}
 
     @classmethod
     def from_json(cls, d: dict, kernel: Kernel | None, label: str) -> "KernelRun":
         run = cls(label=label, kernel=kernel, results=d["results"], boot_s=d["boot_s"], tests_s=d["tests_s"],
-                  boots=d["boots"], events=d["events"])
+                  boots=d["boots"], events=d["events"], deadlock=d.get("deadlock"))
         run.splats = [splatmod.Splat.from_json(s) for s in d["splats"]]
         run.test_splats = {n: [splatmod.Splat.from_json(s) for s in v] for n, v in d["test_splats"].items()}
         return run
@@ -209,10 +211,9 @@ _SCHED_FRAMES = re.compile(r"^(__)?(schedule|preempt_schedule|io_schedule|rwsem_
 
 
 def hang_signature(dump: str, hung: list[splatmod.Splat]) -> str:
-    """What identifies a deadlock across boots: the hung-task splats' signatures, else the first
-    non-scheduler frame of every blocked task in the sysrq-w dump (addresses and pids dropped)."""
-    if hung:
-        return "|".join(sorted({s.signature for s in hung}))
+    """What identifies a deadlock across boots: the first non-scheduler frame of every blocked task in
+    the sysrq-w dump (addresses and pids dropped), else the hung-task splats' signatures (the detector
+    may or may not have fired within a test's timeout, so the dump comes first)."""
     funcs: set[str] = set()
     take = False
     for line in dump.splitlines():
@@ -223,7 +224,9 @@ def hang_signature(dump: str, hung: list[splatmod.Splat]) -> str:
         if take and m and not _SCHED_FRAMES.match(m.group(1)):
             funcs.add(m.group(1))
             take = False
-    return "blocked:" + ",".join(sorted(funcs)) if funcs else ""
+    if funcs:
+        return "blocked:" + ",".join(sorted(funcs))
+    return "|".join(sorted({s.signature for s in hung}))
 
 
 # ---------------------------------------------------------------- one kernel, many boots
@@ -272,15 +275,19 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
         finally:
             machine.stop()
             consoles.append(machine.console_since(0))
-        if hangs.gave_up and remaining:
+        if hangs.gave_up:
             first = hangs.first
             for n in remaining:
                 run.results[n] = error_result(n, "error", f"not run: same deadlock as {first}")
-            msg = (f"stopped after {MAX_SAME_HANGS} tests hung with the same blocked tasks "
-                   f"({hangs.signature}); {len(remaining)} test(s) not run: same deadlock as {first}")
+            msg = (f"{MAX_SAME_HANGS} tests hung with the same blocked tasks ({hangs.signature}: "
+                   f"{', '.join(hangs.tests)})")
+            if remaining:
+                msg += f"; stopped: {len(remaining)} test(s) not run: same deadlock as {first}"
             run.events.append(msg)
+            run.deadlock = {"signature": hangs.signature, "hung": hangs.tests, "not_run": list(remaining)}
             progress(f"[{run.label}] {msg}")
             remaining = []
+            break
     for n in remaining:
         run.results.setdefault(n, error_result(n, "error", "not run: too many guest reboots"))
     run.tests_s = time.monotonic() - t_start - run.boot_s
@@ -290,23 +297,30 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
 
 
 class _HangTracker:
-    def __init__(self) -> None:
-        self.signature = ""
-        self.first = ""
-        self.count = 0
+    """Hangs of one kernel run by blocked-task signature. Tests that pass in between do not reset it:
+    with a patch that deadlocks every copy-up, the tests that copy nothing up still pass."""
 
-    def ok(self) -> None:
-        self.signature, self.first, self.count = "", "", 0
+    def __init__(self) -> None:
+        self.by_sig: dict[str, list[str]] = {}
+        self.signature = ""
 
     def hung(self, name: str, signature: str) -> None:
-        if signature and signature == self.signature:
-            self.count += 1
-        else:
-            self.signature, self.first, self.count = signature, name, 1
+        if signature:
+            self.by_sig.setdefault(signature, []).append(name)
+            if len(self.by_sig[signature]) >= MAX_SAME_HANGS and not self.signature:
+                self.signature = signature
 
     @property
     def gave_up(self) -> bool:
-        return bool(self.signature) and self.count >= MAX_SAME_HANGS
+        return bool(self.signature)
+
+    @property
+    def first(self) -> str:
+        return self.by_sig[self.signature][0] if self.signature else ""
+
+    @property
+    def tests(self) -> list[str]:
+        return list(self.by_sig.get(self.signature, []))
 
 
 class _BootSession:
@@ -393,7 +407,6 @@ class _BootSession:
         status = ev.get("status")
         if status == "timeout":
             return self._hung_reported(name, ev, found)
-        self.hangs.ok()
         self.say(f"[{self.run_.label}] {name}: {status}" + (f"  ({'; '.join(reasons)})" if reasons else ""))
         if reasons:
             ev["kernel_events"] = reasons
@@ -486,7 +499,6 @@ class _BootSession:
         res = error_result(cur, "error", reason + (f"; splats: {'; '.join(s.title for s in found)}" if found else ""))
         res["boot"] = self.m.name
         self.run_.results[cur] = res
-        self.hangs.ok()
         self.say(f"[{self.run_.label}] {cur}: error ({reason})")
         self.run_.events.append(f"{cur}: {reason}")
         self.current = None

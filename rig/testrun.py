@@ -306,7 +306,11 @@ def run(opts: TestOptions) -> Report:
         boots = {"baseline": base_run.boots, "patched": patched_run.boots}
         extra_splats: dict[str, list[splatmod.Splat]] = {"baseline": [], "patched": []}
         for rnd in range(1, opts.confirm + 1):
-            wanted = [n for n in names if n in evidence
+            # a deadlock that already hung MAX_SAME_HANGS tests is its own evidence: neither its hung
+            # tests nor the ones it kept from running are rerun
+            settled = {n for r in (base_run, patched_run) if r.deadlock
+                       for n in r.deadlock["hung"] + r.deadlock["not_run"]}
+            wanted = [n for n in names if n in evidence and n not in settled
                       and needs_confirmation(evidence[n], specs[n].concurrent if n in specs else False)]
             if not wanted:
                 break

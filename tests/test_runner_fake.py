@@ -115,7 +115,7 @@ def test_repeated_identical_hangs_stop_after_three(tmp_path):
     assert ran == ["h0", "h1", "h2"]
     for n in names[3:]:
         assert r.results[n]["error"] == "not run: same deadlock as h0"
-    assert any("same deadlock as h0" in e for e in r.events)
+    assert any("same deadlock as h0" in e and "3 tests hung with the same blocked tasks" in e for e in r.events)
 
 
 def test_different_hangs_do_not_stop_the_run(tmp_path):
@@ -161,3 +161,15 @@ def test_hang_signature_ignores_addresses_and_pids():
     b = runner.hang_signature(BLOCKED.replace("pid:301", "pid:999").replace("0x5c/0x170", "0x60/0x170"), [])
     assert a == b == "blocked:ovl_copy_up_start"
     assert runner.hang_signature(BLOCKED.replace("ovl_copy_up_start", "ovl_rename"), []) != a
+
+
+def test_same_hang_three_times_stops_the_run_even_with_passing_tests_between(tmp_path):
+    # a patch that deadlocks every copy-up: tests that copy nothing up still pass in between
+    script = lambda name, boot, m: FakeTest(behaviour="hang", blocked=BLOCKED) if name.startswith("h") else FakeTest()
+    names = ["h0", "ok1", "h1", "ok2", "h2", "h3", "ok3"]
+    k = FakeKernel(script)
+    r = run(tmp_path, k, names)
+    assert [t for _, t in k.ran] == ["h0", "ok1", "h1", "ok2", "h2"]
+    assert r.deadlock == {"signature": "blocked:ovl_copy_up_start", "hung": ["h0", "h1", "h2"],
+                          "not_run": ["h3", "ok3"]}
+    assert r.results["ok3"]["error"] == "not run: same deadlock as h0"

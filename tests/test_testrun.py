@@ -138,3 +138,13 @@ def test_cache_keys_cover_the_analysis_code_and_the_suite(tmp_path, monkeypatch)
     assert testrun.analysis_fingerprint(suite) != same
     (fake_rig / "templates" / "init.sh.j2").write_text("changed\n")
     assert testrun.analysis_fingerprint(suite) != same
+
+
+def test_a_deadlock_that_hung_three_tests_is_not_confirmed_again(tmp_path, kcache, fake_tarball, patch, monkeypatch):
+    monkeypatch.setattr(runner, "MAX_SAME_HANGS", 2)         # the two-test suite: both hang
+    blocked = "task:t state:D stack:0\nCall Trace:\n __schedule+0x1/0x2\n ovl_copy_up_start+0x5c/0x170\n"
+    pat = FakeKernel(lambda name, boot, m: FakeTest(behaviour="hang", blocked=blocked))
+    rep = _run(tmp_path, fake_tarball, patch, FakeKernel(), pat)
+    assert rep.verdict == "regressed"
+    assert len(pat.machines) == 2                            # no confirmation boots
+    assert any("same blocked tasks (blocked:ovl_copy_up_start" in n for n in rep.notes)
