@@ -183,6 +183,11 @@ def verdict_of(tests: list[dict], new_splats: list, base: KernelRun | None, patc
     new_errors = [t["name"] for t in tests if t["status"] == "error"
                   and (pres.get(t["name"], {}).get("status") != "ok")
                   and bres.get(t["name"], {}).get("status") == "ok"]
+    dl = patched.deadlock if patched else None
+    if dl:
+        reasons.append(f"{len(dl['hung'])} test(s) hung with the same blocked tasks ({dl['signature']}): "
+                       f"{', '.join(dl['hung'][:5])}" + (f"; {len(dl['not_run'])} not run" if dl["not_run"] else ""))
+        new_errors = [n for n in new_errors if n not in dl["hung"] and n not in dl["not_run"]]
     if new_errors:
         reasons.append(f"{len(new_errors)} test(s) fail only on the patched kernel: {', '.join(new_errors[:5])}")
     if new_splats:
