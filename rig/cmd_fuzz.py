@@ -13,7 +13,21 @@ from pathlib import Path
 import click
 
 from .errors import EXIT_CLEAN, EXIT_REGRESSED, BadInput, MissingTool
-from .paths import GUEST_TESTS, cache_dir
+from .paths import cache_dir
+
+
+def _tests_destination(d: Path | None) -> Path | None:
+    """Where findings become guest tests: only where the user said, never into an installed package
+    (a site-packages copy of kproto is not a suite anyone runs or reviews)."""
+    if d is None:
+        return None
+    real = d.resolve()
+    if any(part in ("site-packages", "dist-packages") for part in real.parts):
+        raise BadInput(f"--add-tests {d}: that is inside an installed Python package; give a checkout's "
+                       "guest_tests/ or a directory of your own")
+    if real.exists() and not real.is_dir():
+        raise BadInput(f"--add-tests {d}: not a directory")
+    return d
 
 
 def _say(msg: str) -> None:
@@ -33,9 +47,11 @@ def _say(msg: str) -> None:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON result (DESIGN.md §4)")
 @click.option("--findings", "findings_dir", type=click.Path(path_type=Path),
               help="where seeds and findings go (default $KPROTO_CACHE/fuzz/findings/<time>-<target>-seed<N>)")
-@click.option("--tests-dir", type=click.Path(path_type=Path), default=None,
-              help=f"where new guest tests fuzz_<id>.c/.toml are written (default {GUEST_TESTS})")
-@click.option("--no-tests", is_flag=True, help="do not write guest tests for the findings")
+@click.option("--add-tests", "tests_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="also write each finding as a guest test fuzz_<id>.c/.toml into DIR (e.g. guest_tests/); "
+                   "by default findings stay in the findings directory and no suite changes")
+@click.option("--tests-dir", "tests_dir_old", type=click.Path(path_type=Path), default=None, hidden=True)
+@click.option("--no-tests", is_flag=True, hidden=True, help="(the default now; kept for old scripts)")
 @click.option("--include-known", is_flag=True, help="report known divergences (guest_tests/known_divergences.toml) too")
 @click.option("--batch", type=click.IntRange(1, 64), default=None, help="sequences per run (default 8 local, 32 kernel)")
 @click.option("--max-len", type=click.IntRange(1, 40), default=10, show_default=True, help="ops per sequence at most")
@@ -43,8 +59,8 @@ def _say(msg: str) -> None:
 @click.option("--config", "config", multiple=True, type=click.Path(path_type=Path), metavar="FRAGMENT",
               help="extra Kconfig fragment (--target kernel)")
 @click.option("--keep", is_flag=True, help="keep the VM run directory (--target kernel)")
-def command(patches, target, reference, budget, max_sequences, seed, json_out, findings_dir, tests_dir, no_tests,
-            include_known, batch, max_len, kernel_src, config, keep):
+def command(patches, target, reference, budget, max_sequences, seed, json_out, findings_dir, tests_dir, tests_dir_old,
+            no_tests, include_known, batch, max_len, kernel_src, config, keep):
     """Search for operation sequences on which an overlay differs from the reference overlay; shrink
     each to a C reproducer and a guest test.
 
@@ -63,7 +79,7 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
     stamp = time.strftime("%Y%m%d-%H%M%S")
     findings_dir = findings_dir or cache_dir() / "fuzz" / "findings" / f"{stamp}-{target}-seed{seed}"
     findings_dir.mkdir(parents=True, exist_ok=True)
-    tests_out = None if no_tests else (tests_dir or GUEST_TESTS)
+    tests_out = None if no_tests else _tests_destination(tests_dir or tests_dir_old)
     argv = ["kproto", "fuzz", "--target", target, *map(str, patches), "--seed", str(seed)]
     if reference != "ref":
         argv += ["--reference", reference]
@@ -84,7 +100,9 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
 
     def on_finding(f):
         fz.emit_finding(f, findings_dir, tests_out, target_desc, cmdline)
-        _say(f"finding {f.id} -> {f.reproducer}" + (f" and {f.guest_test}" if f.guest_test else ""))
+        _say(f"finding {f.id} -> {f.reproducer}" + (f" and {f.guest_test}" if f.guest_test else "")
+             + (f" (guest test not added: same first difference and operations as {f.duplicate_of})"
+                if f.duplicate_of else ""))
 
     work = Path(tempfile.mkdtemp(prefix="kproto-fuzz-", dir="/tmp"))
     try:

@@ -606,6 +606,7 @@ class Finding:
     known: dict | None = None
     reproducer: Path | None = None
     guest_test: Path | None = None
+    duplicate_of: str | None = None      # --add-tests: an existing guest test already covers it
     found_after: int = 0           # sequences run when it was found
 
     @property
@@ -912,6 +913,24 @@ def guest_test_name(f: Finding) -> str:
     return f"fuzz_{f.id}"
 
 
+def op_signature(f: Finding) -> str:
+    """What makes two findings the same test: the first difference's kind and fields, and the
+    sequence of operation kinds (arguments aside). Kept as a `fuzzsig:` tag in the guest test's spec."""
+    kinds = " ".join(o.split()[0] for o in f.ops if o.split())
+    return "fuzzsig:" + hashlib.sha256(f"{f.diff.key}|{kinds}".encode()).hexdigest()[:12]
+
+
+def existing_test_with(tests_dir: Path, sig: str) -> str | None:
+    for spec in sorted(tests_dir.glob("*.toml")):
+        try:
+            text = spec.read_text()
+        except OSError:
+            continue
+        if f'"{sig}"' in text:
+            return spec.stem
+    return None
+
+
 def guest_test_c(f: Finding) -> str:
     hdr = [f"/* kproto fuzz finding {f.id} as a regression test: {f.diff.kind} differs "
            f"(reference: {f.diff.reference!s}; target: {f.diff.target!s}).",
@@ -931,7 +950,8 @@ def _toml_str(s: str) -> str:
 
 def guest_test_toml(f: Finding) -> str:
     lines = [f"description = {_toml_str(f'kproto fuzz finding {f.id}: ' + '; '.join(f.ops))}",
-             "timeout = 20", f"tags = [\"fuzz\", {_toml_str(f.diff.kind)}]", "mount_options = []", ""]
+             "timeout = 20", f"tags = [\"fuzz\", {_toml_str(f.diff.kind)}, {_toml_str(op_signature(f))}]",
+             "mount_options = []", ""]
     for layer, title in (("L", "[[lower]]"), ("U", None)):
         if title:
             lines.append(title)
@@ -965,10 +985,14 @@ def emit_finding(f: Finding, findings_dir: Path, tests_dir: Path | None, target_
     f.reproducer.write_text(reproducer_c(f, target_desc, command))
     if tests_dir is not None:
         tests_dir.mkdir(parents=True, exist_ok=True)
-        name = guest_test_name(f)
-        (tests_dir / f"{name}.c").write_text(guest_test_c(f))
-        (tests_dir / f"{name}.toml").write_text(guest_test_toml(f))
-        f.guest_test = tests_dir / f"{name}.c"
+        dup = existing_test_with(tests_dir, op_signature(f))
+        if dup is not None:
+            f.duplicate_of = dup           # the same first difference after the same kinds of operations
+        else:
+            name = guest_test_name(f)
+            (tests_dir / f"{name}.c").write_text(guest_test_c(f))
+            (tests_dir / f"{name}.toml").write_text(guest_test_toml(f))
+            f.guest_test = tests_dir / f"{name}.c"
     (d / "result.json").write_text(json.dumps({**f.as_json(), "reference_lines": f.reference_lines,
                                                "target_lines": f.target_lines}, indent=1) + "\n")
 

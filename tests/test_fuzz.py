@@ -161,7 +161,7 @@ def test_cli_plain_vs_plain_json(tmp_path):
     out = tmp_path / "out.json"
     r = subprocess.run([sys.executable, "-m", "rig.cli", "fuzz", "--target", "plain", "--reference", "plain",
                         "--seed", "3", "--max-sequences", "200", "--json", str(out), "--findings",
-                        str(tmp_path / "f"), "--tests-dir", str(tmp_path / "t")],
+                        str(tmp_path / "f"), "--add-tests", str(tmp_path / "t")],
                        capture_output=True, text=True, cwd=Path(fuzz.__file__).parent.parent)
     if r.returncode != 0 and "No module named rig.cli.__main__" in r.stderr:
         pytest.skip("rig.cli is not runnable with -m")
@@ -272,3 +272,37 @@ def test_kernel_target_runs_batches_in_the_guest(interp, target, tmp_path):
     assert got[0].lines[-1] == "ok data=foo" and expect[0].lines[-1] == "ok data=bar"
     assert all(g.lines == e.lines for g, e in zip(got[2:], expect[2:]))
     assert all(g.end == "exit=0" for g in got)
+
+
+def _finding(ops, kind="stat", fields=("status",)):
+    return fuzz.Finding(ops=list(ops), diff=fuzz.Difference(op_index=len(ops) - 1, reference="ok", target="ENOENT",
+                                                         kind=kind, fields=tuple(fields)),
+                        reference_lines=[], target_lines=[])
+
+
+def test_findings_become_guest_tests_only_where_asked_and_once_per_signature(tmp_path):
+    f1 = _finding(["open 0 a RDONLY", "truncate a 3", "stat a"])
+    fuzz.emit_finding(f1, tmp_path / "findings", None, "host kernel overlayfs")
+    assert f1.reproducer.is_file() and f1.guest_test is None           # default: no suite change
+    tests = tmp_path / "suite"
+    fuzz.emit_finding(f1, tmp_path / "findings", tests, "host kernel overlayfs")
+    assert f1.guest_test == tests / f"fuzz_{f1.id}.c" and (tests / f"fuzz_{f1.id}.toml").is_file()
+    # same kinds of operations and the same first difference, other arguments: a duplicate
+    f2 = _finding(["open 0 a RDONLY", "truncate a 7", "stat a"])
+    assert f2.id != f1.id
+    fuzz.emit_finding(f2, tmp_path / "findings", tests, "host kernel overlayfs")
+    assert f2.guest_test is None and f2.duplicate_of == f"fuzz_{f1.id}"
+    assert sorted(p.name for p in tests.glob("*.c")) == [f"fuzz_{f1.id}.c"]
+    # another first difference is another test
+    f3 = _finding(["open 0 a RDONLY", "truncate a 7", "stat a"], fields=("size",))
+    fuzz.emit_finding(f3, tmp_path / "findings", tests, "host kernel overlayfs")
+    assert f3.guest_test is not None
+
+
+def test_add_tests_refuses_an_installed_package_directory(tmp_path):
+    bad = tmp_path / "lib" / "python3.11" / "site-packages" / "guest_tests"
+    r = subprocess.run([sys.executable, "-m", "rig.cli", "fuzz", "--target", "plain", "--reference", "plain",
+                        "--max-sequences", "1", "--add-tests", str(bad), "--findings", str(tmp_path / "f")],
+                       capture_output=True, text=True, cwd=Path(fuzz.__file__).parent.parent)
+    assert r.returncode == 2, r.stderr
+    assert "inside an installed Python package" in r.stderr and not bad.exists()

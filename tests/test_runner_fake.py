@@ -9,7 +9,7 @@ from rig.errors import BootError
 
 from fake_machine import FakeKernel, FakeTest, log
 
-FAST = runner.Timing(hang_margin=0.6, idle_limit=5.0, barrier_max=2.0, quiet=0.02, poll=0.02, death_grace=0.3)
+FAST = runner.Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
 LOCKDEP = log("lockdep-abba-6.12.log")
 PANIC = log("real-oops-null-6.12.log")
 HUNG = log("hung-task-6.12.log")

@@ -15,7 +15,7 @@ from rig import runner, testrun
 SUITE = DATA / "fake_suite"
 LOCKDEP = log("lockdep-abba-6.12.log")
 WARN = log("warn-on-6.12.log")
-FAST = runner.Timing(hang_margin=0.6, idle_limit=5.0, barrier_max=2.0, quiet=0.02, poll=0.02, death_grace=0.3)
+FAST = runner.Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
 
 
 @pytest.fixture(autouse=True)
