@@ -528,8 +528,28 @@ def test_cli_scan_missing_file_is_bad_input(tmp_path):
     r = CliRunner().invoke(_cli(), ["scan", str(tmp_path / "nope.log")])
     assert r.exit_code == 2
     assert "console log not found" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(_cli(), ["scan", str(tmp_path)])
-    assert r.exit_code == 2 and "not a regular file" in r.output
+    r = CliRunner().invoke(_cli(), ["scan", str(LOGS / "benign-boot-6.12.log"), str(tmp_path / "nope.log")])
+    assert r.exit_code == 2 and "nope.log" in r.output    # nothing scanned before the bad input is named
+
+
+def test_cli_scan_takes_several_logs_a_directory_and_stdin(tmp_path):
+    d = tmp_path / "logs"
+    d.mkdir()
+    for name in ("lockdep-cycle-faultin-6.12.log", "lockdep-cycle-filldir-6.12.log", "benign-boot-6.12.log"):
+        (d / name).write_text((LOGS / name).read_text())
+    r = CliRunner().invoke(_cli(), ["scan", "--json", str(d)])
+    assert r.exit_code == 0, r.output
+    entries = json.loads(r.output)["inputs"]
+    assert [Path(e["path"]).name for e in entries] == sorted(p.name for p in d.iterdir())
+    sigs = {Path(e["path"]).name: {s["signature"] for s in e["splats"]} for e in entries}
+    assert sigs["benign-boot-6.12.log"] == set()
+    assert sigs["lockdep-cycle-faultin-6.12.log"] == sigs["lockdep-cycle-filldir-6.12.log"] != set()
+    r = CliRunner().invoke(_cli(), ["scan", "-", str(LOGS / "benign-boot-6.12.log")],
+                           input=(LOGS / "warn-on-6.12.log").read_text())
+    assert r.exit_code == 0
+    assert "== -: " in r.output and "2 log(s), 1 with splats" in r.output
+    r = CliRunner().invoke(_cli(), ["scan", "--json", "-"], input=(LOGS / "warn-on-6.12.log").read_text())
+    assert json.loads(r.output)["splats"][0]["kind"]
 
 
 def test_scan_command_is_registered_as_scan():
