@@ -735,9 +735,8 @@ def fuzz(target: Target, reference: Target, *, seed: int, budget_s: float | None
         state["shrinking_since"] = time.monotonic()   # re-evaluation below is not budgeted
         for ops, r, t, d in evaluate(shrunk):
             if interesting(d) and d.key == state["key"]:
-                cut = ops[:d.op_index + 1]
-                rr, tt = reference.run([cut])[0], target.run([cut])[0]
-                d2 = first_difference(cut, rr, tt) or d
+                cut, rr, tt, d2 = minimise(ops[:d.op_index + 1], d.key, reference, target)
+                d2 = d2 or d
                 f = _finding(cut, rr, tt, d2, known.match(d2), state["count"])
                 seen.add(d.key)
                 seen.add(d2.key)
@@ -750,6 +749,29 @@ def fuzz(target: Target, reference: Target, *, seed: int, budget_s: float | None
     res.sequences_run = state["count"]
     res.elapsed_s = time.monotonic() - t0
     return res
+
+
+def minimise(ops: list[str], key: str, reference: Target, target: Target,
+             max_rounds: int = 60) -> tuple[list[str], SeqResult, SeqResult, Difference | None]:
+    """Make a finding 1-minimal: remove one operation at a time (all candidates of a round run as one
+    batch on both targets) and keep any removal that still shows the same first difference (KEY); cut
+    after the difference; repeat until no single removal keeps it. Runs on its own bound (rounds), not
+    the search budget, so a loaded machine cannot cut it short."""
+    cur = list(ops)
+    for _ in range(max_rounds):
+        cands = [cur[:i] + cur[i + 1:] for i in range(len(cur)) if len(cur) > 1]
+        if not cands:
+            break
+        refs, tgts = reference.run(cands), target.run(cands)
+        for cand, r, t in zip(cands, refs, tgts):
+            d = first_difference(cand, r, t)
+            if d is not None and d.key == key:
+                cur = cand[:d.op_index + 1]
+                break
+        else:
+            break
+    r, t = reference.run([cur])[0], target.run([cur])[0]
+    return cur, r, t, first_difference(cur, r, t)
 
 
 def _finding(ops, r: SeqResult, t: SeqResult, d: Difference, known: dict | None, count: int) -> Finding:

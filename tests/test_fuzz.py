@@ -306,3 +306,22 @@ def test_add_tests_refuses_an_installed_package_directory(tmp_path):
                        capture_output=True, text=True, cwd=Path(fuzz.__file__).parent.parent)
     assert r.returncode == 2, r.stderr
     assert "inside an installed Python package" in r.stderr and not bad.exists()
+
+
+@needs_ref
+def test_a_padded_finding_is_shrunk_to_the_one_minimal_sequence(target):
+    """The 10-op report of the mmap copy-up divergence seen by a user: four of its ops do the work."""
+    padded = ["open 0 a RDONLY", "mmap 0 0 r shared", "open 0 a RDONLY", "stat a", "open 0 a RDONLY",
+              "truncate a 3", "open 0 a RDONLY", "stat a", "stat a", "mread 0 0 16"]
+    host, ref = target("host"), target("ref")
+    r, t = ref.run([padded])[0], host.run([padded])[0]
+    d = fuzz.first_difference(padded, r, t)
+    assert d is not None and d.kind == "mread"
+    ops, r2, t2, d2 = fuzz.minimise(padded, d.key, ref, host)
+    assert ops == ["open 0 a RDONLY", "mmap 0 0 r shared", "truncate a 3", "mread 0 0 16"]
+    assert d2 is not None and d2.key == d.key
+    # 1-minimal: removing any single op loses the divergence, checked on both targets
+    for i in range(len(ops)):
+        cand = ops[:i] + ops[i + 1:]
+        dd = fuzz.first_difference(cand, ref.run([cand])[0], host.run([cand])[0])
+        assert dd is None or dd.key != d.key, (cand, dd)
