@@ -18,6 +18,7 @@ KNOWN_OPTIONS = {
     "log",               # daemon log file (default: none)
     "debug",             # log every request to the log file
     "inline",            # on (default): cheap metadata ops on the event loop; off: all in threads
+    "dirfd_cache",       # how many O_PATH directory fds the daemon keeps (default 256)
 }
 
 #: options of kernel overlayfs / mount(8) accepted and ignored (they do not change the
@@ -76,6 +77,7 @@ class OverlayConfig:
     log: str | None = None
     debug: bool = False
     inline: bool = True
+    dirfd_cache: int = 256              # O_PATH directory fds kept by the daemon
     fuse_extra: list[str] = field(default_factory=list)
 
     @property
@@ -119,6 +121,13 @@ class OverlayConfig:
                 cfg.log = os.path.abspath(str(v))
             elif k == "inline":
                 cfg.inline = _truthy(v, k)
+            elif k == "dirfd_cache":
+                try:
+                    cfg.dirfd_cache = int(v)
+                except ValueError:
+                    cfg.dirfd_cache = 0
+                if cfg.dirfd_cache < 1:
+                    raise BadInput(f"bad value for option dirfd_cache: {v!r}")
             elif k == "debug":
                 cfg.debug = _truthy(v, k)
             elif k in FUSE_PASSTHROUGH:

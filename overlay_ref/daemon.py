@@ -473,6 +473,7 @@ def spawn(cfg: OverlayConfig) -> int:
         opts.append("debug")
     if not cfg.inline:
         opts.append("inline=off")
+    opts.append(f"dirfd_cache={cfg.dirfd_cache}")
     opts.extend(cfg.fuse_extra)
     cmd += ["-o", ",".join(opts)]
     errlog = open(cfg.log, "ab") if cfg.log else subprocess.DEVNULL

@@ -4,8 +4,9 @@ Model
 -----
 Every overlay object is one :class:`Node` with one FUSE inode number for its whole life in the
 mount (copy-up, rename and hard links keep it).  A node knows its overlay path, whether it has an
-upper entry, and its lower entries ``[(layer index, absolute path)]`` (for a directory: every lower
-directory merged into it; for a non-directory: the one it was found in, i.e. its copy-up origin).
+upper entry, and its lower entries ``[(layer index, path relative to that layer's root)]`` (for a
+directory: every lower directory merged into it; for a non-directory: the one it was found in,
+i.e. its copy-up origin).
 The object's *current backing file* is the upper entry when there is one, else the first lower
 entry.  A file with several names on a lower layer is one node too (keyed by its lower
 st_dev/st_ino); its copy-up links its other names to the new upper inode.  Data I/O of every
@@ -21,10 +22,14 @@ On-disk format is overlayfs's: whiteouts are 0/0 character devices (zero-size fi
 ``overlay.whiteout`` xattr are read as whiteouts too), opaque directories carry
 ``overlay.opaque=y``, renamed merged directories carry an absolute ``overlay.redirect``; copy-up
 builds the object in ``WORK/work`` and renames it into place.
+
+Backing files are reached with *at() syscalls relative to O_PATH fds of their parent
+directories, never through full paths (which can be longer than PATH_MAX): see ``_DirFds``.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -61,17 +66,226 @@ _DAY_NS = 24 * 3600 * 10**9
 _libc = None
 
 
-def _renameat2(old: bytes, new: bytes, flags: int) -> None:
+def _renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> None:
     global _libc
     if _libc is None:
         import ctypes
         import ctypes.util
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     import ctypes
-    AT_FDCWD = -100
-    if _libc.renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
+    if _libc.renameat2(olddirfd, old, newdirfd, new, flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+# ---------------------------------------------------------------- reaching backing files
+#
+# The daemon never hands a syscall a path longer than one component below a directory fd
+# (the kernel's overlayfs walks dentries and never builds paths either): the layers' backing
+# paths can be longer than PATH_MAX (layer root + a path of up to PATH_MAX-1 bytes below the
+# mount point, or deeper when the caller walked there with *at() calls / chdir).  Every
+# backing object is named by (layer, relative path); a syscall on it gets the O_PATH fd of
+# its parent directory and the last component (``_Loc``).  The parent's fd comes from a
+# bounded cache of O_PATH directory fds keyed (layer, relative path) (``_DirFds``), filled by
+# walking one component at a time (openat O_PATH|O_DIRECTORY|O_NOFOLLOW) from the nearest
+# cached ancestor or the layer root.
+
+UPPER = -1          # layer ids: lower layers are 0..n-1
+WORK = -2           # WORK/work, where copy-ups and whiteouts are built
+
+_O_DIRPATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_RDDIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
+class _DirEnt:
+    __slots__ = ("fd", "pins", "live")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.pins = 0        # users right now; a dead entry's fd is closed when they are done
+        self.live = True     # in the cache (or a layer root)
+
+
+class _DirFds:
+    """O_PATH fds of backing directories, keyed (layer, relative path), bounded.
+
+    An entry is pinned while a syscall uses it (``acquire``/``release``), so eviction or
+    invalidation never closes an fd under a user.  Keys are paths, so every change of what a
+    cached path names -- an upper directory removed (rmdir) or moved (rename, exchange) --
+    must ``invalidate`` it and everything below it (the daemon does, after the syscall);
+    lower layers never change.  A walk that raced with an invalidation does not keep what it
+    opened (generation count): it may have opened the directory the path named before.
+
+    Replacement is a segmented LRU, so that one walk down a chain deeper than the cache (each
+    directory used once, as the base of the next step) does not flush the directories that
+    are used again and again: an entry starts in ``probation``, moves to ``protected`` (3/4 of
+    the size) when it is asked for again, and goes back to probation when it ages out of it;
+    entries leave the cache from the LRU end of probation."""
+
+    def __init__(self, roots: dict[int, int], cap: int):
+        self.lock = threading.Lock()
+        self.roots = {layer: _DirEnt(fd) for layer, fd in roots.items()}
+        self.probation: collections.OrderedDict[tuple[int, bytes], _DirEnt] = \
+            collections.OrderedDict()
+        self.protected: collections.OrderedDict[tuple[int, bytes], _DirEnt] = \
+            collections.OrderedDict()
+        self.gen = 0
+        self.cap = max(1, cap)
+        self.protected_cap = self.cap * 3 // 4
+
+    def __len__(self) -> int:
+        return len(self.probation) + len(self.protected)
+
+    def _hit(self, key) -> Optional[_DirEnt]:
+        """The entry of ``key`` if cached, as most recently used. Caller holds self.lock."""
+        ent = self.protected.get(key)
+        if ent is not None:
+            self.protected.move_to_end(key)
+            return ent
+        ent = self.probation.pop(key, None)
+        if ent is not None:
+            self.protected[key] = ent
+            if len(self.protected) > self.protected_cap:
+                k, e = self.protected.popitem(last=False)
+                self.probation[k] = e
+        return ent
+
+    def _peek(self, key) -> Optional[_DirEnt]:
+        return self.protected.get(key) or self.probation.get(key)
+
+    def acquire(self, layer: int, rel: bytes) -> _DirEnt:
+        """The pinned entry of directory ``rel`` of ``layer`` (b"" is the layer root); raises
+        OSError (ENOENT, ENOTDIR for a non-directory or symlink on the way, ...)."""
+        if not rel:
+            return self.roots[layer]          # never closed, pins are not counted
+        with self.lock:
+            ent = self._hit((layer, rel))
+            if ent is not None:
+                ent.pins += 1
+                return ent
+            gen = self.gen
+            cur = self.roots[layer]
+            start = 0
+            i = len(rel)
+            while True:                       # the nearest cached ancestor
+                i = rel.rfind(b"/", 0, i)
+                if i <= 0:
+                    break
+                e = self._peek((layer, rel[:i]))
+                if e is not None:
+                    cur, start = e, i + 1
+                    break
+            cur.pins += 1
+        try:
+            while True:
+                j = rel.find(b"/", start)
+                comp = rel[start:] if j < 0 else rel[start:j]
+                if comp in (b"", b".", b".."):
+                    raise FileNotFoundError(errno.ENOENT, "invalid path component", comp)
+                fd = os.open(comp, _O_DIRPATH, dir_fd=cur.fd)
+                nxt = self._insert(layer, rel if j < 0 else rel[:j], fd, gen)
+                self.release(cur)
+                cur = nxt
+                if j < 0:
+                    return cur
+                start = j + 1
+        except BaseException:
+            self.release(cur)
+            raise
+
+    def _insert(self, layer: int, rel: bytes, fd: int, gen: int) -> _DirEnt:
+        key = (layer, rel)
+        close = []
+        with self.lock:
+            ent = self._peek(key)
+            if ent is not None:               # another thread walked here meanwhile
+                ent.pins += 1
+                close.append(fd)
+            else:
+                ent = _DirEnt(fd)
+                ent.pins = 1
+                if gen == self.gen:
+                    self.probation[key] = ent
+                    while len(self) > self.cap:
+                        seg = self.probation if self.probation else self.protected
+                        _, old = seg.popitem(last=False)
+                        old.live = False
+                        if old.pins == 0:
+                            close.append(old.fd)
+                            old.fd = -1
+                else:
+                    ent.live = False          # used once by this walk, not kept
+        for f in close:
+            os.close(f)
+        return ent
+
+    def release(self, ent: _DirEnt) -> None:
+        with self.lock:
+            ent.pins -= 1
+            if ent.pins > 0 or ent.live:
+                return
+            fd, ent.fd = ent.fd, -1
+        os.close(fd)
+
+    def invalidate(self, layer: int, rel: bytes) -> None:
+        """Directory ``rel`` of ``layer`` was removed or moved: forget it and all below it."""
+        pfx = rel + b"/"
+        close = []
+        with self.lock:
+            self.gen += 1
+            for seg in (self.probation, self.protected):
+                for key in [k for k in seg
+                            if k[0] == layer and (k[1] == rel or k[1].startswith(pfx))]:
+                    ent = seg.pop(key)
+                    ent.live = False
+                    if ent.pins == 0:
+                        close.append(ent.fd)
+                        ent.fd = -1
+        for fd in close:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self.lock:
+            ents = (list(self.probation.values()) + list(self.protected.values())
+                    + list(self.roots.values()))
+            self.probation.clear()
+            self.protected.clear()
+            self.roots = {}
+        for ent in ents:
+            ent.live = False
+            if ent.pins <= 0 and ent.fd >= 0:
+                os.close(ent.fd)
+                ent.fd = -1
+
+
+class _Loc:
+    """A backing object: the component ``name`` of the directory ``dfd``.  Pins the cache
+    entry of ``dfd`` until released (a context manager).  The xattr syscalls have no *at()
+    form: they get ``xpath``, /proc/self/fd/N/name (short whatever the depth; the last
+    component is not followed with follow_symlinks=False, as for a full path)."""
+    __slots__ = ("dfd", "name", "_ent", "_cache")
+
+    def __init__(self, cache: Optional[_DirFds], ent: Optional[_DirEnt], dfd: int, name: bytes):
+        self._cache = cache
+        self._ent = ent
+        self.dfd = dfd
+        self.name = name
+
+    def __enter__(self) -> "_Loc":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        ent, self._ent = self._ent, None
+        if ent is not None and self._cache is not None:
+            self._cache.release(ent)
+
+    @property
+    def xpath(self) -> bytes:
+        return b"/proc/self/fd/%d/%s" % (self.dfd, self.name)
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -152,6 +366,20 @@ class OverlayFS(pyfuse3.Operations):
         self.upper_root = os.fsencode(cfg.upper)
         self.work_dir = os.path.join(os.fsencode(cfg.work), b"work")
         os.makedirs(self.work_dir, exist_ok=True)
+        # the layer roots are the only paths ever opened as such (given by the user, so they
+        # fit); everything below them is reached from these fds
+        roots: dict[int, int] = {}
+        try:
+            for layer, path in ([(UPPER, self.upper_root), (WORK, self.work_dir)]
+                                + list(enumerate(self.lower_roots))):
+                roots[layer] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except BaseException:
+            for fd in roots.values():
+                os.close(fd)
+            raise
+        self.dirfds = _DirFds(roots, cfg.dirfd_cache)
+        self.upper_fd = roots[UPPER]
+        self.work_fd = roots[WORK]
         pfx = cfg.xattr_prefix.encode()
         self.xprefix = pfx
         self.xescaped = pfx + b"overlay."
@@ -178,7 +406,7 @@ class OverlayFS(pyfuse3.Operations):
         self._inline_ident: Optional[int] = None
         self.nursery: Optional[trio.Nursery] = None
         root = Node(pyfuse3.ROOT_INODE, b"", pyfuse3.ROOT_INODE, DIR, True,
-                    [(i, r) for i, r in enumerate(self.lower_roots)])
+                    [(i, b"") for i in range(len(self.lower_roots))])
         root.nlookup = 1
         self.nodes[root.ino] = root
         self.by_path[b""] = root.ino
@@ -227,13 +455,38 @@ class OverlayFS(pyfuse3.Operations):
         if self._inline_ident is not None and self._inline_ident == threading.get_ident():
             raise _NeedThread()
 
-    def upper_path(self, path: bytes) -> bytes:
-        return self.upper_root + b"/" + path if path else self.upper_root
+    def close(self) -> None:
+        """Close the layer and directory fds (the daemon exits after serving anyway)."""
+        self.dirfds.close()
 
-    def real_path(self, node: Node) -> bytes:
+    def _at(self, layer: int, rel: bytes) -> _Loc:
+        """The backing object ``rel`` (relative to the root of ``layer``; b"" is the root) as
+        (fd of its parent directory, last component), pinned until released.  Raises OSError
+        when the parent cannot be reached (ENOENT, ENOTDIR)."""
+        i = rel.rfind(b"/")
+        if i < 0:
+            parent, name = b"", (rel or b".")
+        else:
+            parent, name = rel[:i], rel[i + 1:]
+        if name in (b"", b"..") or (name == b"." and rel):
+            raise FileNotFoundError(errno.ENOENT, "invalid path component", name)
+        ent = self.dirfds.acquire(layer, parent)
+        return _Loc(self.dirfds, ent, ent.fd, name)
+
+    def _wloc(self, name: bytes) -> _Loc:
+        """A name in the work directory (a fd that is never closed: nothing to pin)."""
+        return _Loc(None, None, self.work_fd, name)
+
+    def _real(self, node: Node) -> tuple[int, bytes]:
+        """(layer, relative path) of the node's current backing file."""
         if node.upper:
-            return self.upper_path(node.path)
-        return node.lowers[0][1]
+            return UPPER, node.path
+        return node.lowers[0]
+
+    def _open_dir(self, layer: int, rel: bytes) -> int:
+        """A new O_RDONLY fd of directory ``rel`` of ``layer`` (for listing it, fsync)."""
+        with self._at(layer, rel) as loc:
+            return os.open(loc.name, _O_RDDIR, dir_fd=loc.dfd)
 
     def _node(self, ino: int) -> Node:
         try:
@@ -242,31 +495,65 @@ class OverlayFS(pyfuse3.Operations):
             raise _err(errno.ENOENT) from None
 
     def _tmpname(self) -> bytes:
-        return os.path.join(self.work_dir, b"#%x.%x" % (os.getpid(), next(self.tmp_counter)))
+        """A fresh name in the work directory (use it with ``_wloc``)."""
+        return b"#%x.%x" % (os.getpid(), next(self.tmp_counter))
 
-    def _getx(self, path: bytes, name: bytes) -> Optional[bytes]:
+    def _getx(self, loc: _Loc, name: bytes) -> Optional[bytes]:
         try:
-            return os.getxattr(path, name, follow_symlinks=False)
+            return os.getxattr(loc.xpath, name, follow_symlinks=False)
         except OSError:
             return None
 
-    def is_whiteout(self, path: bytes, st: os.stat_result) -> bool:
+    def _getx_at(self, layer: int, rel: bytes, name: bytes) -> Optional[bytes]:
+        try:
+            with self._at(layer, rel) as loc:
+                return self._getx(loc, name)
+        except OSError:
+            return None
+
+    def is_whiteout(self, loc: _Loc, st: os.stat_result) -> bool:
         if stat.S_ISCHR(st.st_mode):
             return st.st_rdev == 0
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            return self._getx(path, self.x_whiteout) is not None
+            return self._getx(loc, self.x_whiteout) is not None
         return False
 
-    def is_opaque(self, path: bytes) -> bool:
-        return self._getx(path, self.x_opaque) == b"y"
+    def is_opaque(self, loc: _Loc) -> bool:
+        return self._getx(loc, self.x_opaque) == b"y"
 
-    def _lstat(self, path: bytes) -> Optional[os.stat_result]:
+    def _lstat(self, loc: _Loc) -> Optional[os.stat_result]:
         try:
-            return os.lstat(path)
+            return os.stat(loc.name, dir_fd=loc.dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
             return None
+
+    def _lstat_at(self, layer: int, rel: bytes) -> Optional[os.stat_result]:
+        """lstat of ``rel`` in ``layer``; None when it (or its parent) is not there."""
+        try:
+            loc = self._at(layer, rel)
+        except OSError as e:
+            if e.errno in _MISSING:
+                return None
+            raise
+        with loc:
+            return self._lstat(loc)
+
+    def _lstat_real(self, node: Node) -> os.stat_result:
+        with self._at(*self._real(node)) as loc:
+            return os.stat(loc.name, dir_fd=loc.dfd, follow_symlinks=False)
+
+    def _make_whiteout(self, loc: _Loc) -> None:
+        os.mknod(loc.name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=loc.dfd)
+
+    @staticmethod
+    def _rename(src: _Loc, dst: _Loc) -> None:
+        os.rename(src.name, dst.name, src_dir_fd=src.dfd, dst_dir_fd=dst.dfd)
+
+    def _link_upper(self, src_rel: bytes, dst_rel: bytes) -> None:
+        with self._at(UPPER, src_rel) as s, self._at(UPPER, dst_rel) as d:
+            os.link(s.name, d.name, src_dir_fd=s.dfd, dst_dir_fd=d.dfd, follow_symlinks=False)
 
     def _is_private(self, name: bytes) -> bool:
         """An overlay-private xattr on a real file (escaped user xattrs are not private)."""
@@ -300,40 +587,46 @@ class OverlayFS(pyfuse3.Operations):
         pl = dict(parent.lowers)
         for i in range(len(self.lower_roots)):
             if abs_redirect is not None:
-                cand = self.lower_roots[i] + (b"/" + abs_redirect if abs_redirect else b"")
+                cand = abs_redirect
             else:
                 if i not in pl:
                     continue
-                cand = pl[i] + b"/" + cur_name
-            st = self._lstat(cand)
-            if st is None:
-                continue
-            if self.is_whiteout(cand, st):
-                break
-            k = S_IFMT(st.st_mode)
-            if kind is None:
-                kind = k
-                lowers.append((i, cand))
-                if sts is not None:
-                    sts.append(st)
-                if k != DIR:
+                cand = _join(pl[i], cur_name)
+            try:
+                loc = self._at(i, cand)
+            except OSError as e:
+                if e.errno in _MISSING:
+                    continue
+                raise
+            with loc:
+                st = self._lstat(loc)
+                if st is None:
+                    continue
+                if self.is_whiteout(loc, st):
                     break
-            else:
-                if kind != DIR or k != DIR:
+                k = S_IFMT(st.st_mode)
+                if kind is None:
+                    kind = k
+                    lowers.append((i, cand))
+                    if sts is not None:
+                        sts.append(st)
+                    if k != DIR:
+                        break
+                else:
+                    if kind != DIR or k != DIR:
+                        break
+                    lowers.append((i, cand))
+                    if sts is not None:
+                        sts.append(st)
+                # k is a directory here
+                if self.is_opaque(loc):
                     break
-                lowers.append((i, cand))
-                if sts is not None:
-                    sts.append(st)
-            # k is a directory here
-            if self.is_opaque(cand):
-                break
-            if self.cfg.follow_redirects:
-                r = self._getx(cand, self.x_redirect)
-                if r:
-                    if r.startswith(b"/"):
-                        abs_redirect = r.strip(b"/")
-                    else:
-                        cur_name = r
+                r = self._getx(loc, self.x_redirect) if self.cfg.follow_redirects else None
+            if r:
+                if r.startswith(b"/"):
+                    abs_redirect = r.strip(b"/")
+                else:
+                    cur_name = r
         return kind, lowers
 
     def _resolve(self, parent: Node, name: bytes, sts: Optional[list] = None):
@@ -344,16 +637,23 @@ class OverlayFS(pyfuse3.Operations):
         kind = None
         redirect = None
         if parent.upper:
-            up = self.upper_path(path)
-            upper_st = self._lstat(up)
-            if upper_st is not None:
-                if self.is_whiteout(up, upper_st):
-                    return None
-                kind = S_IFMT(upper_st.st_mode)
-                if kind != DIR or self.is_opaque(up):
-                    return kind, upper_st, []
-                if self.cfg.follow_redirects:
-                    redirect = self._getx(up, self.x_redirect) or None
+            try:
+                up = self._at(UPPER, path)
+            except OSError as e:
+                if e.errno not in _MISSING:
+                    raise
+                up = None
+            if up is not None:
+                with up:
+                    upper_st = self._lstat(up)
+                    if upper_st is not None:
+                        if self.is_whiteout(up, upper_st):
+                            return None
+                        kind = S_IFMT(upper_st.st_mode)
+                        if kind != DIR or self.is_opaque(up):
+                            return kind, upper_st, []
+                        if self.cfg.follow_redirects:
+                            redirect = self._getx(up, self.x_redirect) or None
         kind, lowers = self._walk_lowers(parent, name, kind, redirect, sts)
         if kind is None:
             return None
@@ -431,7 +731,7 @@ class OverlayFS(pyfuse3.Operations):
                 return None        # its upper file has no name left to link to
             # copied up before this name was known: link it to the upper inode now
             self.copy_up(parent)
-            os.link(self.upper_path(node.path), self.upper_path(path), follow_symlinks=False)
+            self._link_upper(node.path, path)
         if node.unlinked:
             node.unlinked = False
             node.aliases = set()
@@ -445,26 +745,29 @@ class OverlayFS(pyfuse3.Operations):
         """Overlay paths of every lower-layer name of the lower file ``key`` (hidden or not)."""
         if self._lower_link_names is None:
             found: dict[tuple[int, int], list[bytes]] = {}
-            for root in self.lower_roots:
+            for li in range(len(self.lower_roots)):
                 stack = [b""]
                 while stack:
                     rel = stack.pop()
                     try:
-                        it = os.scandir(root + b"/" + rel if rel else root)
+                        dfd = self._open_dir(li, rel)
                     except OSError:
                         continue
-                    with it:
-                        for e in it:
-                            r = _join(rel, e.name)
-                            try:
-                                if e.is_dir(follow_symlinks=False):
-                                    stack.append(r)
+                    try:
+                        with os.scandir(dfd) as it:
+                            for e in it:
+                                r = _join(rel, os.fsencode(e.name))
+                                try:
+                                    if e.is_dir(follow_symlinks=False):
+                                        stack.append(r)
+                                        continue
+                                    st = e.stat(follow_symlinks=False)
+                                except OSError:
                                     continue
-                                st = e.stat(follow_symlinks=False)
-                            except OSError:
-                                continue
-                            if st.st_nlink > 1:
-                                found.setdefault((st.st_dev, st.st_ino), []).append(r)
+                                if st.st_nlink > 1:
+                                    found.setdefault((st.st_dev, st.st_ino), []).append(r)
+                    finally:
+                        os.close(dfd)
             self._lower_link_names = found
         return self._lower_link_names.get(key, [])
 
@@ -483,7 +786,8 @@ class OverlayFS(pyfuse3.Operations):
     def _link_lower_names(self, node: Node, key: tuple[int, int]) -> None:
         """After the copy-up of ``node`` (a lower hard-linked file): give every other visible
         name of it an upper hard link of the new upper inode.  Caller holds self.lock."""
-        ust = os.lstat(self.upper_path(node.path))
+        with self._at(UPPER, node.path) as loc:
+            ust = os.stat(loc.name, dir_fd=loc.dfd, follow_symlinks=False)
         self.by_upper_ino[(ust.st_dev, ust.st_ino)] = node.ino
         for p in sorted(node.aliases - {node.path}):
             parent = self._lookup_path(os.path.dirname(p))
@@ -491,7 +795,7 @@ class OverlayFS(pyfuse3.Operations):
                 continue
             try:
                 self.copy_up(parent)
-                os.link(self.upper_path(node.path), self.upper_path(p), follow_symlinks=False)
+                self._link_upper(node.path, p)
             except (OSError, pyfuse3.FUSEError) as e:
                 # the copy-up itself succeeded: do not fail the operation that asked for it
                 log.warning("copy-up of %r: cannot link its lower name %r: %s", node.path, p, e)
@@ -544,16 +848,16 @@ class OverlayFS(pyfuse3.Operations):
                 pass
         if node.unlinked:
             raise _err(errno.ENOENT)
-        return os.lstat(self.real_path(node))
+        return self._lstat_real(node)
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         return self._attr_from_stat(node, self._stat_node(node))
 
     # ------------------------------------------------------------------ copy-up
 
-    def _copy_xattrs(self, src: bytes, dst: bytes, dst_fd: Optional[int] = None) -> None:
+    def _copy_xattrs(self, src: _Loc, dst: Optional[_Loc], dst_fd: Optional[int] = None) -> None:
         try:
-            names = os.listxattr(src, follow_symlinks=False)
+            names = os.listxattr(src.xpath, follow_symlinks=False)
         except OSError:
             return
         for n in names:
@@ -561,11 +865,11 @@ class OverlayFS(pyfuse3.Operations):
             if self._is_private(nb):
                 continue
             try:
-                v = os.getxattr(src, n, follow_symlinks=False)
+                v = os.getxattr(src.xpath, n, follow_symlinks=False)
                 if dst_fd is not None:
                     os.setxattr(dst_fd, n, v)
                 else:
-                    os.setxattr(dst, n, v, follow_symlinks=False)
+                    os.setxattr(dst.xpath, n, v, follow_symlinks=False)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EPERM):
                     raise
@@ -579,6 +883,23 @@ class OverlayFS(pyfuse3.Operations):
             return
         if node.kind != DIR:
             self._check_may_block()      # never copy data (or wait for a copy) on the loop
+        # parents first, top-down: a loop, not a recursion (a path can be 2000 directories
+        # deep); _copy_up_one copies a parent itself if it changed meanwhile
+        chain = []
+        p = node
+        while not p.unlinked:
+            parent = self.nodes.get(p.parent)
+            if parent is None or parent.upper or parent is p:
+                break
+            chain.append(parent)
+            p = parent
+        for p in reversed(chain):
+            self._copy_up_one(p, True)
+        self._copy_up_one(node, data)
+
+    def _copy_up_one(self, node: Node, data: bool) -> None:
+        if node.upper:
+            return
         while node.copying:
             self.cond.wait()
         if node.upper:
@@ -586,68 +907,72 @@ class OverlayFS(pyfuse3.Operations):
         if node.unlinked:
             raise _err(errno.ENOENT)
         parent = self.nodes[node.parent]
-        self.copy_up(parent)
-        src = node.lowers[0][1]
-        st = os.lstat(src)
-        atime = node.atime_ns if node.atime_ns is not None else st.st_atime_ns
-        dst = self.upper_path(node.path)
-        tmp = self._tmpname()
-        kind = S_IFMT(st.st_mode)
-        try:
-            if kind == DIR:
-                os.mkdir(tmp, 0o700)
-                self._copy_xattrs(src, tmp)
-                os.chown(tmp, st.st_uid, st.st_gid)
-                os.chmod(tmp, stat.S_IMODE(st.st_mode))
-                os.utime(tmp, ns=(atime, st.st_mtime_ns))
-            elif kind == REG:
-                fin = os.open(src, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW)
-                try:
-                    fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    try:
-                        if data and st.st_size > _UNLOCKED_COPY_MIN:
-                            node.copying = True
-                            saved = self.lock._release_save()
-                            try:
-                                self._copy_data(fin, fout, st.st_size)
-                            finally:
-                                self.lock._acquire_restore(saved)
-                                node.copying = False
-                                self.cond.notify_all()
-                            if node.unlinked:          # removed while we copied
-                                raise _err(errno.ENOENT)
-                            dst = self.upper_path(node.path)   # its parent may have moved
-                        elif data:
-                            self._copy_data(fin, fout, st.st_size)
-                        self._copy_xattrs(src, tmp, fout)
-                        os.fchown(fout, st.st_uid, st.st_gid)
-                        os.fchmod(fout, stat.S_IMODE(st.st_mode))
-                        os.utime(fout, ns=(atime, st.st_mtime_ns))
-                    finally:
-                        os.close(fout)
-                finally:
-                    os.close(fin)
-            elif kind == LNK:
-                os.symlink(os.readlink(src), tmp)
-                self._copy_xattrs(src, tmp)
-                os.chown(tmp, st.st_uid, st.st_gid, follow_symlinks=False)
-                os.utime(tmp, ns=(atime, st.st_mtime_ns), follow_symlinks=False)
-            else:
-                os.mknod(tmp, st.st_mode, st.st_rdev)
-                self._copy_xattrs(src, tmp)
-                os.chown(tmp, st.st_uid, st.st_gid)
-                os.chmod(tmp, stat.S_IMODE(st.st_mode))
-                os.utime(tmp, ns=(atime, st.st_mtime_ns))
-            os.rename(tmp, dst)
-        except BaseException:
+        if not parent.upper:
+            self.copy_up(parent)         # it moved while we waited
+        wloc = self._wloc(self._tmpname())
+        tmp, W = wloc.name, wloc.dfd
+        with self._at(*node.lowers[0]) as src:
+            st = os.stat(src.name, dir_fd=src.dfd, follow_symlinks=False)
+            atime = node.atime_ns if node.atime_ns is not None else st.st_atime_ns
+            kind = S_IFMT(st.st_mode)
             try:
-                if os.path.isdir(tmp) and not os.path.islink(tmp):
-                    os.rmdir(tmp)
+                if kind == DIR:
+                    os.mkdir(tmp, 0o700, dir_fd=W)
+                    self._copy_xattrs(src, wloc)
+                    os.chown(tmp, st.st_uid, st.st_gid, dir_fd=W, follow_symlinks=False)
+                    os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=W)
+                    os.utime(tmp, ns=(atime, st.st_mtime_ns), dir_fd=W, follow_symlinks=False)
+                elif kind == REG:
+                    fin = os.open(src.name, os.O_RDONLY | _O_NOATIME | os.O_NOFOLLOW,
+                                  dir_fd=src.dfd)
+                    try:
+                        fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=W)
+                        try:
+                            if data and st.st_size > _UNLOCKED_COPY_MIN:
+                                node.copying = True
+                                saved = self.lock._release_save()
+                                try:
+                                    self._copy_data(fin, fout, st.st_size)
+                                finally:
+                                    self.lock._acquire_restore(saved)
+                                    node.copying = False
+                                    self.cond.notify_all()
+                                if node.unlinked:          # removed while we copied
+                                    raise _err(errno.ENOENT)
+                            elif data:
+                                self._copy_data(fin, fout, st.st_size)
+                            self._copy_xattrs(src, None, fout)
+                            os.fchown(fout, st.st_uid, st.st_gid)
+                            os.fchmod(fout, stat.S_IMODE(st.st_mode))
+                            os.utime(fout, ns=(atime, st.st_mtime_ns))
+                        finally:
+                            os.close(fout)
+                    finally:
+                        os.close(fin)
+                elif kind == LNK:
+                    os.symlink(os.readlink(src.name, dir_fd=src.dfd), tmp, dir_fd=W)
+                    self._copy_xattrs(src, wloc)
+                    os.chown(tmp, st.st_uid, st.st_gid, dir_fd=W, follow_symlinks=False)
+                    os.utime(tmp, ns=(atime, st.st_mtime_ns), dir_fd=W, follow_symlinks=False)
                 else:
-                    os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+                    os.mknod(tmp, st.st_mode, st.st_rdev, dir_fd=W)
+                    self._copy_xattrs(src, wloc)
+                    os.chown(tmp, st.st_uid, st.st_gid, dir_fd=W, follow_symlinks=False)
+                    os.chmod(tmp, stat.S_IMODE(st.st_mode), dir_fd=W)
+                    os.utime(tmp, ns=(atime, st.st_mtime_ns), dir_fd=W, follow_symlinks=False)
+                # node.path now: its parent may have moved while the data was copied
+                with self._at(UPPER, node.path) as dst:
+                    self._rename(wloc, dst)
+            except BaseException:
+                try:
+                    tst = os.stat(tmp, dir_fd=W, follow_symlinks=False)
+                    if stat.S_ISDIR(tst.st_mode):
+                        os.rmdir(tmp, dir_fd=W)
+                    else:
+                        os.unlink(tmp, dir_fd=W)
+                except OSError:
+                    pass
+                raise
         with node.lock:
             node.upper = True
             node.atime_ns = None             # the upper file carries it from now on
@@ -713,19 +1038,21 @@ class OverlayFS(pyfuse3.Operations):
             if node.fd is not None:
                 node.old_fds.append(node.fd)
                 node.fd = None
-            path = self.real_path(node)
-            if node.upper:
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-                except OSError as e:
-                    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
-                        raise
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            else:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
-                except PermissionError:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with self._at(*self._real(node)) as loc:
+                n, d = loc.name, loc.dfd
+                if node.upper:
+                    try:
+                        fd = os.open(n, os.O_RDWR | os.O_NOFOLLOW, dir_fd=d)
+                    except OSError as e:
+                        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS,
+                                           errno.ETXTBSY):
+                            raise
+                        fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=d)
+                else:
+                    try:
+                        fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME, dir_fd=d)
+                    except PermissionError:
+                        fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=d)
             node.fd = fd
             node.fd_upper = node.upper
             return fd
@@ -816,53 +1143,61 @@ class OverlayFS(pyfuse3.Operations):
         out: list[bytes] = []
         srcs = []
         if node.upper:
-            srcs.append(self.upper_path(node.path))
-        srcs.extend(p for _, p in node.lowers)
-        for src in srcs:
+            srcs.append((UPPER, node.path))
+        srcs.extend(node.lowers)
+        for layer, rel in srcs:
             try:
-                it = os.scandir(src)
+                dfd = self._open_dir(layer, rel)
             except FileNotFoundError:
                 continue
-            # zero-size files with the whiteout xattr count as whiteouts in directories marked
-            # as holding them (overlay.opaque=x or overlay.whiteouts), as in overlayfs
-            xw = (self._getx(src, self.x_opaque) == b"x"
-                  or self._getx(src, self.x_whiteouts) is not None)
-            with it:
-                for e in it:
-                    n = e.name
-                    if n in seen:
-                        continue
-                    seen.add(n)
-                    if e.is_dir(follow_symlinks=False) or e.is_symlink():
-                        out.append(n)
-                        continue
-                    if e.is_file(follow_symlinks=False):
-                        if xw and self.is_whiteout(e.path, e.stat(follow_symlinks=False)):
+            try:
+                # zero-size files with the whiteout xattr count as whiteouts in directories
+                # marked as holding them (overlay.opaque=x or overlay.whiteouts), as overlayfs
+                here = _Loc(None, None, dfd, b".")
+                xw = (self._getx(here, self.x_opaque) == b"x"
+                      or self._getx(here, self.x_whiteouts) is not None)
+                with os.scandir(dfd) as it:
+                    for e in it:
+                        n = os.fsencode(e.name)
+                        if n in seen:
+                            continue
+                        seen.add(n)
+                        if e.is_dir(follow_symlinks=False) or e.is_symlink():
+                            out.append(n)
+                            continue
+                        if e.is_file(follow_symlinks=False):
+                            if xw and self.is_whiteout(_Loc(None, None, dfd, n),
+                                                       e.stat(follow_symlinks=False)):
+                                continue
+                            out.append(n)
+                            continue
+                        st = e.stat(follow_symlinks=False)
+                        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                             continue
                         out.append(n)
-                        continue
-                    st = e.stat(follow_symlinks=False)
-                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                        continue
-                    out.append(n)
+            finally:
+                os.close(dfd)
         return out
 
-    def _clear_whiteouts(self, updir: bytes) -> None:
-        """Remove the whiteouts of an upper dir that is empty in the merged view."""
-        for e in os.scandir(updir):
-            st = e.stat(follow_symlinks=False)
-            if self.is_whiteout(e.path, st):
-                os.unlink(e.path)
-            else:
-                raise _err(errno.ENOTEMPTY)
-
-    def _make_whiteout(self, path: bytes) -> None:
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    def _clear_whiteouts(self, rel: bytes) -> None:
+        """Remove the whiteouts of upper dir ``rel``, which is empty in the merged view."""
+        dfd = self._open_dir(UPPER, rel)
+        try:
+            with os.scandir(dfd) as it:
+                for e in it:
+                    st = e.stat(follow_symlinks=False)
+                    n = os.fsencode(e.name)
+                    if self.is_whiteout(_Loc(None, None, dfd, n), st):
+                        os.unlink(n, dir_fd=dfd)
+                    else:
+                        raise _err(errno.ENOTEMPTY)
+        finally:
+            os.close(dfd)
 
     # ------------------------------------------------------------------ ownership of new objects
 
     def _owner(self, parent: Node, ctx, mode: int, is_dir: bool) -> tuple[int, int, int]:
-        pst = os.lstat(self.real_path(parent))
+        pst = self._lstat_real(parent)
         uid = ctx.uid
         gid = ctx.gid
         if pst.st_mode & stat.S_ISGID:
@@ -872,7 +1207,7 @@ class OverlayFS(pyfuse3.Operations):
         return uid, gid, mode
 
     def _prepare_create(self, parent: Node, name: bytes) -> tuple[bytes, bool]:
-        """Copy the parent up; return (upper path, a whiteout is in the way)."""
+        """Copy the parent up; return (upper relative path, a whiteout is in the way)."""
         if parent.kind != DIR:
             raise _err(errno.ENOTDIR)
         if parent.unlinked:
@@ -880,13 +1215,14 @@ class OverlayFS(pyfuse3.Operations):
         if self._lookup_locked(parent, name) is not None:
             raise _err(errno.EEXIST)
         self.copy_up(parent)
-        up = self.upper_path(_join(parent.path, name))
-        st = self._lstat(up)
-        wh = False
-        if st is not None:
-            if not self.is_whiteout(up, st):
-                raise _err(errno.EEXIST)
-            wh = True
+        up = _join(parent.path, name)
+        with self._at(UPPER, up) as loc:
+            st = self._lstat(loc)
+            wh = False
+            if st is not None:
+                if not self.is_whiteout(loc, st):
+                    raise _err(errno.EEXIST)
+                wh = True
         return up, wh
 
     # ================================================================== pyfuse3 operations
@@ -937,39 +1273,57 @@ class OverlayFS(pyfuse3.Operations):
             use_fd = None
             if node.kind == REG and (node.unlinked or fh is not None):
                 use_fd = self._get_fd(node)
-            path = self.real_path(node) if not node.unlinked else None
-            tgt = use_fd if use_fd is not None else path
-            nofollow = node.kind == LNK
-            if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else -1
-                gid = attr.st_gid if fields.update_gid else -1
-                if use_fd is not None:
-                    os.fchown(use_fd, uid, gid)
-                else:
-                    os.chown(path, uid, gid, follow_symlinks=not nofollow)
-            if fields.update_mode:
-                if node.kind == LNK:
-                    raise _err(errno.EOPNOTSUPP)
-                if use_fd is not None:
-                    os.fchmod(use_fd, stat.S_IMODE(attr.st_mode))
-                else:
-                    os.chmod(path, stat.S_IMODE(attr.st_mode))
-            if fields.update_size:
-                if node.kind == DIR:
-                    raise _err(errno.EISDIR)
-                if use_fd is not None:
-                    os.ftruncate(use_fd, attr.st_size)
-                else:
-                    os.truncate(path, attr.st_size)
-            if fields.update_atime or fields.update_mtime:
-                st = self._stat_node(node)
-                at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-                mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-                if use_fd is not None:
-                    os.utime(use_fd, ns=(at, mt))
-                else:
-                    os.utime(tgt, ns=(at, mt), follow_symlinks=not nofollow)
-            return self._attr(node)
+            loc = None
+            if use_fd is None:
+                if node.unlinked:
+                    raise _err(errno.ENOENT)
+                loc = self._at(*self._real(node))
+            try:
+                return self._setattr_apply(node, attr, fields, use_fd, loc)
+            finally:
+                if loc is not None:
+                    loc.release()
+
+    def _setattr_apply(self, node: Node, attr, fields, use_fd: Optional[int],
+                       loc: Optional[_Loc]):
+        follow = node.kind != LNK
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            if use_fd is not None:
+                os.fchown(use_fd, uid, gid)
+            else:
+                os.chown(loc.name, uid, gid, dir_fd=loc.dfd, follow_symlinks=follow)
+        if fields.update_mode:
+            if node.kind == LNK:
+                raise _err(errno.EOPNOTSUPP)
+            if use_fd is not None:
+                os.fchmod(use_fd, stat.S_IMODE(attr.st_mode))
+            else:
+                os.chmod(loc.name, stat.S_IMODE(attr.st_mode), dir_fd=loc.dfd)
+        if fields.update_size:
+            if node.kind == DIR:
+                raise _err(errno.EISDIR)
+            if use_fd is not None:
+                os.ftruncate(use_fd, attr.st_size)
+            elif node.kind != REG:
+                raise _err(errno.EINVAL)         # as truncate(2) of a non-regular file
+            else:
+                fd = os.open(loc.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=loc.dfd)
+                try:
+                    os.ftruncate(fd, attr.st_size)
+                finally:
+                    os.close(fd)
+        if fields.update_atime or fields.update_mtime:
+            st = self._stat_node(node)
+            at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            if use_fd is not None:
+                os.utime(use_fd, ns=(at, mt))
+            else:
+                os.utime(loc.name, ns=(at, mt), dir_fd=loc.dfd, follow_symlinks=follow)
+        return self._attr(node)
 
     async def readlink(self, inode, ctx):
         return await self._run_fast(self._readlink_op, inode)
@@ -978,7 +1332,8 @@ class OverlayFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.kind != LNK:
             raise _err(errno.EINVAL)
-        return os.readlink(self.real_path(node))
+        with self._at(*self._real(node)) as loc:
+            return os.readlink(loc.name, dir_fd=loc.dfd)
 
     # ---- creation
 
@@ -990,16 +1345,17 @@ class OverlayFS(pyfuse3.Operations):
             parent = self._node(parent_inode)
             up, wh = self._prepare_create(parent, name)
             uid, gid, mode = self._owner(parent, ctx, mode, False)
-            tgt = self._tmpname() if wh else up
-            os.mknod(tgt, mode, rdev)
-            try:
-                os.chown(tgt, uid, gid)
-                os.chmod(tgt, stat.S_IMODE(mode))
-                if wh:
-                    os.rename(tgt, up)
-            except BaseException:
-                os.unlink(tgt)
-                raise
+            with self._at(UPPER, up) as loc:
+                tgt = self._wloc(self._tmpname()) if wh else loc
+                os.mknod(tgt.name, mode, rdev, dir_fd=tgt.dfd)
+                try:
+                    os.chown(tgt.name, uid, gid, dir_fd=tgt.dfd, follow_symlinks=False)
+                    os.chmod(tgt.name, stat.S_IMODE(mode), dir_fd=tgt.dfd)
+                    if wh:
+                        self._rename(tgt, loc)
+                except BaseException:
+                    os.unlink(tgt.name, dir_fd=tgt.dfd)
+                    raise
             node = self._new_upper_node(parent, name, S_IFMT(mode))
             node.nlookup += 1
             return self._attr(node)
@@ -1012,19 +1368,20 @@ class OverlayFS(pyfuse3.Operations):
             parent = self._node(parent_inode)
             up, wh = self._prepare_create(parent, name)
             uid, gid, mode = self._owner(parent, ctx, mode, True)
-            tgt = self._tmpname() if wh else up
-            os.mkdir(tgt, 0o700)
-            try:
-                os.chown(tgt, uid, gid)
-                os.chmod(tgt, stat.S_IMODE(mode))
-                if wh:
-                    # over a whiteout: the new dir must not merge the lower dir it hides
-                    os.setxattr(tgt, self.x_opaque, b"y")
-                    os.unlink(up)
-                    os.rename(tgt, up)
-            except BaseException:
-                os.rmdir(tgt)
-                raise
+            with self._at(UPPER, up) as loc:
+                tgt = self._wloc(self._tmpname()) if wh else loc
+                os.mkdir(tgt.name, 0o700, dir_fd=tgt.dfd)
+                try:
+                    os.chown(tgt.name, uid, gid, dir_fd=tgt.dfd, follow_symlinks=False)
+                    os.chmod(tgt.name, stat.S_IMODE(mode), dir_fd=tgt.dfd)
+                    if wh:
+                        # over a whiteout: the new dir must not merge the lower dir it hides
+                        os.setxattr(tgt.xpath, self.x_opaque, b"y", follow_symlinks=False)
+                        os.unlink(loc.name, dir_fd=loc.dfd)
+                        self._rename(tgt, loc)
+                except BaseException:
+                    os.rmdir(tgt.name, dir_fd=tgt.dfd)
+                    raise
             node = self._new_upper_node(parent, name, DIR)
             node.nlookup += 1
             return self._attr(node)
@@ -1037,15 +1394,16 @@ class OverlayFS(pyfuse3.Operations):
             parent = self._node(parent_inode)
             up, wh = self._prepare_create(parent, name)
             uid, gid, _ = self._owner(parent, ctx, 0o777, False)
-            tgt = self._tmpname() if wh else up
-            os.symlink(target, tgt)
-            try:
-                os.chown(tgt, uid, gid, follow_symlinks=False)
-                if wh:
-                    os.rename(tgt, up)
-            except BaseException:
-                os.unlink(tgt)
-                raise
+            with self._at(UPPER, up) as loc:
+                tgt = self._wloc(self._tmpname()) if wh else loc
+                os.symlink(target, tgt.name, dir_fd=tgt.dfd)
+                try:
+                    os.chown(tgt.name, uid, gid, dir_fd=tgt.dfd, follow_symlinks=False)
+                    if wh:
+                        self._rename(tgt, loc)
+                except BaseException:
+                    os.unlink(tgt.name, dir_fd=tgt.dfd)
+                    raise
             node = self._new_upper_node(parent, name, LNK)
             node.nlookup += 1
             return self._attr(node)
@@ -1060,17 +1418,19 @@ class OverlayFS(pyfuse3.Operations):
             parent = self._node(parent_inode)
             up, wh = self._prepare_create(parent, name)
             uid, gid, mode = self._owner(parent, ctx, mode, False)
-            tgt = self._tmpname() if wh else up
-            fd = os.open(tgt, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchown(fd, uid, gid)
-                os.fchmod(fd, stat.S_IMODE(mode))
-                if wh:
-                    os.rename(tgt, up)
-            except BaseException:
-                os.close(fd)
-                os.unlink(tgt)
-                raise
+            with self._at(UPPER, up) as loc:
+                tgt = self._wloc(self._tmpname()) if wh else loc
+                fd = os.open(tgt.name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o600, dir_fd=tgt.dfd)
+                try:
+                    os.fchown(fd, uid, gid)
+                    os.fchmod(fd, stat.S_IMODE(mode))
+                    if wh:
+                        self._rename(tgt, loc)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(tgt.name, dir_fd=tgt.dfd)
+                    raise
             node = self._new_upper_node(parent, name, REG)
             node.fd = fd
             node.fd_upper = True
@@ -1091,15 +1451,16 @@ class OverlayFS(pyfuse3.Operations):
             parent = self._node(new_parent_inode)
             up, wh = self._prepare_create(parent, new_name)
             self.copy_up(node)
-            src = self.upper_path(node.path)
-            tgt = self._tmpname() if wh else up
-            os.link(src, tgt, follow_symlinks=False)
-            if wh:
-                os.rename(tgt, up)
-            path = _join(parent.path, new_name)
+            with self._at(UPPER, node.path) as src, self._at(UPPER, up) as loc:
+                tgt = self._wloc(self._tmpname()) if wh else loc
+                os.link(src.name, tgt.name, src_dir_fd=src.dfd, dst_dir_fd=tgt.dfd,
+                        follow_symlinks=False)
+                if wh:
+                    self._rename(tgt, loc)
+                st = os.stat(loc.name, dir_fd=loc.dfd, follow_symlinks=False)
+            path = up
             node.aliases.add(path)
             self.by_path[path] = node.ino
-            st = os.lstat(up)
             self.by_upper_ino[(st.st_dev, st.st_ino)] = node.ino
             node.nlookup += 1
             return self._attr(node)
@@ -1120,18 +1481,18 @@ class OverlayFS(pyfuse3.Operations):
             self.copy_up(parent)
             self._pin_fd(node)
             path = _join(parent.path, name)
-            up = self.upper_path(path)
             need_wh = self._lower_positive(parent, name)
-            upper_here = self._lstat(up) is not None
-            if upper_here:
-                if need_wh:
-                    tmp = self._tmpname()
-                    self._make_whiteout(tmp)
-                    os.rename(tmp, up)
+            with self._at(UPPER, path) as up:
+                upper_here = self._lstat(up) is not None
+                if upper_here:
+                    if need_wh:
+                        tmp = self._wloc(self._tmpname())
+                        self._make_whiteout(tmp)
+                        self._rename(tmp, up)
+                    else:
+                        os.unlink(up.name, dir_fd=up.dfd)
                 else:
-                    os.unlink(up)
-            else:
-                self._make_whiteout(up)
+                    self._make_whiteout(up)
             self._drop_path(path)
 
     async def rmdir(self, parent_inode, name, ctx):
@@ -1149,13 +1510,14 @@ class OverlayFS(pyfuse3.Operations):
                 raise _err(errno.ENOTEMPTY)
             self.copy_up(parent)
             path = _join(parent.path, name)
-            up = self.upper_path(path)
             need_wh = self._lower_positive(parent, name)
-            if node.upper:
-                self._clear_whiteouts(up)
-                os.rmdir(up)
-            if need_wh:
-                self._make_whiteout(up)
+            with self._at(UPPER, path) as up:
+                if node.upper:
+                    self._clear_whiteouts(path)
+                    os.rmdir(up.name, dir_fd=up.dfd)
+                    self.dirfds.invalidate(UPPER, path)
+                if need_wh:
+                    self._make_whiteout(up)
             self._drop_path(path)
 
     # ---- rename
@@ -1197,57 +1559,70 @@ class OverlayFS(pyfuse3.Operations):
             self.copy_up(np_)
             src_redirect = None
             if src.kind == DIR and src.lowers:
-                up_src_before = self.upper_path(old_path)
-                src_redirect = (self._getx(up_src_before, self.x_redirect)
+                src_redirect = (self._getx_at(UPPER, old_path, self.x_redirect)
                                 if src.upper else None)
                 if not src_redirect or not src_redirect.startswith(b"/"):
-                    li, lp = src.lowers[0]
-                    rel = os.path.relpath(lp, self.lower_roots[li])
-                    src_redirect = b"/" + (b"" if rel == b"." else rel)
+                    src_redirect = b"/" + src.lowers[0][1]
             self.copy_up(src)
             if dst is not None:
                 self._pin_fd(dst)        # an open file replaced by the rename stays readable
-            up_src = self.upper_path(old_path)
-            up_dst = self.upper_path(new_path)
             src_wh = self._lower_positive(op, nold)
             dst_lower = self._lower_positive(np_, nnew)
-            dst_st = self._lstat(up_dst)
-            if dst_st is not None:
-                if S_IFMT(dst_st.st_mode) == DIR:
-                    self._clear_whiteouts(up_dst)
-                elif self.is_whiteout(up_dst, dst_st) and src.kind == DIR:
-                    os.unlink(up_dst)
-            if src.kind == DIR:
-                if src_redirect is not None:
-                    os.setxattr(up_src, self.x_redirect, src_redirect)
-                elif dst_lower or (dst_st is not None and self.is_whiteout(up_dst, dst_st)):
-                    os.setxattr(up_src, self.x_opaque, b"y")
-            if src_wh:
-                # leave a whiteout behind atomically where the kernel would
-                tmp = self._tmpname()
-                self._make_whiteout(tmp)
+            moves_dir = src.kind == DIR
+            with self._at(UPPER, old_path) as up_src, self._at(UPPER, new_path) as up_dst:
+                if src.kind == DIR and src_redirect is not None:
+                    self._set_redirect(up_src, src_redirect)      # first: it can fail (EXDEV)
+                dst_st = self._lstat(up_dst)
+                if dst_st is not None:
+                    if S_IFMT(dst_st.st_mode) == DIR:
+                        moves_dir = True
+                        self._clear_whiteouts(new_path)
+                    elif self.is_whiteout(up_dst, dst_st) and src.kind == DIR:
+                        os.unlink(up_dst.name, dir_fd=up_dst.dfd)
+                if src.kind == DIR and src_redirect is None:
+                    if dst_lower or (dst_st is not None and self.is_whiteout(up_dst, dst_st)):
+                        os.setxattr(up_src.xpath, self.x_opaque, b"y", follow_symlinks=False)
                 try:
-                    os.rename(up_src, up_dst)
-                except BaseException:
-                    os.unlink(tmp)
-                    raise
-                os.rename(tmp, up_src)
-            else:
-                os.rename(up_src, up_dst)
+                    if src_wh:
+                        # leave a whiteout behind atomically where the kernel would
+                        tmp = self._wloc(self._tmpname())
+                        self._make_whiteout(tmp)
+                        try:
+                            self._rename(up_src, up_dst)
+                        except BaseException:
+                            os.unlink(tmp.name, dir_fd=tmp.dfd)
+                            raise
+                        self._rename(tmp, up_src)
+                    else:
+                        self._rename(up_src, up_dst)
+                finally:
+                    if moves_dir:        # the cached fds of both names are stale
+                        self.dirfds.invalidate(UPPER, old_path)
+                        self.dirfds.invalidate(UPPER, new_path)
             if dst is not None:
                 self._drop_path(new_path)
             self._move_path(old_path, new_path, src, np_)
+
+    def _set_redirect(self, loc: _Loc, value: bytes) -> None:
+        """Give a directory about to move its absolute redirect.  One the upper filesystem
+        cannot store (longer than its xattr values can be: a directory deep below the mount
+        point) makes the rename fail with EXDEV, as overlayfs does for a redirect longer
+        than its redirect_max (mv then copies)."""
+        try:
+            os.setxattr(loc.xpath, self.x_redirect, value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+                raise _err(errno.EXDEV) from None
+            raise
 
     def _dir_redirect(self, node: Node, path: bytes) -> Optional[bytes]:
         """The absolute redirect a directory with lower layers needs when it moves."""
         if node.kind != DIR or not node.lowers:
             return None
-        cur = self._getx(self.upper_path(path), self.x_redirect) if node.upper else None
+        cur = self._getx_at(UPPER, path, self.x_redirect) if node.upper else None
         if cur and cur.startswith(b"/"):
             return cur
-        li, lp = node.lowers[0]
-        rel = os.path.relpath(lp, self.lower_roots[li])
-        return b"/" + (b"" if rel == b"." else rel)
+        return b"/" + node.lowers[0][1]
 
     def _exchange_op(self, pold, nold, pnew, nnew):
         with self.lock:
@@ -1269,17 +1644,24 @@ class OverlayFS(pyfuse3.Operations):
             ra, rb = self._dir_redirect(a, pa), self._dir_redirect(b, pb)
             self.copy_up(a)
             self.copy_up(b)
-            ua, ub = self.upper_path(pa), self.upper_path(pb)
-            # each object lands on the other's name: a moved directory keeps its own lower
-            # layers (redirect) and must not merge those of its new name (opaque)
-            for n, up, red, other_parent, other_name in ((a, ua, ra, np_, nnew), (b, ub, rb, op, nold)):
-                if n.kind != DIR:
-                    continue
-                if red is not None:
-                    os.setxattr(up, self.x_redirect, red)
-                elif self._lower_positive(other_parent, other_name):
-                    os.setxattr(up, self.x_opaque, b"y")
-            _renameat2(ua, ub, RENAME_EXCHANGE)
+            with self._at(UPPER, pa) as ua, self._at(UPPER, pb) as ub:
+                # each object lands on the other's name: a moved directory keeps its own
+                # lower layers (redirect) and must not merge those of its new name (opaque);
+                # the redirects first (they can fail with EXDEV; then nothing has changed)
+                sides = ((a, ua, ra, np_, nnew), (b, ub, rb, op, nold))
+                for n, up, red, _, _ in sides:
+                    if n.kind == DIR and red is not None:
+                        self._set_redirect(up, red)
+                for n, up, red, other_parent, other_name in sides:
+                    if n.kind == DIR and red is None and \
+                            self._lower_positive(other_parent, other_name):
+                        os.setxattr(up.xpath, self.x_opaque, b"y", follow_symlinks=False)
+                try:
+                    _renameat2(ua.dfd, ua.name, ub.dfd, ub.name, RENAME_EXCHANGE)
+                finally:
+                    if a.kind == DIR or b.kind == DIR:
+                        self.dirfds.invalidate(UPPER, pa)
+                        self.dirfds.invalidate(UPPER, pb)
             tmp = b"\0exchange"
             self._move_path(pa, tmp, a, np_)
             self._move_path(pb, pa, b, op)
@@ -1480,7 +1862,7 @@ class OverlayFS(pyfuse3.Operations):
     def _fsyncdir_op(self, fh):
         node = self.dirhandles[fh].node
         if node.upper:
-            fd = os.open(self.upper_path(node.path), os.O_RDONLY | os.O_DIRECTORY)
+            fd = self._open_dir(UPPER, node.path)
             try:
                 os.fsync(fd)
             finally:
@@ -1490,7 +1872,7 @@ class OverlayFS(pyfuse3.Operations):
         return await self._run_fast(self._statfs_op)
 
     def _statfs_op(self):
-        sv = os.statvfs(self.upper_root)
+        sv = os.statvfs(self.upper_fd)
         d = pyfuse3.StatvfsData()
         for a in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                   "f_ffree", "f_favail", "f_namemax"):
@@ -1511,7 +1893,8 @@ class OverlayFS(pyfuse3.Operations):
         try:
             if node.unlinked and node.fd is not None:
                 return os.getxattr(node.fd, name)
-            return os.getxattr(self.real_path(node), name, follow_symlinks=False)
+            with self._at(*self._real(node)) as loc:
+                return os.getxattr(loc.xpath, name, follow_symlinks=False)
         except OSError as e:
             raise _err(e.errno or errno.ENODATA) from None
 
@@ -1521,7 +1904,9 @@ class OverlayFS(pyfuse3.Operations):
     def _listxattr_op(self, inode):
         node = self._node(inode)
         out = []
-        for n in os.listxattr(self.real_path(node), follow_symlinks=False):
+        with self._at(*self._real(node)) as loc:
+            names = os.listxattr(loc.xpath, follow_symlinks=False)
+        for n in names:
             nb = os.fsencode(n)
             if nb.startswith(self.xescaped):
                 out.append(self.xprefix + nb[len(self.xescaped):])
@@ -1537,7 +1922,8 @@ class OverlayFS(pyfuse3.Operations):
         with self.lock:
             node = self._node(inode)
             self.copy_up(node)
-            os.setxattr(self.upper_path(node.path), name, value, follow_symlinks=False)
+            with self._at(UPPER, node.path) as loc:
+                os.setxattr(loc.xpath, name, value, follow_symlinks=False)
 
     async def removexattr(self, inode, name, ctx):
         await self._run_fast(self._removexattr_op, inode, name)
@@ -1548,6 +1934,8 @@ class OverlayFS(pyfuse3.Operations):
             node = self._node(inode)
             if not node.upper:
                 # like overlayfs: removing an absent xattr fails without a copy-up
-                os.getxattr(self.real_path(node), name, follow_symlinks=False)
+                with self._at(*self._real(node)) as loc:
+                    os.getxattr(loc.xpath, name, follow_symlinks=False)
                 self.copy_up(node)
-            os.removexattr(self.upper_path(node.path), name, follow_symlinks=False)
+            with self._at(UPPER, node.path) as loc:
+                os.removexattr(loc.xpath, name, follow_symlinks=False)

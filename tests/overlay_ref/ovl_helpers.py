@@ -62,26 +62,77 @@ def populate(root: Path, spec: dict, prefix: str = "trusted.overlay.") -> None:
             raise ValueError(v)
 
 
+def walk_fd(root):
+    """Every entry of the tree at ``root``, top-down (each directory, then its entries sorted,
+    then its subdirectories in that order), reached with ``*at()`` calls on directory fds, so
+    paths longer than PATH_MAX below ``root`` work.  Yields ``(rel, dir_fd, name, lstat)``
+    (``rel`` is bytes, ``b"."`` for root; a directory comes once as ``(rel, its fd, b".")``
+    and once more as an entry of its parent).  The fd is only valid until the next item."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    held: set[int] = set()          # fds open right now (closed whatever happens)
+
+    def unref(holder):
+        holder[1] -= 1
+        if holder[1] == 0:
+            held.discard(holder[0])
+            os.close(holder[0])
+
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        held.add(top)
+        # pending directories: (rel, name, holder of the parent's fd); holder = [fd, refs]
+        stack: list = [(b".", None, [top, 1])]
+        while stack:
+            rel, name, holder = stack.pop()
+            if name is None:
+                fd = holder[0]
+            else:
+                try:
+                    fd = os.open(name, flags, dir_fd=holder[0])
+                    held.add(fd)
+                finally:
+                    unref(holder)
+            yield rel, fd, b".", os.fstat(fd)
+            subdirs = []
+            for n in map(os.fsencode, sorted(os.listdir(fd))):
+                st = os.lstat(n, dir_fd=fd)
+                r = n if rel == b"." else rel + b"/" + n
+                yield r, fd, n, st
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append((r, n))
+            mine = [fd, len(subdirs)]
+            if not subdirs:
+                held.discard(fd)
+                os.close(fd)
+            for r, n in reversed(subdirs):
+                stack.append((r, n, mine))
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def xattr_path(dir_fd: int, name: bytes) -> bytes:
+    """A short path naming the entry ``name`` of the directory ``dir_fd`` (for the xattr
+    calls, which have no ``*at()`` form): /proc/self/fd/N/name."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
 def tree_digest(root: Path) -> str:
-    """Checksum of everything in a tree except access times."""
+    """Checksum of everything in a tree except access times (any depth: see walk_fd)."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in [""] + sorted(dirnames + filenames):
-            p = os.path.join(dirpath, name) if name else dirpath
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            h.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0"
-                     f"{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_rdev}\0{st.st_nlink}\0".encode())
-            for x in sorted(os.listxattr(p, follow_symlinks=False)):
-                h.update(x.encode() + b"=" + os.getxattr(p, x, follow_symlinks=False))
-            if stat.S_ISLNK(st.st_mode):
-                h.update(os.readlink(p).encode())
-            elif stat.S_ISREG(st.st_mode):
-                # O_NOATIME: checksumming must not touch the atimes the atime tests set up
-                fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
-                with open(fd, "rb") as f:
-                    h.update(hashlib.sha256(f.read()).digest())
+    for rel, dfd, name, st in walk_fd(root):
+        h.update(f"{os.fsdecode(rel)}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0"
+                 f"{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_rdev}\0{st.st_nlink}\0".encode())
+        xp = xattr_path(dfd, name)
+        for x in sorted(os.listxattr(xp, follow_symlinks=False)):
+            h.update(x.encode() + b"=" + os.getxattr(xp, x, follow_symlinks=False))
+        if stat.S_ISLNK(st.st_mode):
+            h.update(os.readlink(name, dir_fd=dfd))
+        elif stat.S_ISREG(st.st_mode):
+            # O_NOATIME: checksumming must not touch the atimes the atime tests set up
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOATIME", 0), dir_fd=dfd)
+            with open(fd, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()
 
 
