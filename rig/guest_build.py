@@ -65,7 +65,7 @@ def _compile(cc: str, src: Path, out: Path) -> tuple[Path, str | None]:
 
 def build(src_dir: Path | None = None, cache: Path | None = None, cc: str = CC) -> Path:
     """Build every guest_tests/*.c; returns the dir holding one binary per test name."""
-    src_dir = Path(src_dir) if src_dir else paths.GUEST_TESTS
+    src_dir = Path(src_dir).resolve() if src_dir else paths.GUEST_TESTS   # compiled with cwd=src_dir
     if shutil.which(cc) is None:
         raise MissingTool(f"{cc} not found: install gcc (apt-get install gcc libc6-dev)")
     progs, _ = _sources(src_dir)

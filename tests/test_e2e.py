@@ -96,7 +96,7 @@ def test_patched_kernel_that_panics_at_boot_is_the_patchs_regression():
     proc, rep = kproto("test", str(FIXTURES / "boot-panic.patch"), "-k", ",".join(PROBES[:1]))
     assert rep is not None, proc.stderr
     assert proc.returncode == 1 and rep["verdict"] == "regressed", proc.stderr
-    assert rep["reasons"][0].startswith("the patched kernel did not boot: Kernel panic")
+    assert rep["reasons"][0].startswith("the patched kernel did not boot: kernel panic")
     assert "kproto fixture: overlayfs refuses to initialise" in rep["reasons"][0] + json.dumps(rep["splats"]["new"])
     assert {t["status"] for t in rep["tests"]} == {"error"}
 
@@ -125,7 +125,7 @@ def test_warn_on_copy_up_is_a_new_titled_splat():
     t = by_name(rep)
     assert "WARNING in ovl_copy_up_one" in t["trigger_warn"]["splats"]["patched"]
     assert t["trigger_warn"]["boots"] == {"baseline": 2, "patched": 2}       # one confirmation round
-    assert "seen in 2/2 patched boots, 0/2 baseline boots" in t["evidence"]["summary"]
+    assert "seen in 2/2 patched boots, 0/2 baseline boots" in t["trigger_warn"]["evidence"]["summary"]
     assert t["zz_after_trigger"]["status"] == "match"
 
 
