@@ -1,10 +1,12 @@
 #!/bin/sh
 # kproto set-up for a fresh Debian 12 machine, as root: system packages, .venv, the FUSE mount helper.
-# Idempotent and quiet when everything is already in place.
+# Idempotent and quiet when everything is already in place. Starts and enables no service: the guests'
+# SSH server is dropbear from dropbear-bin (the binary only, no unit, no init script); see
+# tests/test_setup.py.
 set -eu
 cd "$(dirname "$0")"
 
-PKGS="qemu-system-x86 linux-source-6.12 flex bison bc libelf-dev libssl-dev cpio openssh-server
+PKGS="qemu-system-x86 linux-source-6.12 flex bison bc libelf-dev libssl-dev cpio dropbear-bin
 openssh-client fuse3 libfuse3-dev pkg-config ccache gcc make git libc6-dev perl python3 python3-venv
 python3-dev iproute2 chromium"
 

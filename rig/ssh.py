@@ -112,6 +112,20 @@ def make_keys(sshdir: Path) -> None:
     os.chmod(sshdir / "authorized_keys", 0o600)
 
 
+def dropbear_host_key(sshdir: Path) -> Path:
+    """The per-run ed25519 host key in dropbear's format (the same key: known_hosts pins it either way)."""
+    out = sshdir / "host_ed25519.dropbear"
+    try:
+        p = subprocess.run(["dropbearconvert", "openssh", "dropbear", str(sshdir / "host_ed25519"), str(out)],
+                           capture_output=True, text=True)
+    except FileNotFoundError:
+        raise MissingTool("dropbearconvert is missing (apt-get install dropbear-bin)")
+    if p.returncode != 0:
+        raise MissingTool(f"dropbearconvert failed: {(p.stderr or p.stdout).strip()[-300:]}")
+    os.chmod(out, 0o600)
+    return out
+
+
 def write_known_hosts(sshdir: Path, port: int) -> Path:
     kind, blob = (sshdir / "host_ed25519.pub").read_text().split()[:2]
     path = sshdir / "known_hosts"

@@ -64,6 +64,28 @@ def kvm_works() -> bool:
         os.close(fd)
 
 
+DROPBEAR = "/usr/sbin/dropbear"
+SSHD = "/usr/sbin/sshd"
+
+
+def ssh_server() -> str:
+    """The SSH server the guest runs, from the host's root: dropbear (Debian's dropbear-bin ships the
+    binary without a service, so installing it starts nothing on the host), else OpenSSH's sshd if the
+    host already has it. KPROTO_SSH_SERVER=dropbear|sshd picks one."""
+    want = os.environ.get("KPROTO_SSH_SERVER")
+    have = {"dropbear": Path(DROPBEAR).exists(), "sshd": Path(SSHD).exists()}
+    if want in have:
+        if not have[want]:
+            raise MissingTool(f"KPROTO_SSH_SERVER={want} but {DROPBEAR if want == 'dropbear' else SSHD} is missing "
+                              f"(apt-get install {'dropbear-bin' if want == 'dropbear' else 'openssh-server'})")
+        return want
+    if have["dropbear"]:
+        return "dropbear"
+    if have["sshd"]:
+        return "sshd"
+    raise MissingTool(f"no SSH server for the guest: {DROPBEAR} is missing (apt-get install dropbear-bin)")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -112,17 +134,19 @@ class VM:
     def _prepare(self) -> None:
         if shutil.which(QEMU) is None:
             raise MissingTool(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
-        if not Path("/usr/sbin/sshd").exists():
-            raise MissingTool("/usr/sbin/sshd is missing (apt-get install openssh-server)")
+        server = ssh_server()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
         sshdir = self.run_dir / "ssh"
         if not (sshdir / "host_ed25519").exists():
             sshmod.make_keys(sshdir)
+        if server == "dropbear" and not (sshdir / "host_ed25519.dropbear").exists():
+            sshmod.dropbear_host_key(sshdir)
         (sshdir / "sshd_config").write_text(_render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
         init = self.run_dir / "init"
         init.write_text(_render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT, run_dir=self.run_dir,
-                                ready_marker=READY_MARKER, hung_task_timeout=self.hung_task_timeout))
+                                ready_marker=READY_MARKER, hung_task_timeout=self.hung_task_timeout,
+                                ssh_server=server))
         (self.run_dir / "fstab").write_text(_render("fstab.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT))
         shutil.copy2(TEMPLATES / "ip.batch", self.run_dir / "ip.batch")
         os.chmod(init, 0o755)

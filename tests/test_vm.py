@@ -114,7 +114,7 @@ def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline
         killer = sshmod.GuestSSH(port=vm.port, key=vm.ssh.key, known_hosts=vm.ssh.known_hosts)
         killer.connect(timeout=10)
         try:
-            killer.run("pkill -9 -f 'sleep 60'; pkill -9 sshd", timeout=10)
+            killer.run("pkill -9 -f 'sleep 60'; pkill -9 sshd; pkill -9 dropbear", timeout=10)
         except sshmod.SSHError:
             pass                                   # its own connection dies too
         th.join(timeout=60)
@@ -188,3 +188,21 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
     assert tree.default_source().is_at_base()
     with open("/proc/mounts") as fh:
         assert not [l for l in fh if str(runs) in l.split()[1]], "reference FUSE mounts must be unmounted"
+
+
+def test_guest_ssh_server_is_dropbear_when_installed_and_can_be_forced(monkeypatch):
+    from rig import vm as vmmod
+    from rig.errors import MissingTool
+    monkeypatch.setattr(vmmod, "DROPBEAR", "/nonexistent/dropbear")
+    monkeypatch.setattr(vmmod, "SSHD", "/nonexistent/sshd")
+    with pytest.raises(MissingTool, match="apt-get install dropbear-bin"):
+        vmmod.ssh_server()
+    monkeypatch.setattr(vmmod, "SSHD", "/bin/sh")               # an existing file stands in for sshd
+    assert vmmod.ssh_server() == "sshd"
+    monkeypatch.setattr(vmmod, "DROPBEAR", "/bin/true")
+    assert vmmod.ssh_server() == "dropbear"
+    monkeypatch.setenv("KPROTO_SSH_SERVER", "sshd")
+    assert vmmod.ssh_server() == "sshd"
+    monkeypatch.setattr(vmmod, "SSHD", "/nonexistent/sshd")
+    with pytest.raises(MissingTool, match="KPROTO_SSH_SERVER=sshd"):
+        vmmod.ssh_server()
