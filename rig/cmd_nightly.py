@@ -18,16 +18,21 @@ def _say(msg: str) -> None:
 @click.command("nightly")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr (the summary still goes to stdout)")
-def nightly_cmd(config: Path, quiet: bool) -> None:
+@click.option("--scheduler", metavar="tcp://HOST:8786",
+              help="run the matrix on this Dask scheduler's workers (default: [cluster] scheduler of the config, "
+                   "else an embedded cluster on this machine); see docs/cluster.md")
+def nightly_cmd(config: Path, quiet: bool, scheduler: str | None) -> None:
     """Run every series of CONFIG.toml through kproto test (and bench/fuzz when configured), store the run
     in the history database, diff it against the last complete run and write the reports
     (OUTPUT/runs/<id>-<stamp>/{report.html,report.json,summary.txt,junit/}, OUTPUT/latest).
+    The matrix runs as a Dask task graph: on this machine, or on a Dask cluster with --scheduler.
 
     Exit: 0 nothing regressed since the last complete run; 1 something regressed; 2 bad config;
-    3 infrastructure failure (another nightly is running, a kernel does not build, a rig error)."""
+    3 infrastructure failure (another nightly is running, the Dask scheduler is unreachable, a kernel does
+    not build, a rig error)."""
     from . import nightly
     cfg = nightly.load_config(config)
-    res = nightly.run(cfg, say=(lambda m: None) if quiet else _say)
+    res = nightly.run(cfg, say=(lambda m: None) if quiet else _say, scheduler=scheduler)
     click.echo(res.summary, nl=False)
     sys.exit(res.exit_code)
 

@@ -53,6 +53,7 @@ class SeriesCfg:
     paths: list[Path]
     kernels: list[str]
     tests: str | None = None
+    kvm: bool = False                 # KVM-only: its cells run only on workers offering the `kvm` resource
 
 
 @dataclass
@@ -69,6 +70,7 @@ class NightlyConfig:
     history: int = DEFAULT_HISTORY
     bench_noise_pct: float = DEFAULT_NOISE_PCT
     raw: dict = field(default_factory=dict)
+    cluster: object = None            # rig.cluster.ClusterCfg: where the matrix runs (not part of the digest)
 
     @property
     def lock_path(self) -> Path:
@@ -79,9 +81,9 @@ class NightlyConfig:
 
 
 _TOP_KEYS = {"output", "db", "tests", "timeout", "bench", "fuzz_budget_s", "history", "bench_noise_pct",
-             "kernel", "series"}
+             "kernel", "series", "cluster"}
 _KERNEL_KEYS = {"name", "source", "config"}
-_SERIES_KEYS = {"name", "paths", "kernel", "kernels", "tests"}
+_SERIES_KEYS = {"name", "paths", "kernel", "kernels", "tests", "kvm"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -188,7 +190,9 @@ def parse_config(raw: dict, path: Path | None = None) -> NightlyConfig:
               f"`kernels` must name configured kernels ({', '.join(knames)})")
         st = s.get("tests", tests)
         _want(st is None or (isinstance(st, str) and st.strip()), sw, "`tests` must be a -k pattern string")
-        series.append(SeriesCfg(name=name, paths=ppaths, kernels=list(ks), tests=st))
+        kvm = s.get("kvm", False)
+        _want(isinstance(kvm, bool), sw, "`kvm` must be true or false")
+        series.append(SeriesCfg(name=name, paths=ppaths, kernels=list(ks), tests=st, kvm=kvm))
 
     from .guest import harness
     from .paths import GUEST_TESTS
@@ -197,12 +201,18 @@ def parse_config(raw: dict, path: Path | None = None) -> NightlyConfig:
         if not harness.select(specs, pat):
             raise BadInput(f"{where}: tests = {pat!r} selects no guest test (see guest_tests/*.toml for names)")
 
+    # ---- cluster hook (rig/cluster.py): where the matrix runs, which never changes what it computes
+    from .cluster import parse_cluster
+    ccfg = parse_cluster(raw.get("cluster"), where, rel)
+
     canon = dict(raw)
+    canon.pop("cluster", None)
     canon["_resolved"] = {"kernels": [(k.name, k.source, [str(f) for f in k.config]) for k in kernels],
                           "series": [(s.name, [str(p) for p in s.paths], s.kernels, s.tests) for s in series]}
     return NightlyConfig(path=path.resolve() if path else None, output=output, db=db, kernels=kernels, series=series,
                          tests=tests, timeout=float(timeout) if timeout else None, bench=bench,
-                         fuzz_budget_s=float(fuzz), history=hist, bench_noise_pct=float(noise), raw=canon)
+                         fuzz_budget_s=float(fuzz), history=hist, bench_noise_pct=float(noise), raw=canon,
+                         cluster=ccfg)
 
 
 # ================================================================ lock
@@ -517,17 +527,23 @@ class NightlyResult:
     summary: str
 
 
-def run(cfg: NightlyConfig, say: Callable[[str], None] | None = None, test_fn: Callable | None = None,
-        kernel_fn: Callable | None = None) -> NightlyResult:
+def run(cfg: NightlyConfig, say: Callable[[str], None] | None = None, test_fn: Callable | str | None = None,
+        kernel_fn: Callable | str | None = None, scheduler: str | None = None) -> NightlyResult:
     """One nightly run under the lock. TEST_FN (kproto test's run) and KERNEL_FN (kernel name/version/commit
-    and baseline build) are replaceable for tests without a VM."""
+    and baseline build) are replaceable for tests without a VM: Python objects run in-process (embedded
+    cluster only), 'module:function' strings wherever the Dask workers can import them. SCHEDULER (or the
+    config's [cluster] scheduler): a Dask scheduler to run the matrix on instead of the embedded cluster."""
     say = say or (lambda m: print(f"kproto nightly: {m}", file=sys.stderr))
     with nightly_lock(cfg.lock_path):
-        store = Store.open(cfg.db)
-        try:
-            return _run_locked(cfg, store, say, test_fn, kernel_fn or prepare_kernel)
-        finally:
-            store.close()
+        # ---- cluster hook (rig/nightly_graph.py): the cluster is up, or an unreachable scheduler has
+        # failed the run (exit 3), before anything is written
+        from . import nightly_graph
+        with nightly_graph.engine(cfg, say, scheduler=scheduler, test_fn=test_fn, kernel_fn=kernel_fn) as eng:
+            store = Store.open(cfg.db)
+            try:
+                return _run_locked(cfg, store, say, eng)
+            finally:
+                store.close()
 
 
 def prepare_kernel(k: KernelCfg, say: Callable[[str], None]) -> dict:
@@ -542,7 +558,7 @@ def prepare_kernel(k: KernelCfg, say: Callable[[str], None]) -> dict:
     return {"source": tree.origin, "version": kern.version, "commit_id": tree.base}
 
 
-def _run_locked(cfg: NightlyConfig, store: Store, say, test_fn, kernel_fn) -> NightlyResult:
+def _run_locked(cfg: NightlyConfig, store: Store, say, eng) -> NightlyResult:
     gone = store.mark_abandoned()
     if gone:
         say(f"earlier run(s) {', '.join(map(str, gone))} died without recording an end: marked abandoned (incomplete)")
@@ -568,10 +584,13 @@ def _run_locked(cfg: NightlyConfig, store: Store, say, test_fn, kernel_fn) -> Ni
         records: list[SeriesRecord] = []
         kernel_errors: list[str] = []
         kernels_info: list[dict] = []
+        # ---- graph hook (rig/nightly_graph.py): the whole matrix is submitted to the Dask cluster now; the
+        # loop below waits for it in matrix order, and this process alone writes the history
+        matrix = eng.start(cfg, report_dir, log_say)
         for k in cfg.kernels:
             series = [s for s in cfg.series if k.name in s.kernels]
             try:
-                info = kernel_fn(k, log_say)
+                info = matrix.kernel(k)
             except KeyboardInterrupt:
                 raise
             except Exception as e:
@@ -592,24 +611,12 @@ def _run_locked(cfg: NightlyConfig, store: Store, say, test_fn, kernel_fn) -> Ni
             kernels_info.append({"name": k.name, **info})
             for s in series:
                 log_say(f"series {s.name} on {k.name}: {len(s.paths)} path(s), tests {s.tests or '(all)'}")
-                t0 = time.monotonic()
-                rec = run_series(k, s, cfg, lambda m, n=s.name: log_say(f"[{n}] {m}"), test_fn)
+                rec = matrix.series(k, s)        # kproto test, then bench / fuzz when configured
                 rec.kernel_version = rec.kernel_version or info.get("version")
-                if cfg.bench and rec.outcome == "tested":
-                    metrics, err = run_bench(k, s, lambda m, n=s.name: log_say(f"[{n}] {m}"))
-                    rec.bench = metrics
-                    if err:
-                        rec.notes.append(err)
-                if cfg.fuzz_budget_s and rec.outcome == "tested":
-                    findings, err = run_fuzz(k, s, cfg.fuzz_budget_s, lambda m, n=s.name: log_say(f"[{n}] {m}"),
-                                             report_dir / "fuzz" / f"{_SAFE.sub('_', k.name)}--{_SAFE.sub('_', s.name)}")
-                    rec.findings = findings
-                    if err:
-                        rec.notes.append(err)
                 store.add_series(run_id, rec)
                 records.append(rec)
                 log_say(f"series {s.name}: {rec.outcome}" + (f" ({rec.verdict})" if rec.verdict else "")
-                        + f" in {time.monotonic() - t0:.0f} s")
+                        + f" in {matrix.took(k, s):.0f} s")
         prev_series = store.load_series(prev["id"]) if prev else None
         changes = diff(prev_series, records, cfg.bench_noise_pct,
                        store.kernels(prev["id"]) if prev else None, store.kernels(run_id))
@@ -619,6 +626,7 @@ def _run_locked(cfg: NightlyConfig, store: Store, say, test_fn, kernel_fn) -> Ni
         run_row = store.run(run_id) | {"finished": finished, "complete": 1, "state": "complete", "exit_code": code}
         summary = write_reports(report_dir, store, cfg, run_row, prev, kernels_info, records, changes,
                                            kernel_errors)
+        matrix.amend_reports(report_dir)        # graph hook: which worker ran what, with which accel
         store.finish_run(run_id, code)
         _link_latest(cfg.output, report_dir)
         log_say(f"run {run_id} complete: exit {code}; reports in {report_dir}")
