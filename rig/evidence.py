@@ -43,6 +43,11 @@ class Evidence:
     baseline: list[Sample] = field(default_factory=list)
     patched: list[Sample] = field(default_factory=list)
 
+    @property
+    def rerun(self) -> bool:
+        """Confirmation boots ran it: more than one boot of either kernel."""
+        return len(self.baseline) > 1 or len(self.patched) > 1
+
     def varies(self, side: str) -> bool:
         return len({s.outcome for s in getattr(self, side)}) > 1
 
@@ -111,8 +116,7 @@ def needs_confirmation(ev: Evidence, concurrent: bool) -> bool:
     outcomes_p = {s.outcome for s in ev.patched}
     if outcomes_b == outcomes_p and len(outcomes_b) == 1:
         return False
-    variable = concurrent or any(s.splats or s.status != "ok" for s in ev.baseline + ev.patched)
-    return variable
+    return concurrent or any(s.splats or s.status != "ok" for s in ev.baseline + ev.patched)
 
 
 @dataclass

@@ -406,7 +406,7 @@ class _BootSession:
             reasons.append(f"kernel tainted ({taint_letters(new_taint)})")
         status = ev.get("status")
         if status == "timeout":
-            return self._hung_reported(name, ev, found)
+            return self._hung_reported(name, ev)
         self.say(f"[{self.run_.label}] {name}: {status}" + (f"  ({'; '.join(reasons)})" if reasons else ""))
         if reasons:
             ev["kernel_events"] = reasons
@@ -421,10 +421,9 @@ class _BootSession:
         deadline = time.monotonic() + self.t.barrier_max
         last, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
-            size = self.m.console_size()
-            if size != last:
-                last, last_change = size, time.monotonic()
-            seg = self.m.console_since(self.offset)
+            seg = self.m.console_since(self.offset)      # one read per poll: its length shows new output
+            if len(seg) != last:
+                last, last_change = len(seg), time.monotonic()
             if (not marker or marker in seg) and time.monotonic() - last_change >= self.t.quiet:
                 return seg
             if not self.m.alive():
@@ -433,7 +432,7 @@ class _BootSession:
         return self.m.console_since(self.offset)
 
     # -------------------------------------------------------- hangs
-    def _hung_reported(self, name: str, res: dict, found: list[splatmod.Splat]) -> bool:
+    def _hung_reported(self, name: str, res: dict) -> bool:
         """The harness killed the program after its timeout: the kernel may be wedged. Collect the
         blocked tasks, reboot for the rest."""
         self.say(f"[{self.run_.label}] {name}: timed out; collecting blocked tasks (sysrq-w) before the next boot")

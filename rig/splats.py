@@ -71,11 +71,13 @@ hung_task.c, kasan/report.c, ...); this is an independent implementation, stdlib
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-__all__ = ["Splat", "scan_text", "scan_file", "new_splats", "format_table", "is_fatal",
+__all__ = ["Splat", "scan_text", "merge", "scan_file", "new_splats", "format_table", "is_fatal",
            "lockdep_disabled", "signature_of", "lock_class", "FATAL_KINDS", "KINDS"]
 
 KINDS = ("lockdep", "warning", "bug", "kasan", "panic", "hung_task", "rcu_stall", "lockup", "oops", "gpf",
@@ -879,12 +881,18 @@ def scan_text(text: str) -> list[Splat]:
     for ls, ps, ks in streams.values():
         found.extend(_scan_stream(ls, ps, ks))
     found.sort(key=lambda x: x[0])
+    return merge(sp for _, sp in found)
+
+
+def merge(splats: Iterable[Splat]) -> list[Splat]:
+    """One Splat per signature, in order of first appearance, counts summed; the first occurrence's
+    title and excerpt are kept. The inputs are not modified."""
     out: dict[str, Splat] = {}
-    for _, sp in found:
+    for sp in splats:
         if sp.signature in out:
-            out[sp.signature].count += 1
+            out[sp.signature].count += sp.count
         else:
-            out[sp.signature] = sp
+            out[sp.signature] = dataclasses.replace(sp)
     return list(out.values())
 
 

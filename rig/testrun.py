@@ -60,12 +60,15 @@ def new_run_dir(keep: bool) -> Path:
     return d
 
 
-def select_tests(suite: Path, pattern: str | None, timeout: float | None) -> tuple[list[str], dict[str, float]]:
+def select_tests(suite: Path, pattern: str | None,
+                 timeout: float | None) -> tuple[list[str], dict[str, float], set[str]]:
+    """The selected tests in run order, their timeouts, and which of them are marked concurrent."""
     chosen = harness.select(harness.load_specs(suite), pattern)
     if not chosen:
         from .errors import BadInput
         raise BadInput(f"-k {pattern!r} selects no guest test (see guest_tests/*.toml for names)")
-    return [s.name for s in chosen], {s.name: float(timeout or s.timeout) for s in chosen}
+    return ([s.name for s in chosen], {s.name: float(timeout or s.timeout) for s in chosen},
+            {s.name for s in chosen if s.concurrent})
 
 
 def run_reference(suite: Path, bins: Path, names: list[str], timeout: float | None, work: Path) -> dict[str, dict]:
@@ -247,8 +250,7 @@ def run(opts: TestOptions) -> Report:
     timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
 
     suite = Path(opts.suite)
-    specs = {s.name: s for s in harness.load_specs(suite)}
-    names, timeouts = select_tests(suite, opts.pattern, opts.timeout)
+    names, timeouts, concurrent = select_tests(suite, opts.pattern, opts.timeout)
     bins = guest_build.build(suite)
     run_dir = new_run_dir(opts.keep)
     factories = opts.machine_factories or {}
@@ -316,7 +318,7 @@ def run(opts: TestOptions) -> Report:
             settled = {n for r in (base_run, patched_run) if r.deadlock
                        for n in r.deadlock["hung"] + r.deadlock["not_run"]}
             wanted = [n for n in names if n in evidence and n not in settled
-                      and needs_confirmation(evidence[n], specs[n].concurrent if n in specs else False)]
+                      and needs_confirmation(evidence[n], n in concurrent)]
             if not wanted:
                 break
             say(f"confirming {len(wanted)} test(s) on fresh boots of both kernels (round {rnd}/{opts.confirm}): "
@@ -353,7 +355,7 @@ def run(opts: TestOptions) -> Report:
     flaky_sigs: set[str] = set()
     for v in verdicts:
         ev = evidence.get(v.name)
-        if ev is not None and (len(ev.patched) > 1 or len(ev.baseline) > 1):
+        if ev is not None and ev.rerun:
             d = decide(ev)
             if d.status == "regressed" and v.status != "error":
                 v.status, v.reason = "regressed", d.reason
@@ -365,7 +367,7 @@ def run(opts: TestOptions) -> Report:
         j["splat_signatures"] = {"baseline": base_run.signatures(v.name), "patched": patched_run.signatures(v.name)}
         if ev is not None:
             j["boots"] = {"baseline": len(ev.baseline), "patched": len(ev.patched)}
-            if len(ev.patched) > 1 or len(ev.baseline) > 1:
+            if ev.rerun:
                 j["evidence"] = ev.as_json()
         for side, r in (("baseline", base_run), ("patched", patched_run)):
             kev = (r.results.get(v.name) or {}).get("kernel_events")
@@ -375,9 +377,9 @@ def run(opts: TestOptions) -> Report:
         if blocked:
             j["blocked_tasks"] = blocked          # sysrq-w dump taken when the test hung
         tests.append(j)
-    all_base = base_run.splats + extra_splats["baseline"]
-    all_patched = patched_run.splats + extra_splats["patched"]
-    new = splatmod.new_splats(_dedup(all_base), _dedup(all_patched))
+    all_base = splatmod.merge(base_run.splats + extra_splats["baseline"])
+    all_patched = splatmod.merge(patched_run.splats + extra_splats["patched"])
+    new = splatmod.new_splats(all_base, all_patched)
     # a new splat that came and went on a flaky test is that test's flakiness, not a sure regression --
     # except lockdep's: it never reports a cycle that is not there
     sure_new = [s for s in new if s.kind in LOCKDEP_KINDS or s.signature not in flaky_sigs]
@@ -396,22 +398,12 @@ def run(opts: TestOptions) -> Report:
         kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
                 "accel": "kvm" if kvm_works() else "tcg"},
         patches=[p.as_json() for p in series], tests=tests,
-        splats={"baseline": [s.as_json() for s in _dedup(all_base)],
-                "patched": [s.as_json() for s in _dedup(all_patched)],
+        splats={"baseline": [s.as_json() for s in all_base],
+                "patched": [s.as_json() for s in all_patched],
                 "new": [dict(s.as_json(), boots=_seen(s, evidence)) for s in new]},
         timings=timings, reasons=reasons, notes=notes, checks=checks)
     rep.verdicts = verdicts
     return rep
-
-
-def _dedup(splats: list[splatmod.Splat]) -> list[splatmod.Splat]:
-    out: dict[str, splatmod.Splat] = {}
-    for s in splats:
-        if s.signature in out:
-            out[s.signature].count += s.count
-        else:
-            out[s.signature] = splatmod.Splat.from_json(s.as_json())
-    return list(out.values())
 
 
 def _seen(s: splatmod.Splat, evidence: dict[str, Evidence]) -> dict:
