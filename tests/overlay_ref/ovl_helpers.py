@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -18,6 +19,15 @@ PY = sys.executable
 
 WHITEOUT = ("whiteout",)          # char device 0/0
 XWHITEOUT = ("xwhiteout",)        # zero-size file with overlay.whiteout xattr
+
+
+def attempt(fn, *args, **kw):
+    """FN(*ARGS) as an observation: its result ("ok" for None) or the errno name it failed with."""
+    try:
+        r = fn(*args, **kw)
+        return "ok" if r is None else r
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
 
 
 def symlink(target):

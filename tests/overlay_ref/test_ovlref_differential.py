@@ -4,7 +4,6 @@ kernel and must show the same tree, and layers the kernel wrote are mounted by t
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ovl_helpers import WHITEOUT, XWHITEOUT, opaque, requires_fuse, symlink
+from ovl_helpers import WHITEOUT, XWHITEOUT, attempt, opaque, requires_fuse, symlink
 
 pytestmark = [pytest.mark.fuse, requires_fuse]
 
@@ -57,14 +56,6 @@ def view(root: Path) -> list:
             ent.append([(x, os.getxattr(p, x, follow_symlinks=False)) for x in xs])
             out.append(ent)
     return out
-
-
-def attempt(fn, *args, **kw):
-    try:
-        r = fn(*args, **kw)
-        return "ok" if r is None else r
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
 
 
 # ---------------------------------------------------------------- scenarios

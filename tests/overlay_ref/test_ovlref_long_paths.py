@@ -14,7 +14,6 @@ reaches such paths."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import stat
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ovl_helpers import requires_fuse, walk_fd, xattr_path
+from ovl_helpers import attempt, requires_fuse, walk_fd, xattr_path
 
 pytestmark = [pytest.mark.fuse, requires_fuse]
 
@@ -132,14 +131,6 @@ def deep_layers(make_layers, ch: Chain, layout: str):
 
 
 # ---------------------------------------------------------------- observing
-
-def attempt(fn, *args, **kw):
-    try:
-        r = fn(*args, **kw)
-        return "ok" if r is None else r
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-
 
 def summary(st: os.stat_result) -> tuple:
     extra = ()

@@ -82,6 +82,14 @@ def _wait_gone(pid: int, t: float = 10) -> bool:
     return not _alive(pid)
 
 
+def _mount(layers, xdg) -> tuple[Path, int]:
+    """Mount LAYERS with the CLI; the daemon's pidfile in XDG and the pid it names."""
+    r = cli("mount", layers.lowerdir, layers.upper, layers.work, layers.mnt)
+    assert r.returncode == 0, r.stderr
+    pidfile = xdg / pidname(layers.mnt)
+    return pidfile, int(pidfile.read_text())
+
+
 def _cleanup(mnt, *pids):
     if daemon.is_mounted(str(mnt)):
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
@@ -310,10 +318,7 @@ def test_umount_does_not_signal_unrelated_pid(kind, why, xdg, make_layers):
     decoy = _decoy(kind, layers.mnt)
     pid = None
     try:
-        r = cli("mount", layers.lowerdir, layers.upper, layers.work, layers.mnt)
-        assert r.returncode == 0, r.stderr
-        pidfile = xdg / pidname(layers.mnt)
-        pid = int(pidfile.read_text())
+        pidfile, pid = _mount(layers, xdg)
         assert daemon.daemon_mismatch(pid, str(layers.mnt)) is None
         assert daemon.daemon_mismatch(decoy.pid, str(layers.mnt)) is not None
         pidfile.write_text(f"{decoy.pid}\n")            # the pidfile now names the decoy
@@ -341,10 +346,7 @@ def test_umount_with_unsafe_runtime_dir_does_not_use_pidfile(xdg, make_layers):
     decoy = subprocess.Popen(["sleep", "60"])
     pid = None
     try:
-        r = cli("mount", layers.lowerdir, layers.upper, layers.work, layers.mnt)
-        assert r.returncode == 0, r.stderr
-        pidfile = xdg / pidname(layers.mnt)
-        pid = int(pidfile.read_text())
+        pidfile, pid = _mount(layers, xdg)
         pidfile.write_text(f"{decoy.pid}\n")
         os.chmod(xdg, 0o777)                            # now anyone could have written it
         r = cli("umount", layers.mnt)
