@@ -204,6 +204,12 @@ def verdict_of(tests: list[dict], new_splats: list, base: KernelRun | None, patc
     return "clean", []
 
 
+def _kernel_info(tree: treemod.SourceTree, kernel: buildmod.Kernel) -> dict:
+    """The report's "kernel" object: where the source came from, the version, the base, the accelerator."""
+    return {"source": tree.origin, "version": kernel.version, "base": tree.base,
+            "accel": "kvm" if kvm_works() else "tcg"}
+
+
 def _boot_failure_report(tree, series, base_kernel, patched_kernel, err: BootError, names: list[str],
                          base_run: KernelRun | None, timings: dict, t0: float, checks) -> Report:
     """The patched kernel did not boot while the baseline did: that is the patch's regression."""
@@ -219,8 +225,7 @@ def _boot_failure_report(tree, series, base_kernel, patched_kernel, err: BootErr
     base_sigs = {s.signature for s in (base_run.splats if base_run else [])}
     new = [s for s in found if s.signature not in base_sigs]
     return Report(verdict="regressed",
-                  kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
-                          "accel": "kvm" if kvm_works() else "tcg"},
+                  kernel=_kernel_info(tree, patched_kernel),
                   patches=[p.as_json() for p in series], tests=tests,
                   splats={"baseline": [s.as_json() for s in (base_run.splats if base_run else [])],
                           "patched": [s.as_json() for s in found], "new": [s.as_json() for s in new]},
@@ -395,8 +400,7 @@ def run(opts: TestOptions) -> Report:
                      f"lockdep-off or hang; confirmation boots)")
     rep = Report(
         verdict=verdict,
-        kernel={"source": tree.origin, "version": patched_kernel.version, "base": tree.base,
-                "accel": "kvm" if kvm_works() else "tcg"},
+        kernel=_kernel_info(tree, patched_kernel),
         patches=[p.as_json() for p in series], tests=tests,
         splats={"baseline": [s.as_json() for s in all_base],
                 "patched": [s.as_json() for s in all_patched],
