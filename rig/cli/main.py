@@ -1,26 +1,29 @@
-"""`kproto` command line (click). Each command lives in its own rig/cmd_*.py module exposing `command`."""
+"""`kproto` command line (click): the group, its one-line error handling with the documented exit codes, and
+the explicit list of commands. Each rig/cli/cmd_*.py parses its options, calls one API, maps exit codes."""
 from __future__ import annotations
 
 import errno
-import importlib
+import signal
 import sys
 
 import click
 
-import signal
+from rig.cli import cmd_bench, cmd_check, cmd_fuzz, cmd_nightly, cmd_ref, cmd_runtests, cmd_scan, cmd_test
+from rig.core.errors import EXIT_INFRA, KprotoError
 
-from .errors import EXIT_INFRA, KprotoError
-
-# module name -> registered as the click command it exposes (attribute `command`)
-COMMAND_MODULES = [
-    "rig.cmd_test",       # kproto test / build / shell
-    "rig.cmd_ref",        # kproto ref mount|umount
-    "rig.cmd_runtests",   # kproto run-tests
-    "rig.cmd_scan",       # kproto scan
-    "rig.cmd_check",      # kproto check
-    "rig.cmd_bench",      # kproto bench
-    "rig.cmd_nightly",    # kproto nightly / history
-    "rig.cmd_fuzz",       # kproto fuzz
+COMMANDS: list[click.Command] = [
+    cmd_test.test_cmd,            # kproto test
+    cmd_test.build_cmd,           # kproto build
+    cmd_test.shell_cmd,           # kproto shell
+    cmd_ref.ref,                  # kproto ref mount|umount
+    cmd_runtests.command,         # kproto run-tests
+    cmd_scan.command,             # kproto scan
+    cmd_check.check_cmd,          # kproto check
+    cmd_check.cover_letter_cmd,   # kproto cover-letter
+    cmd_bench.command,            # kproto bench
+    cmd_nightly.nightly_cmd,      # kproto nightly
+    cmd_nightly.history_cmd,      # kproto history
+    cmd_fuzz.command,             # kproto fuzz
 ]
 
 
@@ -56,17 +59,8 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as _e:
-        if _e.name != _name:
-            raise
-        continue
-    for _attr in ("command", "commands"):
-        _obj = getattr(_mod, _attr, None)
-        for _cmd in (_obj if isinstance(_obj, (list, tuple)) else [_obj] if _obj else []):
-            main.add_command(_cmd)
+for _cmd in COMMANDS:
+    main.add_command(_cmd)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from . import check as checkmod
-from . import coverletter
-from . import patches as patchmod
-from . import tree as treemod
+from rig.check import validate as checkmod
+from rig.check import coverletter
+from rig.kernel import patches as patchmod
+from rig.kernel import tree as treemod
 
 
 def _say(msg: str) -> None:
@@ -81,5 +81,3 @@ def cover_letter_cmd(test_json, bench_json, config, output):
         click.echo(text, nl=False)
 
 
-command = check_cmd
-commands = [cover_letter_cmd]

@@ -3,7 +3,6 @@
 Fast rows use the tiny fake kernel tree; the VM rows boot the real baseline kernel (slow)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,8 +14,8 @@ import pytest
 
 from kproto_helpers import FAKE_KERNEL, make_patch
 
-REPO = Path(__file__).resolve().parent.parent
-KPROTO = [sys.executable, "-m", "rig.cli"]
+REPO = Path(__file__).resolve().parents[2]
+KPROTO = [sys.executable, "-m", "rig.cli.main"]
 
 
 def kproto(*args, env=None, timeout=600, **kw) -> subprocess.CompletedProcess:
@@ -76,8 +75,8 @@ def test_bad_options_are_exit_2(tmp_path, kcache):
 
 
 def test_missing_qemu_is_a_one_line_error_naming_the_package(tmp_path, kcache):
-    from rig import vm as vmmod
-    from rig.errors import MissingTool
+    from rig.machine import qemu as vmmod
+    from rig.core.errors import MissingTool
     old = os.environ["PATH"]
     os.environ["PATH"] = str(tmp_path)          # nothing on PATH
     try:
@@ -88,8 +87,9 @@ def test_missing_qemu_is_a_one_line_error_naming_the_package(tmp_path, kcache):
 
 
 def test_missing_build_tools_are_named(tmp_path, kcache, fake_tarball, monkeypatch):
-    from rig import build, tree
-    from rig.errors import MissingTool
+    from rig.kernel import build
+    from rig.kernel import tree
+    from rig.core.errors import MissingTool
     src = tree.open_source(str(fake_tarball))
     monkeypatch.setattr(build, "REQUIRED_TOOLS", {"kproto-no-such-compiler": "gcc"})
     with pytest.raises(MissingTool, match=r"kproto-no-such-compiler is not installed \(apt-get install gcc\)"):
@@ -156,12 +156,12 @@ def test_two_runs_at_once_are_serialised_and_both_correct(tmp_path, kcache, fake
 
 
 def test_locks_tell_the_user_who_they_wait_for(tmp_path):
-    from rig.locks import locked
+    from rig.core.locks import locked
     lock = tmp_path / "x.lock"
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time; sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from rig.locks import locked
+from rig.core.locks import locked
 with locked(Path({str(lock)!r})):
     print('held', flush=True); time.sleep(2)
 """], stdout=subprocess.PIPE, text=True)
@@ -179,7 +179,8 @@ def test_reference_daemon_killed_mid_test_is_an_infrastructure_error(tmp_path):
     the mount is cleaned up, the lower layer is untouched, and `kproto test` would call it infra."""
     import threading
     from rig.guest import harness
-    from rig import guest_build, testrun
+    from rig.guest import programs as guest_build
+    from rig.analysis import verdict as verdictmod
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "common.h").symlink_to(REPO / "guest_tests" / "common.h")
@@ -221,5 +222,5 @@ def test_reference_daemon_killed_mid_test_is_an_infrastructure_error(tmp_path):
     assert res["lower_modified"] is False
     with open("/proc/mounts") as fh:
         assert not [l for l in fh if str(work) in l], "the dead FUSE mount must be cleaned up"
-    verdict, reasons = testrun.verdict_of([], [], None, None, {"slow_reader": res})
+    verdict, reasons = verdictmod.verdict_of([], [], None, None, {"slow_reader": res})
     assert verdict == "error" and "reference overlay failed" in reasons[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import runtests
+from rig.suite import runtests
 
 
 @click.command("run-tests")

@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+RIG = Path(__file__).resolve().parent.parent
+REPO = RIG.parent
 GUEST_TESTS = REPO / "guest_tests"
-TEMPLATES = Path(__file__).resolve().parent / "templates"
-DATA = Path(__file__).resolve().parent / "data"
 
 
 def cache_dir() -> Path:

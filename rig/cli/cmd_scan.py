@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from . import splats as splatmod
-from .errors import BadInput
+from rig.analysis import splats as splatmod
+from rig.core.errors import BadInput
 
 
 def _inputs(args: tuple[str, ...]) -> list[tuple[str, Path | None]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import BadInput, InfraError
+from rig.core.errors import BadInput, InfraError
 
 
 @click.group("ref")
@@ -44,4 +44,3 @@ def umount_cmd(mountpoint: str) -> None:
         raise InfraError(str(e))
 
 
-command = ref

@@ -1,4 +1,8 @@
-"""`kproto fuzz`: differential fuzzing of file-operation sequences, target overlay vs the reference."""
+"""`kproto fuzz`: differential fuzzing of file-operation sequences, target overlay vs the reference.
+
+Parses the options, builds the interpreter, makes the targets (for --target kernel: the patched kernel
+through rig.kernel.prepare, booted in a VM), runs rig.fuzz.search.fuzz and emits each finding
+(rig.fuzz.emit); exit 0 nothing found, 1 findings, 2 bad input, 3 infrastructure failure."""
 from __future__ import annotations
 
 import json
@@ -9,11 +13,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import click
 
-from .errors import EXIT_CLEAN, EXIT_REGRESSED, BadInput, MissingTool
-from .paths import cache_dir
+from rig.core.errors import EXIT_CLEAN, EXIT_REGRESSED, BadInput, MissingTool
+from rig.core.paths import cache_dir
+
+if TYPE_CHECKING:
+    from rig.analysis.known import Known
+    from rig.fuzz.findings import Finding, FuzzResult
+    from rig.fuzz.targets import Target
 
 
 def _tests_destination(d: Path | None) -> Path | None:
@@ -44,7 +54,7 @@ def _say(msg: str) -> None:
 @click.option("--budget", default="10m", show_default=True, help="time budget: 90s, 10m, 1h")
 @click.option("--max-sequences", type=click.IntRange(min=1), help="stop after this many sequences (reproducible length)")
 @click.option("--seed", type=int, help="random seed (default: a fresh one, printed); the same seed replays the same search")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON result (DESIGN.md §4)")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON result (docs/design.md §4)")
 @click.option("--findings", "findings_dir", type=click.Path(path_type=Path),
               help="where seeds and findings go (default $KPROTO_CACHE/fuzz/findings/<time>-<target>-seed<N>)")
 @click.option("--add-tests", "tests_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
@@ -69,11 +79,12 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
         import hypothesis  # noqa: F401
     except ImportError:
         raise MissingTool("kproto fuzz needs hypothesis (pip install 'kproto[test]' or pip install hypothesis)")
-    from . import fuzz as fz
+    from rig.analysis.known import load_known
+    from rig.fuzz import emit, interp as interpmod, search, targets
 
     if patches and target != "kernel":
         raise BadInput("PATCH... only makes sense with --target kernel")
-    budget_s = fz.parse_budget(budget)
+    budget_s = search.parse_budget(budget)
     if seed is None:
         seed = random.SystemRandom().randrange(1, 2**31)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -91,36 +102,36 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
          "started": stamp}, indent=1) + "\n")
     _say(f"seed {seed}; target {target} vs {reference}; budget {budget_s:.0f} s; findings in {findings_dir}")
 
-    interp = fz.build_interpreter()
-    known = fz.Known.load()
+    interp = interpmod.build_interpreter()
+    known = load_known()
     target_desc = {"host": "host kernel overlayfs", "kernel": "kernel overlayfs (guest)",
                    "ref": "reference overlay (second mount)", "plain": "plain directory"}[target]
     if target == "kernel" and patches:
         target_desc += " with " + ", ".join(p.name for p in patches)
 
-    def on_finding(f):
-        fz.emit_finding(f, findings_dir, tests_out, target_desc, cmdline)
+    def on_finding(f: Finding) -> None:
+        emit.emit_finding(f, findings_dir, tests_out, target_desc, cmdline)
         _say(f"finding {f.id} -> {f.reproducer}" + (f" and {f.guest_test}" if f.guest_test else "")
              + (f" (guest test not added: same first difference and operations as {f.duplicate_of})"
                 if f.duplicate_of else ""))
 
     work = Path(tempfile.mkdtemp(prefix="kproto-fuzz-", dir="/tmp"))
     try:
-        ref_t = fz.make_local_target(reference, interp, work / "reference")
+        ref_t = targets.make_local_target(reference, interp, work / "reference")
         with ref_t:
             if target == "kernel":
-                result = _fuzz_kernel(fz, patches, kernel_src, config, keep, interp, ref_t, seed, budget_s,
+                result = _fuzz_kernel(patches, kernel_src, config, keep, interp, ref_t, seed, budget_s,
                                       max_sequences, batch or 32, max_len, known, include_known, on_finding)
             else:
-                with fz.make_local_target(target, interp, work / "target") as tgt:
-                    result = fz.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
-                                     batch=batch or 8, max_len=max_len, known=known, include_known=include_known,
-                                     progress=_say, on_finding=on_finding)
+                with targets.make_local_target(target, interp, work / "target") as tgt:
+                    result = search.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
+                                         batch=batch or 8, max_len=max_len, known=known,
+                                         include_known=include_known, progress=_say, on_finding=on_finding)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     for f in result.known:
-        fz.emit_finding(f, findings_dir / "known", None, target_desc, cmdline)
+        emit.emit_finding(f, findings_dir / "known", None, target_desc, cmdline)
     out = result.as_json()
     (findings_dir / "result.json").write_text(json.dumps(out, indent=1) + "\n")
     if json_out:
@@ -138,29 +149,28 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
     sys.exit(EXIT_REGRESSED if result.findings else EXIT_CLEAN)
 
 
-def _fuzz_kernel(fz, patches, kernel_src, config, keep, interp, ref_t, seed, budget_s, max_sequences, batch,
-                 max_len, known, include_known, on_finding):
-    from . import build as buildmod
-    from . import patches as patchmod
-    from . import tree as treemod
-    from .testrun import new_run_dir
-    from .vm import VM
+def _fuzz_kernel(patches: tuple[Path, ...], kernel_src: str | None, config: tuple[Path, ...], keep: bool,
+                 interp: Path, ref_t: Target, seed: int, budget_s: float, max_sequences: int | None, batch: int,
+                 max_len: int, known: Known, include_known: bool,
+                 on_finding: Callable[[Finding], None]) -> FuzzResult:
+    from rig.fuzz import search
+    from rig.fuzz.targets import KernelTarget
+    from rig.kernel import prepare
+    from rig.machine.qemu import VM
+    from rig.suite.testrun import new_run_dir
 
-    series = patchmod.expand(list(patches))
-    tree = treemod.open_source(kernel_src)
-    tree.check_applies(series)
-    kernel = buildmod.build(tree, series, tuple(config), progress=_say)
+    _, kernel = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)
     _say(f"kernel {kernel.version}: " + ("cached" if kernel.cached else f"built in {kernel.build_s:.0f} s"))
     run_dir = new_run_dir(keep)
     try:
         with VM(bzimage=kernel.bzimage, run_dir=run_dir, name="fuzz") as vm:
             boot = vm.wait_ready()
             _say(f"guest ready after {boot:.1f} s ({vm.accel}); {batch} sequences per SSH command")
-            tgt = fz.KernelTarget(interp, run_dir, vm)
+            tgt = KernelTarget(interp, run_dir, vm)
             try:
-                return fz.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences, batch=batch,
-                               max_len=max_len, known=known, include_known=include_known, progress=_say,
-                               on_finding=on_finding)
+                return search.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
+                                   batch=batch, max_len=max_len, known=known, include_known=include_known,
+                                   progress=_say, on_finding=on_finding)
             finally:
                 tgt.close()
     finally:

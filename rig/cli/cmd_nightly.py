@@ -1,14 +1,13 @@
-"""`kproto nightly CONFIG.toml` and `kproto history`."""
+"""`kproto nightly CONFIG.toml` (rig/nightly/run.py) and `kproto history` (rig/nightly/history.py)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import BadInput
+from rig.core.errors import BadInput
 
 
 def _say(msg: str) -> None:
@@ -30,9 +29,9 @@ def nightly_cmd(config: Path, quiet: bool, scheduler: str | None) -> None:
     Exit: 0 nothing regressed since the last complete run; 1 something regressed; 2 bad config;
     3 infrastructure failure (another nightly is running, the Dask scheduler is unreachable, a kernel does
     not build, a rig error)."""
-    from . import nightly
-    cfg = nightly.load_config(config)
-    res = nightly.run(cfg, say=(lambda m: None) if quiet else _say, scheduler=scheduler)
+    from rig.nightly.config import load_config
+    from rig.nightly.run import run
+    res = run(load_config(config), say=(lambda m: None) if quiet else _say, scheduler=scheduler)
     click.echo(res.summary, nl=False)
     sys.exit(res.exit_code)
 
@@ -41,8 +40,8 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
     if db:
         return db
     if config:
-        from . import nightly
-        return nightly.load_config(config).db
+        from rig.nightly.config import load_config
+        return load_config(config).db
     env = os.environ.get("KPROTO_NIGHTLY_DB")
     if env:
         return Path(env)
@@ -62,11 +61,12 @@ def _glob(p: str | None) -> str | None:
 @click.option("--test", "-t", "test", help="per-test history for tests matching this (substring or glob)")
 @click.option("--limit", "-n", default=10, show_default=True, type=click.IntRange(1, 1000), help="number of runs")
 @click.option("--json", "as_json", is_flag=True, help="print JSON rows instead of a table")
-def history_cmd(db, config, series, test, limit, as_json):
+def history_cmd(db: Path | None, config: Path | None, series: str | None, test: str | None, limit: int,
+                as_json: bool) -> None:
     """Past nightly runs from the terminal: the runs; with --series each run's outcome for the series;
     with --test each test's status per run (columns: runs, oldest first)."""
-    from .nightly import history_text
-    from .store import Store
+    from rig.nightly.history import history_text
+    from rig.nightly.store import Store
     with Store.open(_db_path(db, config), create=False) as store:
         out = history_text(store, series=_glob(series), test=_glob(test), limit=limit, as_json=as_json)
     click.echo(out, nl=False)

@@ -1,4 +1,4 @@
-"""Domain exceptions. Each carries the documented exit code of `kproto` (DESIGN.md §4)."""
+"""Domain exceptions. Each carries the documented exit code of `kproto` (docs/design.md §4)."""
 from __future__ import annotations
 
 EXIT_CLEAN = 0

@@ -1,7 +1,6 @@
 """`kproto test`, `kproto build`, `kproto shell`."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -9,11 +8,9 @@ from pathlib import Path
 
 import click
 
-from . import build as buildmod
-from . import patches as patchmod
-from . import report as reportmod
-from . import tree as treemod
-from .errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, BadInput, MissingTool
+from rig.kernel import prepare
+from rig.report import html as report_html, terminal as report_terminal
+from rig.core.errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, MissingTool
 
 _patch_arg = click.argument("patches", nargs=-1, type=click.Path(path_type=Path))
 _src_opt = click.option("--kernel-src", metavar="PATH", help="kernel git tree or tarball (default: Debian linux-source-6.12)")
@@ -27,7 +24,7 @@ def _say(msg: str) -> None:
 
 @click.command("test")
 @click.argument("patches", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON report (DESIGN.md §4)")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="write the JSON report (docs/design.md §4)")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="write JUnit XML")
 @click.option("--html", "html_out", type=click.Path(path_type=Path), help="write an HTML report")
 @click.option("-k", "pattern", help="run only guest tests whose name matches (substring or glob)")
@@ -49,7 +46,8 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
     compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
 
     Exit: 0 clean, 1 regressed or flaky, 2 bad input, 3 infrastructure failure."""
-    from . import compare, testrun
+    from rig.report import junit
+    from rig.suite import testrun
     opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
                                pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline, checks=not no_checks,
                                confirm=confirm, allow_flaky=allow_flaky,
@@ -61,13 +59,13 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
             e.report.write_json(json_out)
             _say(f"partial results written to {json_out}")
         raise
-    click.echo(reportmod.terminal(rep))
+    click.echo(report_terminal.render(rep))
     if json_out:
         rep.write_json(json_out)
     if junit_out:
-        junit_out.write_text(compare.to_junit(rep.verdicts, "kproto-test"))
+        junit_out.write_text(junit.to_junit(rep.verdicts, "kproto-test"))
     if html_out:
-        html_out.write_text(reportmod.html(rep))
+        html_out.write_text(report_html.render(rep))
     sys.exit(EXIT_CLEAN if rep.verdict == "clean" else
              EXIT_REGRESSED if rep.verdict in ("regressed", "flaky") else EXIT_INFRA)
 
@@ -78,9 +76,7 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
 @_cfg_opt
 def build_cmd(patches, kernel_src, config):
     """Build the base kernel with PATCH... applied (cached) and print the bzImage path."""
-    series = patchmod.expand(patches)
-    tree = treemod.open_source(kernel_src)
-    k = buildmod.build(tree, series, tuple(config), progress=_say)
+    k = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)[1]
     _say(f"linux {k.version}: " + ("cached" if k.cached else f"built in {k.build_s:.0f} s"))
     click.echo(str(k.bzimage))
 
@@ -92,13 +88,11 @@ def build_cmd(patches, kernel_src, config):
 @click.option("--command", "-c", "command", help="run this command instead of an interactive shell")
 def shell_cmd(patches, kernel_src, config, command):
     """Boot the kernel with PATCH... and open an SSH session into it; the VM is reaped on exit."""
-    from .testrun import new_run_dir
-    from .vm import VM
+    from rig.suite.testrun import new_run_dir
+    from rig.machine.qemu import VM
     if shutil.which("ssh") is None:
         raise MissingTool("ssh is missing (apt-get install openssh-client)")
-    series = patchmod.expand(patches)
-    tree = treemod.open_source(kernel_src)
-    k = buildmod.build(tree, series, tuple(config), progress=_say)
+    k = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)[1]
     run_dir = new_run_dir(keep=False)
     try:
         with VM(bzimage=k.bzimage, run_dir=run_dir, name="shell") as vm:
@@ -117,4 +111,3 @@ def shell_cmd(patches, kernel_src, config, command):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-commands = [test_cmd, build_cmd, shell_cmd]
