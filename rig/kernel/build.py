@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import kconfig
-from .errors import BuildError, InfraError, MissingTool
-from .locks import locked
-from .patches import Patch
-from .paths import cache_dir
-from .tree import SourceTree
+from rig.core import cache
+from rig.kernel import kconfig
+from rig.machine import arch
+from rig.core.errors import BuildError, InfraError, MissingTool
+from rig.core.locks import locked
+from rig.kernel.patches import Patch
+from rig.core.paths import cache_dir
+from rig.kernel.tree import SourceTree
 
 REQUIRED_TOOLS = {"gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc"}
 _ERROR_LINE = re.compile(r"(error:|Error \d+|undefined reference|\*\*\*)")
@@ -137,10 +139,11 @@ def build(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, ..
                 progress(f"configuring {kconfig.BASE_TARGET} + kproto fragment in {objdir}")
                 _configure(tree, objdir, want, log)
             what = "patched" if patches else "baseline"
-            progress(f"building {what} kernel (make -j{_jobs()} bzImage, log {log})")
-            _make(tree, objdir, "bzImage", log=log)
+            machine = arch.load()
+            progress(f"building {what} kernel (make -j{_jobs()} {machine.make_target}, log {log})")
+            _make(tree, objdir, machine.make_target, log=log)
             release = (objdir / "include/config/kernel.release").read_text().strip()
-            built = objdir / "arch/x86/boot/bzImage"
+            built = objdir / machine.kernel_image
             elapsed = time.monotonic() - t0
             _store(key, built, objdir / ".config", {
                 "version": release, "base": tree.base, "source": tree.origin,
@@ -150,16 +153,7 @@ def build(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, ..
 
 
 def _store(key: str, bzimage: Path, config: Path, meta: dict) -> None:
-    kernels = cache_dir() / "kernels"
-    kernels.mkdir(parents=True, exist_ok=True)
-    tmp = kernels / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    shutil.copy2(bzimage, tmp / "bzImage")
-    shutil.copy2(config, tmp / "config")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    final = kernels / key
-    if final.exists():
-        shutil.rmtree(tmp)
-        return
-    os.rename(tmp, final)
+    with cache.building(cache_dir() / "kernels" / key) as tmp:
+        shutil.copy2(bzimage, tmp / "bzImage")
+        shutil.copy2(config, tmp / "config")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -1,9 +1,8 @@
-from pathlib import Path
 
 import pytest
 
-from rig import kconfig
-from rig.errors import BadInput, ConfigError
+from rig.kernel import kconfig
+from rig.core.errors import BadInput, ConfigError
 
 
 def test_fragment_has_the_debug_options_kproto_relies_on():

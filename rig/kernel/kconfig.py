@@ -10,16 +10,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 
-from .errors import BadInput, ConfigError
-from .paths import TEMPLATES
+from rig.core.errors import BadInput, ConfigError
+from rig.core import templates
 
 _ENTRY = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _NOT_SET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 # What `make <base_target>` the fragment is merged onto. tinyconfig + fragment: 3.5 min cold here,
-# x86_64_defconfig + fragment: 10.5 min (DESIGN.md §1).
+# x86_64_defconfig + fragment: 10.5 min (docs/design.md §1).
 BASE_TARGET = "tinyconfig"
 
 
@@ -85,9 +84,7 @@ def parse_file(path: Path) -> Kconfig:
 
 def render_fragment(*, lockdep: bool = True, kasan: bool = False, hung_task_timeout: int = 10,
                     nr_cpus: int = 4) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("kproto.config.j2").render(
+    return templates.render("kproto.config.j2", 
         base_target=BASE_TARGET, lockdep=lockdep, kasan=kasan,
         hung_task_timeout=hung_task_timeout, nr_cpus=nr_cpus)
 

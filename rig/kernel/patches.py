@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInput
+from rig.core.errors import BadInput
 
 _MBOX_FROM = re.compile(rb"^From [0-9a-f]{40} ", re.M)
 _DIFF_START = re.compile(rb"^(diff --git |--- \S|Index: )", re.M)

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from kproto_helpers import FAKE_KERNEL, make_patch
-from rig import patches, tree
-from rig.errors import BadInput, PatchError
+from rig.kernel import patches
+from rig.kernel import tree
+from rig.core.errors import BadInput, PatchError
 
 
 def _digest(root: Path) -> str:

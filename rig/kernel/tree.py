@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BadInput, InfraError, MissingTool, PatchError
-from .locks import locked
-from .patches import Patch
-from .paths import cache_dir
+from rig.core.errors import BadInput, InfraError, MissingTool, PatchError
+from rig.core.locks import locked
+from rig.kernel.patches import Patch
+from rig.core.paths import cache_dir
 
 DEFAULT_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 BASE_TAG = "kproto-base"

@@ -1,6 +1,6 @@
 """Kernel artifacts between nightly workers, by content hash.
 
-A kernel build leaves $KPROTO_CACHE/kernels/<key>/{bzImage,config,meta.json} (rig/build.py; the key hashes
+A kernel build leaves $KPROTO_CACHE/kernels/<key>/{bzImage,config,meta.json} (rig/kernel/build.py; the key hashes
 base commit, config and patches). The worker that built it snapshots a *manifest*: the sha256 and size of
 each file, plus the build log (kept as $KPROTO_CACHE/artifacts/logs/<key>.log, since the object tree's log
 is overwritten by the next build), and where it was built. Manifests are plain data and travel through the
@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import InfraError
-from .paths import cache_dir
+from rig.core import cache
+from rig.core.errors import InfraError
+from rig.core.paths import cache_dir
 
 CHUNK = 32 << 20
 FETCH_TIMEOUT_S = 600.0
@@ -60,7 +61,7 @@ def file_path(key: str, name: str) -> Path:
 
 
 def present(key: str) -> bool:
-    from .build import lookup
+    from rig.kernel.build import lookup
     return lookup(key) is not None
 
 
@@ -68,11 +69,7 @@ def keep_log(key: str, build_log: Path | None) -> None:
     """Right after a fresh build: keep its log under the kernel's key."""
     if build_log is None or not build_log.is_file():
         return
-    dest = log_path(key)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    shutil.copyfile(build_log, tmp)
-    os.replace(tmp, dest)
+    cache.atomic_copy(build_log, log_path(key))
 
 
 def snapshot(key: str, built_by: dict) -> dict:
@@ -102,14 +99,8 @@ def publish(man: dict, shared: Path) -> None:
         dest = blobs / f["sha256"]
         if dest.is_file() and dest.stat().st_size == f["size"]:
             continue
-        tmp = blobs / f".tmp-{f['sha256']}-{os.getpid()}"
-        shutil.copyfile(file_path(man["key"], name), tmp)
-        os.replace(tmp, dest)
-    mans = shared / "manifests"
-    mans.mkdir(parents=True, exist_ok=True)
-    tmp = mans / f".tmp-{man['key']}-{os.getpid()}.json"
-    tmp.write_text(json.dumps(man, indent=1))
-    os.replace(tmp, mans / f"{man['key']}.json")
+        cache.atomic_copy(file_path(man["key"], name), dest)
+    cache.atomic_write(shared / "manifests" / f"{man['key']}.json", json.dumps(man, indent=1))
 
 
 def shared_manifest(shared: Path | None, key: str) -> dict | None:
@@ -167,15 +158,11 @@ def ensure(man: dict, shared: Path | None = None, say: Callable[[str], None] = l
     out = {"key": key, "digest": man.get("digest"), "from": man["built_by"].get("worker"), "bytes": 0}
     if present(key):              # built (or fetched) here before under the same key: the same inputs
         return {**out, "how": "local"}
-    kernels = cache_dir() / "kernels"
-    kernels.mkdir(parents=True, exist_ok=True)
-    tmp = kernels / f".tmp-fetch-{key}-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir()
     how = "shared" if shared_manifest(shared, key) else "dask"
-    try:
+    with cache.building(cache_dir() / "kernels" / key) as tmp:
         for name, f in man["files"].items():
             dest = tmp / name
-            if how == "shared":
+            if shared is not None and how == "shared":
                 shutil.copyfile(shared / "blobs" / f["sha256"], dest)
             else:
                 _fetch_dask(man, name, dest)
@@ -187,12 +174,6 @@ def ensure(man: dict, shared: Path | None = None, say: Callable[[str], None] = l
         if (tmp / LOG).is_file():
             log_path(key).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / LOG, log_path(key))
-        final = kernels / key
-        if final.exists():                     # another task of this worker installed it meanwhile
-            return {**out, "how": "local"}
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     say(f"kernel {key[:12]} fetched from {out['from']} ({'shared directory' if how == 'shared' else 'via Dask'}, "
         f"{out['bytes'] / 1e6:.1f} MB, sha256 checked)")
     return {**out, "how": how}

@@ -1,7 +1,7 @@
 import pytest
 
-from rig import patches
-from rig.errors import BadInput
+from rig.kernel import patches
+from rig.core.errors import BadInput
 
 DIFF = b"""diff --git a/f.c b/f.c
 --- a/f.c

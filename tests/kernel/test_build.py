@@ -1,11 +1,12 @@
-import os
 from pathlib import Path
 
 import pytest
 
 from kproto_helpers import FAKE_KERNEL, make_patch
-from rig import build, patches, tree
-from rig.errors import BuildError, ConfigError
+from rig.kernel import build
+from rig.kernel import patches
+from rig.kernel import tree
+from rig.core.errors import BuildError, ConfigError
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_patched_build_is_incremental_in_the_baseline_object_tree(src, tmp_path)
     p = _patch(tmp_path, "one", "return 1;")
     patched = build.build(src, [p], progress=lambda m: None)
     assert patched.key != base.key and patched.bzimage.read_bytes() != base.bzimage.read_bytes()
-    from rig import kconfig
+    from rig.kernel import kconfig
     objdir = build.objdir_for(src, kconfig.requested())
     log = (objdir.parent / f"{objdir.name}.log").read_text()
     # the patched build reused the configured object tree: not reconfigured, only the patched file rebuilt
@@ -52,7 +53,7 @@ def test_build_error_is_exit_3_with_compiler_lines_and_no_cache_entry(src, tmp_p
     kernels = kcache / "kernels"
     assert not kernels.exists() or all(not d.name.startswith(".tmp") and (d / "bzImage").is_file()
                                        for d in kernels.iterdir())
-    assert build.lookup(build.cache_key(src, [p], __import__("rig.kconfig").kconfig.requested())) is None
+    assert build.lookup(build.cache_key(src, [p], __import__("rig.kernel.kconfig").kernel.kconfig.requested())) is None
     assert src.is_at_base()
 
 
@@ -64,7 +65,7 @@ def test_option_that_does_not_land_is_named(src, tmp_path):
 
 
 def test_half_written_cache_entries_are_never_used(src, kcache):
-    from rig import kconfig
+    from rig.kernel import kconfig
     key = build.cache_key(src, [], kconfig.requested())
     partial = kcache / "kernels" / key
     partial.mkdir(parents=True)
