@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rig import build, tree, vm as vmmod
-from rig.errors import BootError
+from rig.kernel import build
+from rig.kernel import tree
+from rig.machine import qemu as vmmod
+from rig.core.errors import BootError
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +83,7 @@ def test_boot_wait_is_bounded_and_reaps_the_vm(baseline_kernel, run_dir):
 
 
 def test_ssh_rejects_a_guest_with_another_host_key(baseline_kernel, run_dir):
-    from rig import ssh as sshmod
+    from rig.machine import ssh as sshmod
     with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="pin") as vm:
         vm.wait_ready(120)
         other = run_dir / "other"
@@ -95,7 +97,7 @@ def test_ssh_rejects_a_guest_with_another_host_key(baseline_kernel, run_dir):
 def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline_kernel, run_dir):
     import threading
     import time
-    from rig import ssh as sshmod
+    from rig.machine import ssh as sshmod
     with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="drop") as vm:
         vm.wait_ready(120)
         outcome = {}
@@ -153,12 +155,12 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
     import subprocess
     import sys
     import time
-    from rig.paths import cache_dir
+    from rig.core.paths import cache_dir
     runs = cache_dir() / "runs"
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     partial = Path(f"/tmp/kproto-sigterm-{os.getpid()}.json")
     partial.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "rig.cli", "test", "patches/ovl-copyup.patch", "-k",
+    proc = subprocess.Popen([sys.executable, "-m", "rig.cli.main", "test", "patches/ovl-copyup.patch", "-k",
                              "rfc_read", "--rerun-baseline", "--no-checks", "--json", str(partial)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     qemu: set[int] = set()
@@ -191,8 +193,8 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
 
 
 def test_guest_ssh_server_is_dropbear_when_installed_and_can_be_forced(monkeypatch):
-    from rig import vm as vmmod
-    from rig.errors import MissingTool
+    from rig.machine import qemu as vmmod
+    from rig.core.errors import MissingTool
     monkeypatch.setattr(vmmod, "DROPBEAR", "/nonexistent/dropbear")
     monkeypatch.setattr(vmmod, "SSHD", "/nonexistent/sshd")
     with pytest.raises(MissingTool, match="apt-get install dropbear-bin"):

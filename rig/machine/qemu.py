@@ -15,19 +15,18 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 
-from .errors import BootError, InfraError, MissingTool
-from .paths import TEMPLATES
-from . import ssh as sshmod
+from rig.core.errors import BootError, InfraError, MissingTool
+from rig.core import templates
+from rig.machine import arch
+from rig.machine import ssh as sshmod
 
 READY_MARKER = "KPROTO-GUEST-READY"
 SCRATCH_TAG = "kproto"
 SCRATCH_MNT = "/mnt/kproto"
-QEMU = "qemu-system-x86_64"
 _LIVE: dict[int, "VM"] = {}
 
 
@@ -99,12 +98,6 @@ def _pdeathsig() -> None:
         pass
 
 
-def _render(name: str, **kw) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
-    return env.get_template(name).render(**kw)
-
-
 @dataclass
 class VM:
     bzimage: Path
@@ -132,8 +125,9 @@ class VM:
 
     # ---------------------------------------------------------------- lifecycle
     def _prepare(self) -> None:
-        if shutil.which(QEMU) is None:
-            raise MissingTool(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+        a = arch.load()
+        if shutil.which(a.qemu) is None:
+            raise MissingTool(f"{a.qemu} is not installed (apt-get install {a.package})")
         server = ssh_server()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
@@ -142,33 +136,23 @@ class VM:
             sshmod.make_keys(sshdir)
         if server == "dropbear" and not (sshdir / "host_ed25519.dropbear").exists():
             sshmod.dropbear_host_key(sshdir)
-        (sshdir / "sshd_config").write_text(_render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
+        (sshdir / "sshd_config").write_text(templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
         init = self.run_dir / "init"
-        init.write_text(_render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT, run_dir=self.run_dir,
+        init.write_text(templates.render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT, run_dir=self.run_dir,
                                 ready_marker=READY_MARKER, hung_task_timeout=self.hung_task_timeout,
                                 ssh_server=server))
-        (self.run_dir / "fstab").write_text(_render("fstab.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT))
-        shutil.copy2(TEMPLATES / "ip.batch", self.run_dir / "ip.batch")
+        (self.run_dir / "fstab").write_text(templates.render("fstab.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT))
+        shutil.copy2(templates.path("ip.batch"), self.run_dir / "ip.batch")
         os.chmod(init, 0o755)
 
     def command(self) -> list[str]:
-        init = self.run_dir / "init"
-        accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
-        cmdline = (f"root=/dev/root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose "
-                   f"ro init={init} console=ttyS0 panic=-1 printk.devkmsg=on "
-                   f"{self.extra_cmdline}").strip()
-        return [QEMU, "-nodefaults", "-display", "none", "-no-reboot", *accel,
+        a = arch.load()
+        fill = dict(init=self.run_dir / "init", run_dir=self.run_dir, console_log=self.console_log,
+                    monitor_sock=self.monitor_sock, scratch_tag=SCRATCH_TAG, port=self.port)
+        cmdline = f"{a.boot_cmdline(**fill)} {self.extra_cmdline}".strip()
+        return [a.qemu, "-nodefaults", "-display", "none", "-no-reboot",
                 "-smp", str(self.smp), "-m", str(self.memory_mb),
-                "-kernel", str(self.bzimage), "-append", cmdline,
-                "-chardev", f"file,id=con,path={self.console_log}", "-serial", "chardev:con",
-                "-monitor", f"unix:{self.monitor_sock},server=on,wait=off",
-                "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
-                "-device", "virtio-9p-pci,fsdev=root,mount_tag=/dev/root",
-                "-fsdev", f"local,id=scratch,path={self.run_dir},security_model=none,multidevs=remap",
-                "-device", f"virtio-9p-pci,fsdev=scratch,mount_tag={SCRATCH_TAG}",
-                "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-                "-device", "virtio-net-pci,netdev=n0",
-                "-device", "virtio-rng-pci"]
+                "-kernel", str(self.bzimage), "-append", cmdline, *a.qemu_args(self.accel or "tcg", **fill)]
 
     def start(self) -> "VM":
         if self.proc is not None:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import paramiko
 
-from .errors import GuestError, MissingTool
+from rig.core.errors import GuestError, MissingTool
 
 
 # paramiko's transport thread logs every refused early connection attempt with a traceback; the
@@ -152,7 +152,9 @@ class GuestSSH:
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
             raise SSHError(f"ssh connect to 127.0.0.1:{self.port} failed: {e or type(e).__name__}")
-        client.get_transport().set_keepalive(5)
+        transport = client.get_transport()
+        assert transport is not None          # connect() succeeded
+        transport.set_keepalive(5)
         self.client = client
 
     def close(self) -> None:
@@ -161,10 +163,15 @@ class GuestSSH:
             self.client = None
 
     def _channel(self, command: str) -> paramiko.Channel:
-        if self.client is None or not self.client.get_transport() or not self.client.get_transport().is_active():
+        transport = self.client.get_transport() if self.client is not None else None
+        if transport is None or not transport.is_active():
             self.connect()
+            assert self.client is not None
+            transport = self.client.get_transport()
         try:
-            chan = self.client.get_transport().open_session(timeout=10)
+            if transport is None:
+                raise paramiko.SSHException("no transport after connect")
+            chan = transport.open_session(timeout=10)
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise SSHError(f"ssh exec failed: {e or type(e).__name__}")
@@ -176,7 +183,8 @@ class GuestSSH:
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run COMMAND; (exit status, stdout, stderr). SSHError on timeout or a dropped connection."""
-        out, err = [], []
+        out: list[str] = []
+        err: list[str] = []
         rc = self.stream(command, out.append, timeout=timeout, idle_timeout=timeout, stderr=err.append)
         return rc, "".join(out), "".join(err)
 
