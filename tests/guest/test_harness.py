@@ -1,4 +1,5 @@
-"""rig/guest/harness.py: spec loading, observation parsing, layer building, and real host overlay runs."""
+"""rig/guest/ harness (spec.py, observe.py, layers.py, run.py through harness.py): spec loading, observation
+parsing, layer building, real host overlay runs, and the staged package tree the guest runs."""
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from rig import guest_build, paths
+from rig.guest import programs as guest_build
+from rig.core import paths
 from rig.guest import harness
 from rig.guest.harness import Entry, Spec, SpecError
 
-DATA = Path(__file__).parent / "data" / "harness"
+DATA = Path(__file__).parent.parent / "data" / "harness"
+GUEST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}     # no PYTHONPATH to the checkout
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, trusted.* xattrs, chown)")
 
 
@@ -261,7 +264,7 @@ def test_run_on_host_overlay_rfc_and_mmap(bins, tmp_path):
     assert rfc["upper"]["foo"]["type"] == "file" and rfc["upper"]["foo"]["in_lower"] is True
     assert "trusted.overlay.origin" in rfc["upper"]["foo"]["xattrs"]
     assert rfc["lower_modified"] is False
-    # DESIGN.md §2.4: a MAP_SHARED mapping made after copy-up still shows the lower data
+    # docs/design.md §2 case 4: a MAP_SHARED mapping made after copy-up still shows the lower data
     assert by["mmap_shared_ro_after_copyup"]["observations"]["map_after_copyup"] == "foo-low"
     wh = by["readdir_after_whiteout"]
     assert wh["observations"]["listing_initial"] == "a,b"
@@ -293,12 +296,15 @@ def test_missing_binary_is_an_error_result(tmp_path):
 
 @root_only
 def test_cli_stdlib_only_json_lines(bins, tmp_path):
-    """As the guest runs it: python3 -S harness.py, JSON lines, --names file."""
+    """As the guest runs it: PYTHONPATH=guest/py python3 -S -m rig.guest.harness, from the staged package
+    tree only (cwd /, no checkout on the path), JSON lines, --names file."""
     names = tmp_path / "names.txt"
     names.write_text("rfc_read_ro_fd_after_copyup\n")
-    p = subprocess.run(["/usr/bin/python3", "-S", str(Path(harness.__file__)), "--bins", str(bins),
+    py = guest_build.stage_harness(tmp_path / "py")
+    p = subprocess.run(["/usr/bin/python3", "-S", "-m", "rig.guest.harness", "--bins", str(bins),
                         "--tests", str(paths.GUEST_TESTS), "--work", str(tmp_path / "w"), "--target", "overlay",
-                        "--names", str(names)], capture_output=True, text=True, cwd="/", timeout=120)
+                        "--names", str(names)], capture_output=True, text=True, cwd="/", timeout=120,
+                       env={**GUEST_ENV, "PYTHONPATH": str(py)})
     assert p.returncode == 0, p.stderr
     evs = [json.loads(ln) for ln in p.stdout.splitlines()]
     assert [e["event"] for e in evs] == ["start", "result", "done"]
@@ -308,12 +314,47 @@ def test_cli_stdlib_only_json_lines(bins, tmp_path):
     assert r["observations"]["read_data"] == "bar"
 
 
-def test_harness_imports_only_stdlib():
+def test_harness_imports_only_stdlib(tmp_path):
+    """From the staged tree, importing the harness loads rig.guest modules and the stdlib, nothing else."""
+    py = guest_build.stage_harness(tmp_path / "py")
     p = subprocess.run([sys.executable, "-S", "-c",
-                        f"import sys; sys.path.insert(0, {str(Path(harness.__file__).parent)!r}); import harness; "
-                        "bad = [m for m in sys.modules if m.split('.')[0] in ('rig', 'click', 'pytest')]; "
-                        "assert not bad, bad"], capture_output=True, text=True)
+                        "import sys, sysconfig; import rig.guest.harness; "
+                        "std = sysconfig.get_paths()['stdlib']; "
+                        "rig = sorted(m for m in sys.modules if m.split('.')[0] == 'rig'); print(' '.join(rig)); "
+                        "bad = [m for m, mod in sys.modules.items() if m.split('.')[0] != 'rig' and "
+                        "getattr(mod, '__file__', None) and not mod.__file__.startswith(std)]; "
+                        "assert not bad, bad; "
+                        f"assert all(m.__file__.startswith({str(py)!r}) for n, m in sys.modules.items() "
+                        "if n.split('.')[0] == 'rig'), 'rig imported from outside the staged tree'"],
+                       capture_output=True, text=True, cwd="/", env={**GUEST_ENV, "PYTHONPATH": str(py)})
     assert p.returncode == 0, p.stderr
+    loaded = set(p.stdout.split())
+    assert loaded <= {"rig", "rig.guest", *(f"rig.guest.{Path(m).stem}" for m in guest_build.HARNESS_MODULES)}
+    assert {"rig.guest.spec", "rig.guest.layers", "rig.guest.mount", "rig.guest.run"} <= loaded
+
+
+def test_host_module_cli_help():
+    """On the host: python -m rig.guest.harness from the checkout (what kproto's docs show)."""
+    p = subprocess.run([sys.executable, "-m", "rig.guest.harness", "--help"], capture_output=True, text=True,
+                       cwd=paths.REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "--target" in p.stdout and "rig.guest.harness" in p.stdout
+
+
+def test_file_invocation_still_works():
+    """python3 -S rig/guest/harness.py (guest_tests/README.md's form) finds its package from the file."""
+    p = subprocess.run(["/usr/bin/python3", "-S", str(Path(harness.__file__)), "--help"], capture_output=True,
+                       text=True, cwd="/", env=GUEST_ENV, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "--target" in p.stdout
+
+
+def test_host_names_stay_reachable_as_harness_attributes():
+    """rig/suite, rig/analysis and rig/nightly use these as harness.X."""
+    for name in ("load_spec", "load_specs", "select", "run_order", "run_tests", "run_one", "SpecError", "Entry",
+                 "Spec", "upper_state", "checksum_tree", "build_layer", "parse_observations", "Mounter",
+                 "is_mounted", "kernel_state", "kmsg", "main"):
+        assert hasattr(harness, name), name
 
 
 # ---------------------------------------------------------------- the reference (FUSE)
