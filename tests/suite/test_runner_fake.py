@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rig import runner
-from rig.errors import BootError
+from rig.suite import runner
+from rig.suite.results import KernelRun, hang_signature
+from rig.suite.timing import Timing
+from rig.core.errors import BootError
 
 from fake_machine import FakeKernel, FakeTest, log
 
-FAST = runner.Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
+FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
 LOCKDEP = log("lockdep-abba-6.12.log")
 PANIC = log("real-oops-null-6.12.log")
 HUNG = log("hung-task-6.12.log")
@@ -32,7 +34,7 @@ def run(tmp_path, kernel: FakeKernel, names, timeout=0.3):
                                    progress=lambda m: None, machine_factory=kernel.factory(tmp_path), timing=FAST)
 
 
-def boots_of(r: runner.KernelRun) -> dict[str, str]:
+def boots_of(r: KernelRun) -> dict[str, str]:
     return {n: res.get("boot") for n, res in r.results.items()}
 
 
@@ -157,10 +159,10 @@ def test_boot_numbers_continue_for_confirmation_runs(tmp_path):
 
 
 def test_hang_signature_ignores_addresses_and_pids():
-    a = runner.hang_signature(BLOCKED, [])
-    b = runner.hang_signature(BLOCKED.replace("pid:301", "pid:999").replace("0x5c/0x170", "0x60/0x170"), [])
+    a = hang_signature(BLOCKED, [])
+    b = hang_signature(BLOCKED.replace("pid:301", "pid:999").replace("0x5c/0x170", "0x60/0x170"), [])
     assert a == b == "blocked:ovl_copy_up_start"
-    assert runner.hang_signature(BLOCKED.replace("ovl_copy_up_start", "ovl_rename"), []) != a
+    assert hang_signature(BLOCKED.replace("ovl_copy_up_start", "ovl_rename"), []) != a
 
 
 def test_same_hang_three_times_stops_the_run_even_with_passing_tests_between(tmp_path):

@@ -10,12 +10,14 @@ import pytest
 
 from fake_machine import FakeKernel, FakeTest, log
 from kproto_helpers import DATA, FAKE_KERNEL, make_patch
-from rig import runner, testrun
+from rig.suite import runner
+from rig.suite.timing import Timing
+from rig.suite import results_cache, testrun
 
 SUITE = DATA / "fake_suite"
 LOCKDEP = log("lockdep-abba-6.12.log")
 WARN = log("warn-on-6.12.log")
-FAST = runner.Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
+FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
 
 
 @pytest.fixture(autouse=True)
@@ -122,22 +124,24 @@ def test_baseline_results_are_cached_and_reused(tmp_path, kcache, fake_tarball, 
 def test_cache_keys_cover_the_analysis_code_and_the_suite(tmp_path, monkeypatch):
     suite = tmp_path / "suite"
     shutil.copytree(SUITE, suite)
-    before = testrun.analysis_fingerprint(suite)
-    assert testrun.analysis_fingerprint(suite) == before
+    before = results_cache.analysis_fingerprint(suite)
+    assert results_cache.analysis_fingerprint(suite) == before
     (suite / "a_read.c").write_text((suite / "a_read.c").read_text() + "\n")
-    assert testrun.analysis_fingerprint(suite) != before
-    for f in ("runner.py", "splats.py", "guest/harness.py", "vm.py"):
-        assert f in testrun._ANALYSIS
-    # a change to any analysis file changes the key: point one entry at a copy and edit it
-    rig = Path(testrun.__file__).resolve().parent
+    assert results_cache.analysis_fingerprint(suite) != before
+    assert set(results_cache._ANALYSIS) >= {"suite", "analysis", "machine", "guest"}
+    # a change to any file of those packages changes the key: point the cache at a copy of rig/ and edit it
     fake_rig = tmp_path / "rig"
-    shutil.copytree(rig, fake_rig, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(testrun, "__file__", str(fake_rig / "testrun.py"))
-    same = testrun.analysis_fingerprint(suite)
-    (fake_rig / "splats.py").write_text((fake_rig / "splats.py").read_text() + "# changed\n")
-    assert testrun.analysis_fingerprint(suite) != same
-    (fake_rig / "templates" / "init.sh.j2").write_text("changed\n")
-    assert testrun.analysis_fingerprint(suite) != same
+    shutil.copytree(results_cache.RIG, fake_rig, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(results_cache, "RIG", fake_rig)
+    same = results_cache.analysis_fingerprint(suite)
+    for changed in (fake_rig / "suite" / "runner.py", fake_rig / "guest" / "harness.py",
+                    fake_rig / "machine" / "templates" / "init.sh.j2", fake_rig / "machine" / "arch" / "x86_64.toml"):
+        changed.write_text(changed.read_text() + "\n# changed\n")
+        assert results_cache.analysis_fingerprint(suite) != same, changed
+        same = results_cache.analysis_fingerprint(suite)
+    (fake_rig / "nightly").mkdir(exist_ok=True)
+    (fake_rig / "nightly" / "unrelated.py").write_text("# not analysis code\n")
+    assert results_cache.analysis_fingerprint(suite) == same
 
 
 def test_a_deadlock_that_hung_three_tests_is_not_confirmed_again(tmp_path, kcache, fake_tarball, patch, monkeypatch):

@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import compare, guest_build, paths
-from .errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, InfraError, MissingTool
-from .guest import harness
+from rig.analysis import compare
+from rig.analysis.known import load_known
+from rig.report import junit, ktap as report_ktap, terminal as report_terminal
+from rig.guest import programs as guest_build
+from rig.core import paths
+from rig.core.errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, InfraError, MissingTool
+from rig.guest import harness
 
 TARGETS = {"host": "overlay", "ref": "ref"}
 
@@ -75,7 +79,7 @@ def run_suite(target: str, pattern: str | None = None, timeout: float | None = N
         raise InfraError(f"bad guest test spec: {e}") from None
     if not specs:
         raise InfraError(f"no guest test matches -k {pattern!r}")
-    known = compare.load_known(tests_dir / "known_divergences.toml")
+    known = load_known(tests_dir / "known_divergences.toml")
     t0 = time.monotonic()
     bins = guest_build.build(tests_dir)
     run = SuiteRun(target=target)
@@ -104,12 +108,12 @@ def run(target: str, pattern: str | None = None, json_path: Path | None = None,
     suite = run_suite(target, pattern, timeout)
     cols = ("reference", f"patched:{target}")
     if ktap:
-        echo(compare.to_ktap(suite.verdicts, columns=("reference", "patched")).rstrip("\n"))
+        echo(report_ktap.to_ktap(suite.verdicts, columns=("reference", "patched")).rstrip("\n"))
     else:
-        echo(compare.format_table(suite.verdicts, columns=cols))
+        echo(report_terminal.format_table(suite.verdicts, columns=cols))
     if json_path:
         Path(json_path).write_text(json.dumps(suite.as_json(), indent=2) + "\n")
     if junit_path:
-        Path(junit_path).write_text(compare.to_junit(suite.verdicts, f"kproto.run-tests.{target}",
+        Path(junit_path).write_text(junit.to_junit(suite.verdicts, f"kproto.run-tests.{target}",
                                                      columns=("reference", "patched")))
     return suite.exit_code()

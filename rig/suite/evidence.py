@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .runner import KernelRun, outcome_key
-from .splats import Splat
+from rig.suite.results import KernelRun, outcome_key
+from rig.analysis.splats import Splat
 
 LOCKDEP_KINDS = ("lockdep",)
 

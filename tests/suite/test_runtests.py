@@ -8,8 +8,10 @@ import xml.etree.ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
-from rig import cmd_runtests, compare, runtests
-from rig.errors import InfraError
+from rig.cli import cmd_runtests
+from rig.analysis import compare
+from rig.suite import runtests
+from rig.core.errors import InfraError
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlay and FUSE mounts)")
 
@@ -32,7 +34,7 @@ def test_exit_code_rules(statuses, known, code):
 
 
 def test_command_is_registered():
-    from rig.cli import main
+    from rig.cli.main import main
     assert main.get_command(None, "run-tests") is cmd_runtests.command
     r = CliRunner().invoke(main, ["run-tests", "--target", "nope"])
     assert r.exit_code == 2
@@ -50,7 +52,7 @@ def test_unknown_pattern_is_one_line_error():
 def test_run_tests_host_whole_suite(tmp_path):
     """Done-when of issue 4: on host the RFC read reproducer matches, mmap-after-copy-up diverges."""
     pytest.importorskip("overlay_ref")
-    from rig.cli import main
+    from rig.cli.main import main
     jpath, xpath = tmp_path / "r.json", tmp_path / "r.xml"
     r = CliRunner().invoke(main, ["run-tests", "--target", "host", "--json", str(jpath), "--junit", str(xpath)])
     assert r.exit_code in (0, 1), r.output
@@ -74,7 +76,7 @@ def test_run_tests_host_whole_suite(tmp_path):
 @pytest.mark.fuse
 def test_run_tests_ref_against_itself_is_clean(tmp_path):
     pytest.importorskip("overlay_ref")
-    from rig.cli import main
+    from rig.cli.main import main
     r = CliRunner().invoke(main, ["run-tests", "--target", "ref", "-k", "rfc,mmap_shared", "--ktap",
                                   "--json", str(tmp_path / "j.json")])
     assert r.exit_code == 0, r.output

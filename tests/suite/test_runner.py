@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rig import build, guest_build, runner, tree
+from rig.kernel import build
+from rig.guest import programs as guest_build
+from rig.suite import runner
+from rig.kernel import tree
 
 pytestmark = pytest.mark.slow
-SUITE = Path(__file__).resolve().parent / "data" / "panic_suite"     # guest only: it crashes the kernel
+SUITE = Path(__file__).resolve().parent.parent / "data" / "panic_suite"     # guest only: it crashes the kernel
 
 
 def test_guest_panic_marks_the_test_and_the_rest_run_on_a_fresh_boot(tmp_path):
