@@ -1,13 +1,12 @@
-"""rig/compare.py: comparison rules, status rules (table-driven), known divergences, output formats."""
+"""rig/analysis/compare.py: comparison rules, status rules (table-driven), known qualification, the JSON codec.
+The outputs (table, JUnit, KTAP) are tested in tests/report/test_outputs.py, the loader in test_known.py."""
 from __future__ import annotations
-
-import xml.etree.ElementTree as ET
 
 import pytest
 
-from rig import compare, paths
-from rig.compare import Known, KnownEntry, TestVerdict
-from rig.guest import harness
+from rig.analysis import compare
+from rig.analysis.compare import TestVerdict
+from rig.analysis.known import Known, KnownEntry
 
 
 def res(status="ok", exit_code=0, signal=None, upper=None, lower_modified=False, **obs) -> dict:
@@ -126,17 +125,6 @@ def test_many_new_divergences_reason_is_capped():
     assert len(long) < 200 and "…" in long
 
 
-def test_regressed_reason_in_table_junit_and_ktap():
-    vs = compare.compare_run({"t": res(a="ok", b="ok")}, {"t": res(a="bad", b="ok")},
-                             {"t": res(a="bad", b="bad")}, Known())
-    reason = "new divergence on b (reference 'ok', baseline 'ok', patched 'bad')"
-    assert f"    ! {reason}" in compare.format_table(vs).splitlines()
-    failure = ET.fromstring(compare.to_junit(vs, "s")).find("testsuite/testcase/failure")
-    assert failure.get("message") == f"regressed: {reason}"
-    ktap = compare.to_ktap(vs).splitlines()
-    assert f"# t: {reason}" in ktap and "not ok 1 t # regressed" in ktap
-
-
 # ---------------------------------------------------------------- what is compared
 
 F = {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 3, "xattrs": {}, "in_lower": True,
@@ -199,18 +187,6 @@ KNOWN = Known([KnownEntry(tests=["mmap_*"], keys=["map_*", "upper:*"], doc="over
                KnownEntry(tests=["mmap_x"], keys=["extra"], doc="other doc")])
 
 
-@pytest.mark.parametrize("name, keys, expect", [
-    ("mmap_x", ["map_after"], "overlayfs.rst (b)"),
-    ("mmap_x", ["map_after", "upper:foo"], "overlayfs.rst (b)"),
-    ("mmap_x", ["map_after", "extra"], "overlayfs.rst (b); other doc"),
-    ("mmap_x", ["map_after", "unrelated"], None),      # every differing key must be known
-    ("rfc_read", ["map_after"], None),
-    ("mmap_x", [], None),
-])
-def test_known_explain(name, keys, expect):
-    assert KNOWN.explain(name, keys) == expect
-
-
 def test_known_qualifies_diverges_and_fixed_still_reported():
     ref, base, pat = res(map_a="NEW"), res(map_a="old"), res(map_a="NEW")
     [v] = compare.compare_run({"mmap_x": ref}, {"mmap_x": base}, {"mmap_x": pat}, KNOWN)
@@ -224,70 +200,12 @@ def test_known_qualifies_diverges_and_fixed_still_reported():
     assert compare.unexplained([v]) == []
 
 
-def test_repo_known_divergences_file_is_valid():
-    known = compare.load_known()
-    names = {s.name for s in harness.load_specs(paths.GUEST_TESTS)}
-    assert len(known.entries) >= 5
-    for e in known.entries:
-        assert "Documentation/filesystems/overlayfs.rst" in e.doc or e.doc.startswith("POSIX ")   # cite the rule
-        assert any(any(__import__("fnmatch").fnmatchcase(n, t) for n in names) for t in e.tests), e.tests
-    # the undocumented mmap-after-copy-up bug (DESIGN.md §2.4) must not be excused
-    assert known.explain("mmap_shared_ro_after_copyup", ["map_after_copyup"]) is None
-    assert known.explain("mmap_shared_ro_before_copyup", ["map_after_write"]) is not None
-
-
-def test_load_known_rejects_bad_entries(tmp_path):
-    p = tmp_path / "k.toml"
-    p.write_text('[[divergence]]\ntests = ["a"]\n')
-    with pytest.raises(compare.BadInput):
-        compare.load_known(p)
-    assert compare.load_known(tmp_path / "missing.toml").entries == []
-
-
-# ---------------------------------------------------------------- output
-
 def _verdicts():
     return compare.compare_run(
         {"a_match": GOOD, "b_fixed": GOOD, "c_regressed": GOOD, "mmap_known": res(map_a="NEW"), "e_error": GOOD},
         {"a_match": GOOD, "b_fixed": BAD, "c_regressed": GOOD, "mmap_known": res(map_a="old"), "e_error": GOOD},
         {"a_match": GOOD, "b_fixed": GOOD, "c_regressed": BAD, "mmap_known": res(map_a="old"), "e_error": TIMEOUT},
         KNOWN)
-
-
-def test_format_table_shows_differing_observations():
-    out = compare.format_table(_verdicts())
-    lines = out.splitlines()
-    assert lines[0].split() == ["TEST", "STATUS"]
-    assert any(ln.startswith("c_regressed") and ln.endswith("regressed") for ln in lines)
-    assert "diverges (known)" in out and "known: overlayfs.rst (b)" in out
-    rows = [ln.split() for ln in lines if ln.strip().startswith("data")]
-    assert ["data", "NEW", "old", "NEW"] in rows and ["data", "NEW", "NEW", "old"] in rows  # fixed, regressed
-    assert "! patched timeout" in out
-    assert lines[-1] == "5 tests: 1 match, 1 fixed, 1 regressed, 1 diverges, 1 error (1 known)"
-    two = compare.format_table(compare.compare_target({"t": GOOD}, {"t": BAD}, None),
-                               columns=("reference", "patched:host"))
-    assert "host" in two and "baseline" not in two
-
-
-def test_junit_and_ktap():
-    vs = _verdicts()
-    root = ET.fromstring(compare.to_junit(vs, "suite"))
-    suite = root.find("testsuite")
-    assert suite.get("tests") == "5" and suite.get("failures") == "1" and suite.get("errors") == "1"
-    assert suite.get("skipped") == "1"
-    cases = {c.get("name"): c for c in suite.findall("testcase")}
-    assert cases["c_regressed"].find("failure") is not None
-    assert "data" in cases["c_regressed"].find("failure").text
-    assert cases["e_error"].find("error") is not None
-    assert cases["mmap_known"].find("skipped") is not None
-    assert cases["a_match"].find("failure") is None
-    ktap = compare.to_ktap(vs).splitlines()
-    assert ktap[:2] == ["KTAP version 1", "1..5"]
-    assert "ok 1 a_match" in ktap and "ok 2 b_fixed # fixed" in ktap
-    assert "not ok 3 c_regressed # regressed" in ktap
-    assert any(ln.startswith("ok 5 mmap_known # SKIP known divergence") for ln in ktap)
-    assert "not ok 4 e_error # error" in ktap
-    assert any(ln.startswith("# c_regressed: data:") for ln in ktap)
 
 
 def test_as_json_contract():
@@ -308,7 +226,7 @@ def _copied(ent=None):
 def test_extra_copy_up_equal_to_lower_is_a_side_effect():
     """(4) an exact copy-up the reference did not do: match, with a side effect."""
     ok = _copied()
-    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(C)}, compare.Known())
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(C)}, Known())
     assert (v.status, v.diffs) == ("match", [])
     assert v.side_effects == ["src: copied up here, not by the reference"]
 
@@ -319,19 +237,19 @@ def test_extra_copy_up_equal_to_lower_is_a_side_effect():
 ])
 def test_extra_copy_up_differing_from_lower_is_not_a_side_effect(bad, what):
     ok = _copied()
-    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(bad)}, compare.Known())
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(bad)}, Known())
     assert v.status == "regressed" and v.side_effects == []
     [d] = v.diffs
     assert d.key == "upper:src" and d.reference is None
     assert d.patched.endswith(f"(differs from lower: {what})")
     assert "new divergence on upper:src" in v.reason
-    [t] = compare.compare_target({"t": ok}, {"t": _copied(bad)}, compare.Known())
+    [t] = compare.compare_target({"t": ok}, {"t": _copied(bad)}, Known())
     assert t.status == "diverges"
     # the reference's own copy-up is held to the same rule
-    [r] = compare.compare_target({"t": _copied(bad)}, {"t": ok}, compare.Known())
+    [r] = compare.compare_target({"t": _copied(bad)}, {"t": ok}, Known())
     assert r.status == "diverges"
     # the reference chmod'ed / wrote it too (both sides copied up, equal): no difference
-    [m] = compare.compare_target({"t": _copied(bad)}, {"t": _copied(bad)}, compare.Known())
+    [m] = compare.compare_target({"t": _copied(bad)}, {"t": _copied(bad)}, Known())
     assert m.status == "match"
 
 
@@ -340,18 +258,18 @@ def test_extra_copy_up_old_format_keeps_the_old_rule():
     ok = _copied()
     old = {k: v for k, v in C.items() if k not in ("sha256", "lower", "xattr_sha256")}
     for ent in (old, dict(old, mode="0600")):     # nothing to check against: the old behaviour
-        [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(ent)}, compare.Known())
+        [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(ent)}, Known())
         assert v.status == "match" and v.side_effects == ["src: copied up here, not by the reference"]
     # a new-format entry with only one of the two fields must still prove equality
-    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(dict(old, sha256="a" * 64))}, compare.Known())
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": _copied(dict(old, sha256="a" * 64))}, Known())
     assert v.status == "regressed"
 
 
 def test_same_bad_copy_up_as_baseline_stays_diverges():
     ok, bad = _copied(), _copied(dict(C, mode="0600"))
-    [v] = compare.compare_run({"t": ok}, {"t": bad}, {"t": bad}, compare.Known())
+    [v] = compare.compare_run({"t": ok}, {"t": bad}, {"t": bad}, Known())
     assert v.status == "diverges" and v.reason is None
-    [v] = compare.compare_run({"t": ok}, {"t": bad}, {"t": _copied(dict(C, mode="0640"))}, compare.Known())
+    [v] = compare.compare_run({"t": ok}, {"t": bad}, {"t": _copied(dict(C, mode="0640"))}, Known())
     assert v.status == "regressed"
 
 
@@ -359,7 +277,7 @@ def test_extra_copy_up_is_reported_as_a_side_effect_not_a_regression():
     ok = {"status": "ok", "observations": {"data": "x"}, "exit_code": 0, "signal": None, "upper": {}}
     copied = dict(ok, upper={"src": {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "size": 12,
                                      "xattrs": {}, "in_lower": True}})
-    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": copied}, compare.Known())
+    [v] = compare.compare_run({"t": ok}, {"t": ok}, {"t": copied}, Known())
     assert v.status == "match"
     assert v.side_effects == ["src: copied up here, not by the reference"]
     assert v.as_json()["side_effects"] == v.side_effects

@@ -14,73 +14,25 @@ Inputs are harness result dicts (rig/guest/harness.py) keyed by test name. What 
 - an upper regular file present on one side only, over a lower file, is a side effect (an extra copy-up,
   not a divergence) only when it equals its lower file: data digest, size, mode, uid, gid and user./
   security. xattrs (the harness's `lower` record). A copy-up that lost a chmod or a write diverges.
-Statuses (DESIGN.md §4): match / fixed / regressed / diverges / error, "known" qualifying a divergence
-fully explained by guest_tests/known_divergences.toml.
+Statuses (docs/design.md §4, rig/analysis/verdict.TestStatus): match / fixed / regressed / diverges / error,
+"known" qualifying a divergence fully explained by guest_tests/known_divergences.toml (rig/analysis/known).
+
+Layout: TestVerdict / ObsDiff (one test's outcome, with its JSON codec); the comparable view of a result
+(comparable, _views, diff_keys, side_effects: what is compared and what counts as an extra copy-up);
+compare_target / compare_run (the status rules); counts / unexplained (tallies). The outputs (table,
+KTAP, JUnit) live in rig/report.
 """
 from __future__ import annotations
 
-import fnmatch
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
+from typing import Sequence, TypeGuard
 
-from . import paths
-from .errors import BadInput
+from rig.analysis.known import Known
+from rig.analysis.verdict import TestStatus
 
-STATUSES = ("match", "fixed", "regressed", "flaky", "diverges", "error")
 OBS_FIELDS = ("observations", "exit_code", "signal", "upper", "status", "error")
 ABSENT = None
-
-
-# ---------------------------------------------------------------- known divergences
-
-@dataclass
-class KnownEntry:
-    tests: list[str]
-    keys: list[str]
-    doc: str
-    note: str = ""
-
-    def covers(self, test: str, key: str) -> bool:
-        return (any(fnmatch.fnmatchcase(test, t) for t in self.tests)
-                and any(fnmatch.fnmatchcase(key, k) for k in self.keys))
-
-
-@dataclass
-class Known:
-    entries: list[KnownEntry] = field(default_factory=list)
-
-    def explain(self, test: str, keys: list[str]) -> str | None:
-        """The doc reference(s) when every key is a known divergence of TEST, else None."""
-        if not keys:
-            return None
-        docs: list[str] = []
-        for k in keys:
-            hit = next((e for e in self.entries if e.covers(test, k)), None)
-            if hit is None:
-                return None
-            if hit.doc not in docs:
-                docs.append(hit.doc)
-        return "; ".join(docs)
-
-
-def load_known(path: Path | str | None = None) -> Known:
-    path = Path(path) if path else paths.GUEST_TESTS / "known_divergences.toml"
-    if not path.exists():
-        return Known()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise BadInput(f"{path}: {e}") from None
-    entries = []
-    for i, d in enumerate(raw.get("divergence", [])):
-        tests, keys, doc = d.get("tests"), d.get("keys"), d.get("doc")
-        if not (isinstance(tests, list) and tests and isinstance(keys, list) and keys and isinstance(doc, str)):
-            raise BadInput(f"{path}: divergence {i + 1} needs tests (list), keys (list) and doc")
-        entries.append(KnownEntry(tests=[str(t) for t in tests], keys=[str(k) for k in keys], doc=doc,
-                                  note=str(d.get("note", ""))))
-    return Known(entries)
+COLUMNS = ("reference", "baseline", "patched")
 
 
 # ---------------------------------------------------------------- verdicts
@@ -105,7 +57,7 @@ class TestVerdict:
     __test__ = False  # not a pytest class
 
     name: str
-    status: str
+    status: TestStatus               # a plain status string is accepted (and made a TestStatus)
     known: str | None = None
     diffs: list[ObsDiff] = field(default_factory=list)
     reference: dict = field(default_factory=dict)
@@ -114,17 +66,36 @@ class TestVerdict:
     reason: str | None = None        # error: what went wrong; regressed: the new divergences
     side_effects: list[str] = field(default_factory=list)   # extra copy-ups, not divergences
 
+    def __post_init__(self) -> None:
+        self.status = TestStatus(self.status)
+
     def as_json(self) -> dict:
-        return {"name": self.name, "status": self.status, "known": self.known,
+        return {"name": self.name, "status": str(self.status), "known": self.known,
                 "diffs": [d.as_json() for d in self.diffs], "reference": _obs(self.reference),
                 "baseline": _obs(self.baseline), "patched": _obs(self.patched), "reason": self.reason,
                 "side_effects": self.side_effects}
 
     def as_target_json(self) -> dict:
         """For `kproto run-tests --json`: the compared target is `target` (no baseline)."""
-        return {"name": self.name, "status": self.status, "known": self.known,
+        return {"name": self.name, "status": str(self.status), "known": self.known,
                 "diffs": [{"key": d.key, "reference": d.reference, "target": d.patched} for d in self.diffs],
                 "reference": _obs(self.reference), "target": _obs(self.patched), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, t: dict) -> TestVerdict:
+        """Back from as_json() (e.g. a report's "tests" entry; extra keys are ignored). The result dicts
+        hold only the compared fields (OBS_FIELDS), so e.g. durations are gone."""
+        return cls(name=t["name"], status=TestStatus(t["status"]), known=t.get("known"),
+                   diffs=[ObsDiff(d["key"], d.get("reference"), d.get("baseline"), d.get("patched"))
+                          for d in t.get("diffs") or []],
+                   reference=t.get("reference") or {}, baseline=t.get("baseline") or {},
+                   patched=t.get("patched") or {}, reason=t.get("reason"),
+                   side_effects=list(t.get("side_effects") or []))
+
+    def diff_lines(self, columns: Sequence[str] = COLUMNS) -> list[str]:
+        """The differing observations, one "key: reference='..', baseline='..', patched='..'" line each
+        (COLUMNS: which of reference/baseline/patched)."""
+        return [f"{d.key}: " + ", ".join(f"{c}={getattr(d, c)!r}" for c in columns) for d in self.diffs]
 
 
 def _fmt_upper(ent: dict | None) -> str | None:
@@ -157,8 +128,8 @@ def comparable(res: dict) -> dict[str, str | None]:
     return out
 
 
-def _is_file(ent: dict | None) -> bool:
-    return bool(ent) and ent.get("type") == "file" and not ent.get("whiteout")
+def _is_file(ent: dict | None) -> TypeGuard[dict]:
+    return ent is not None and ent.get("type") == "file" and not ent.get("whiteout")
 
 
 def _metacopy(ent: dict) -> bool:
@@ -224,9 +195,10 @@ def _views(*results: dict | None) -> list[dict[str, str | None]]:
         key = f"upper:{p}"
         ents = [u.get(p) for u in uppers]
         files = [(v, e) for v, e in zip(views, ents) if _is_file(e)]
-        if files and all(_digest(e) for _, e in files):
-            for v, e in files:
-                v[key] = f"{v[key]} sha256={_digest(e)[:16]}"
+        digests = [_digest(e) for _, e in files]
+        if files and all(digests):
+            for (v, _), dg in zip(files, digests):
+                v[key] = f"{v[key]} sha256={(dg or '')[:16]}"
         present = [(v, e) for v, e in zip(views, ents) if e is not None]
         if len(results) > 1 and len(present) == 1 and files and present[0][1].get("in_lower"):
             v, e = present[0]
@@ -254,8 +226,8 @@ def side_effects(ref: dict, target: dict) -> list[str]:
     return out
 
 
-def _ok(res: dict | None) -> bool:
-    return bool(res) and res.get("status") == "ok"
+def _ok(res: dict | None) -> TypeGuard[dict]:
+    return res is not None and res.get("status") == "ok"
 
 
 def _err_reason(label: str, res: dict | None) -> str:
@@ -297,9 +269,9 @@ def compare_target(reference: dict[str, dict], target: dict[str, dict], known: K
     out = []
     for name in sorted(set(reference) | set(target)):
         ref, tgt = reference.get(name, {}), target.get(name, {})
-        v = TestVerdict(name=name, status="match", reference=ref, patched=tgt)
+        v = TestVerdict(name=name, status=TestStatus.MATCH, reference=ref, patched=tgt)
         if not _ok(ref) or not _ok(tgt):
-            v.status = "error"
+            v.status = TestStatus.ERROR
             v.reason = "; ".join(_err_reason(lbl, r) for lbl, r in (("reference", ref), ("target", tgt))
                                  if not _ok(r))
             if ref and tgt:
@@ -307,7 +279,7 @@ def compare_target(reference: dict[str, dict], target: dict[str, dict], known: K
         else:
             keys = diff_keys(ref, tgt)
             if keys:
-                v.status = "diverges"
+                v.status = TestStatus.DIVERGES
                 v.known = known.explain(name, keys)
                 v.diffs = _mk_diffs(keys, ref, None, tgt)
         out.append(v)
@@ -316,7 +288,7 @@ def compare_target(reference: dict[str, dict], target: dict[str, dict], known: K
 
 def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: dict[str, dict],
                 known: Known | None) -> list[TestVerdict]:
-    """Reference vs baseline kernel vs patched kernel, per test (DESIGN.md §4):
+    """Reference vs baseline kernel vs patched kernel, per test (docs/design.md §4):
     match: patched agrees with the reference (and the baseline did too, or it was not run);
     fixed: the baseline diverged (or errored), the patched agrees;
     regressed: the baseline ran (status ok) and the patched differs from the reference on some key where
@@ -331,9 +303,9 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
     out = []
     for name in sorted(set(reference) | set(patched) | set(baseline)):
         ref, base, pat = reference.get(name, {}), baseline.get(name), patched.get(name, {})
-        v = TestVerdict(name=name, status="match", reference=ref, baseline=base or {}, patched=pat)
+        v = TestVerdict(name=name, status=TestStatus.MATCH, reference=ref, baseline=base or {}, patched=pat)
         if not _ok(ref) or not _ok(pat):
-            v.status = "error"
+            v.status = TestStatus.ERROR
             v.reason = "; ".join(_err_reason(lbl, r) for lbl, r in (("reference", ref), ("patched", pat))
                                  if not _ok(r))
             if ref and pat:
@@ -346,8 +318,8 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
         bkeys = diff_keys(ref, base) if base_ran and _ok(base) else None   # None: baseline errored
         base_agrees = base_ran and bkeys is not None and not bkeys
         if not pkeys:
-            v.status = "fixed" if base_ran and not base_agrees else "match"
-            if v.status == "fixed" and bkeys:
+            v.status = TestStatus.FIXED if base_ran and not base_agrees else TestStatus.MATCH
+            if v.status == TestStatus.FIXED and bkeys:
                 v.known = known.explain(name, bkeys)
         all_keys = sorted(set(pkeys) | set(bkeys or []))
         v.diffs = _mk_diffs(all_keys, ref, base if base_ran else None, pat)
@@ -359,10 +331,10 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
                 vb, vp = _views(base, pat)
                 new = [k for k in pkeys if k not in bkeys or vb.get(k, ABSENT) != vp.get(k, ABSENT)]
             if new:
-                v.status = "regressed"
+                v.status = TestStatus.REGRESSED
                 v.reason = _new_reason(new, v.diffs)
             else:
-                v.status = "diverges"
+                v.status = TestStatus.DIVERGES
                 v.known = known.explain(name, pkeys)
         v.side_effects = side_effects(ref, pat)
         out.append(v)
@@ -370,118 +342,19 @@ def compare_run(reference: dict[str, dict], baseline: dict[str, dict], patched: 
 
 
 def counts(verdicts: list[TestVerdict]) -> dict[str, int]:
-    c = {s: 0 for s in STATUSES}
+    """Tests per status (every status, in TestStatus order, zeros included) and "known": the divergences
+    the known-divergences file explains."""
+    c = {s.value: 0 for s in TestStatus}
     c["known"] = 0
     for v in verdicts:
-        c[v.status] = c.get(v.status, 0) + 1
-        if v.known and v.status == "diverges":
+        c[str(v.status)] = c.get(str(v.status), 0) + 1
+        if v.known and v.status == TestStatus.DIVERGES:
             c["known"] += 1
     return c
 
 
 def unexplained(verdicts: list[TestVerdict]) -> list[TestVerdict]:
     """Divergences (and regressions) that no known-divergence entry explains."""
-    return [v for v in verdicts if v.status == "regressed" or (v.status == "diverges" and not v.known)]
+    return [v for v in verdicts
+            if v.status == TestStatus.REGRESSED or (v.status == TestStatus.DIVERGES and not v.known)]
 
-
-# ---------------------------------------------------------------- output
-
-def _label(status: str, known: str | None) -> str:
-    if status == "diverges" and known:
-        return "diverges (known)"
-    if status == "fixed" and known:
-        return "fixed (was known)"
-    return status
-
-
-def _cell(v: str | None, width: int) -> str:
-    s = "(absent)" if v is None else (v if v != "" else '""')
-    return s if len(s) <= width else s[: width - 1] + "…"
-
-
-def format_table(verdicts: list[TestVerdict], columns=("reference", "baseline", "patched")) -> str:
-    """Terminal table: one line per test; for each non-matching test the differing observations side by
-    side below it. A column is "attr" or "attr:label" (attr in reference/baseline/patched)."""
-    cols = [(c.split(":", 1) + [c])[:2] if ":" in c else [c, c] for c in columns]
-    name_w = max([len(v.name) for v in verdicts] + [4])
-    lines = [f"{'TEST'.ljust(name_w)}  STATUS"]
-    cell_w = 30
-    for v in verdicts:
-        lines.append(f"{v.name.ljust(name_w)}  {_label(v.status, v.known)}")
-        if v.status == "match":
-            continue
-        if v.reason:
-            lines.append(f"    ! {v.reason}")
-        if v.known:
-            lines.append(f"    known: {v.known}")
-        if v.diffs:
-            key_w = min(max(len(d.key) for d in v.diffs), 40)
-            lines.append("    " + "".join([("key".ljust(key_w))] + [f"  {lbl[:cell_w].ljust(cell_w)}"
-                                                                    for _, lbl in cols]).rstrip())
-            for d in v.diffs:
-                row = _cell(d.key, 40).ljust(key_w)
-                for attr, _ in cols:
-                    row += "  " + _cell(getattr(d, attr), cell_w).ljust(cell_w)
-                lines.append("    " + row.rstrip())
-    c = counts(verdicts)
-    summary = ", ".join(f"{n} {s}" for s, n in c.items() if n and s != "known")
-    if c["known"]:
-        summary += f" ({c['known']} known)"
-    lines.append(f"{len(verdicts)} tests: {summary or 'none'}")
-    return "\n".join(lines)
-
-
-def _diff_text(v: TestVerdict, columns=("reference", "baseline", "patched")) -> str:
-    out = []
-    for d in v.diffs:
-        vals = ", ".join(f"{c}={getattr(d, c)!r}" for c in columns)
-        out.append(f"{d.key}: {vals}")
-    return "\n".join(out)
-
-
-def to_junit(verdicts: list[TestVerdict], suite_name: str, columns=("reference", "baseline", "patched")) -> str:
-    """JUnit XML: regressed and unexplained diverges are failures, error is an error, a known
-    divergence is skipped (with the doc reference), match and fixed pass."""
-    fails = sum(1 for v in verdicts if v.status in ("regressed", "flaky") or (v.status == "diverges" and not v.known))
-    errs = sum(1 for v in verdicts if v.status == "error")
-    skipped = sum(1 for v in verdicts if v.status == "diverges" and v.known)
-    total_t = sum(float((v.patched or {}).get("duration_s") or 0) for v in verdicts)
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuites name={quoteattr(suite_name)} tests="{len(verdicts)}" failures="{fails}" '
-           f'errors="{errs}" skipped="{skipped}">',
-           f'  <testsuite name={quoteattr(suite_name)} tests="{len(verdicts)}" failures="{fails}" '
-           f'errors="{errs}" skipped="{skipped}" time="{total_t:.3f}">']
-    for v in verdicts:
-        t = float((v.patched or {}).get("duration_s") or 0)
-        out.append(f'    <testcase classname={quoteattr(suite_name)} name={quoteattr(v.name)} time="{t:.3f}">')
-        body = _diff_text(v, columns)
-        if v.status == "error":
-            out.append(f'      <error message={quoteattr(v.reason or "error")}>{escape(body)}</error>')
-        elif v.status in ("regressed", "flaky") or (v.status == "diverges" and not v.known):
-            what = v.reason if v.status == "regressed" and v.reason else ", ".join(d.key for d in v.diffs[:8])
-            out.append(f'      <failure message={quoteattr(v.status + ": " + what)}>{escape(body)}</failure>')
-        elif v.status == "diverges":
-            out.append(f'      <skipped message={quoteattr("known divergence: " + v.known)}/>')
-        if v.status != "match" and body:
-            out.append(f"      <system-out>{escape(v.status + chr(10) + body)}</system-out>")
-        out.append("    </testcase>")
-    out += ["  </testsuite>", "</testsuites>"]
-    return "\n".join(out) + "\n"
-
-
-def to_ktap(verdicts: list[TestVerdict], columns=("reference", "baseline", "patched")) -> str:
-    """KTAP v1: `ok` for match/fixed, `ok ... # SKIP known divergence` for known ones, `not ok` else;
-    the differing observations as `#` diagnostic lines before each result line."""
-    out = ["KTAP version 1", f"1..{len(verdicts)}"]
-    for i, v in enumerate(verdicts, 1):
-        if v.reason:
-            out.append(f"# {v.name}: {v.reason}")
-        for line in _diff_text(v, columns).splitlines():
-            out.append(f"# {v.name}: {line}")
-        if v.status in ("match", "fixed"):
-            out.append(f"ok {i} {v.name}" + (" # fixed" if v.status == "fixed" else ""))
-        elif v.status == "diverges" and v.known:
-            out.append(f"ok {i} {v.name} # SKIP known divergence: {v.known}")
-        else:
-            out.append(f"not ok {i} {v.name} # {v.status}")
-    return "\n".join(out) + "\n"
