@@ -1,16 +1,18 @@
-"""The `kproto test` report: verdict rules, terminal summary, HTML (rendered in headless Chromium)."""
+"""The `kproto test` report: verdict rules, the model's JSON codec, terminal summary, HTML (rendered in headless
+Chromium)."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pytest
 
-from rig import report, testrun
-from rig.splats import Splat
-from rig.runner import KernelRun
+from rig.report import html, terminal
+from rig.report import model as report
+from rig.analysis import verdict as verdictmod
+from rig.analysis.splats import Splat
+from rig.suite.results import KernelRun
 
 
 def _test(name, status, diffs=(), known=None, side_effects=(), error=None):
@@ -54,19 +56,19 @@ def test_verdict_rules(statuses, new, base_ok, want):
     tests = [_test(n, s) for n, s in statuses.items()]
     base = _run({n: {"status": "ok" if base_ok else "error"} for n in statuses})
     patched = _run({n: {"status": "ok" if s != "error" else "error"} for n, s in statuses.items()})
-    verdict, reasons = testrun.verdict_of(tests, new, base, patched, {n: {"status": "ok"} for n in statuses})
+    verdict, reasons = verdictmod.verdict_of(tests, new, base, patched, {n: {"status": "ok"} for n in statuses})
     assert verdict == want
     assert bool(reasons) == (want != "clean")
 
 
 def test_reference_failure_is_an_error_not_a_verdict_on_the_patch():
-    verdict, reasons = testrun.verdict_of([_test("t", "match")], [], _run({}), _run({}),
+    verdict, reasons = verdictmod.verdict_of([_test("t", "match")], [], _run({}), _run({}),
                                           {"t": {"status": "error", "error": "daemon died"}})
     assert verdict == "error" and "daemon died" in reasons[0]
 
 
 def test_terminal_summary_puts_regressions_first_with_their_observations():
-    text = report.terminal(_report())
+    text = terminal.render(_report())
     lines = text.splitlines()
     first = next(i for i, l in enumerate(lines) if "REGRESSED" in l and "readdir_after_copyup" in l)
     fixed = next(i for i, l in enumerate(lines) if "FIXED" in l)
@@ -81,7 +83,7 @@ def test_terminal_summary_puts_regressions_first_with_their_observations():
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by setup.sh")
 def test_html_report_renders_in_chromium(tmp_path):
     page = tmp_path / "r.html"
-    page.write_text(report.html(_report()))
+    page.write_text(html.render(_report()))
     profile = tempfile.mkdtemp(prefix="kproto-chromium-")
     try:
         dom = subprocess.run(
@@ -100,11 +102,11 @@ def test_flaky_needs_attention_unless_allowed_and_regressions_win():
     tests = [_test("t", "flaky"), _test("u", "match")]
     runs = _run({"t": {"status": "ok"}, "u": {"status": "ok"}})
     ref = {"t": {"status": "ok"}, "u": {"status": "ok"}}
-    assert testrun.verdict_of(tests, [], runs, runs, ref)[0] == "flaky"
-    assert testrun.verdict_of(tests, [], runs, runs, ref, allow_flaky=True) == ("clean", [])
+    assert verdictmod.verdict_of(tests, [], runs, runs, ref)[0] == "flaky"
+    assert verdictmod.verdict_of(tests, [], runs, runs, ref, allow_flaky=True) == ("clean", [])
     tests.append(_test("v", "regressed"))
-    assert testrun.verdict_of(tests, [], runs, runs, ref, allow_flaky=True)[0] == "regressed"
-    assert testrun.verdict_of(tests, [], runs, runs, ref)[0] == "regressed"
+    assert verdictmod.verdict_of(tests, [], runs, runs, ref, allow_flaky=True)[0] == "regressed"
+    assert verdictmod.verdict_of(tests, [], runs, runs, ref)[0] == "regressed"
 
 
 def test_terminal_shows_the_boot_counts_and_signature_of_a_new_splat():
@@ -113,7 +115,27 @@ def test_terminal_shows_the_boot_counts_and_signature_of_a_new_splat():
                               boots={"patched": "3/3", "baseline": "0/3"})]
     rep.tests[2]["status"] = "flaky"
     rep.tests[2]["reason"] = "outcome varies across boots of the patched kernel [patched-1: ok; patched-2: error]"
-    out = report.terminal(rep)
+    out = terminal.render(rep)
     assert "possible deadlock in ovl_mmap  [seen in 3/3 patched boots, 0/3 baseline boots]" in out
     assert "signature: lockdep-cycle:&mm->mmap_lock|x" in out
     assert "FLAKY" in out and "patched-2: error" in out
+
+
+def test_json_codec_round_trip(tmp_path):
+    import json
+    from rig.analysis.verdict import TestStatus, Verdict
+    rep = _report()
+    assert rep.verdict is Verdict.REGRESSED                    # a plain string is made the enum
+    rep.checks = {"patches": [], "to": ["a@b"]}
+    p = tmp_path / "report.json"
+    rep.write_json(p)
+    raw = json.loads(p.read_text())
+    assert raw["verdict"] == "regressed" and type(raw["verdict"]) is str
+    assert list(raw) == ["verdict", "kernel", "patches", "tests", "splats", "timings", "reasons", "notes", "checks"]
+    back = report.Report.read_json(p)
+    assert back.as_json() == rep.as_json() and back.verdict is Verdict.REGRESSED
+    assert [(v.name, v.status) for v in back.verdicts] == [(t["name"], t["status"]) for t in rep.tests]
+    assert all(type(v.status) is TestStatus for v in back.verdicts)
+    assert back.verdicts[2].diffs[0].key == "listing"
+    with pytest.raises(ValueError):
+        report.Report(verdict="splendid", kernel={}, patches=[], tests=[], splats={}, timings={})
