@@ -1,11 +1,11 @@
 """`kproto check`: is this series ready to post?
 
 Everything comes from the kernel's own tools, run in the source tree at the base:
-- the series is applied patch by patch (`git am`, through rig.tree's locked, self-restoring applied());
+- the series is applied patch by patch (`git am`, through rig.kernel.tree's locked, self-restoring applied());
   the first patch that does not apply is named with the hunk that failed;
 - `scripts/checkpatch.pl` runs on every patch (`--strict` passed through), its findings parsed per patch;
 - `scripts/get_maintainer.pl --nogit --nogit-fallback` gives the To (maintainers) / Cc (reviewers, lists);
-- optionally (`each`) every prefix of the series is built with rig.build (incremental, cached), naming the
+- optionally (`each`) every prefix of the series is built with rig.kernel.build (incremental, cached), naming the
   first patch that breaks the build, so the series is bisectable.
 
 An mbox holding several patches is split with `git mailsplit` so each patch is reported on its own; a cover
@@ -18,14 +18,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import patches as patchmod
-from .errors import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_REGRESSED, BadInput, BuildError, MissingTool, PatchError
-from .patches import Patch
-from .tree import SourceTree
+from rig.kernel import patches as patchmod
+from rig.core.errors import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_REGRESSED, BadInput, BuildError, MissingTool, PatchError
+from rig.kernel.patches import Patch
+from rig.kernel.tree import SourceTree
 
 _FINDING = re.compile(r"^(ERROR|WARNING|CHECK):(?:([A-Z0-9_]+):)? (.*)$")
 _WHERE = re.compile(r"^#(\d+): FILE: (\S+?):(\d+):")
@@ -232,7 +232,7 @@ def check_series(tree: SourceTree, series: Series, *, strict: bool = False, each
 
     all_apply = all(r["applies"] for r in results)
     if all_apply and (each or build_all):
-        from . import build as buildmod
+        from rig.kernel import build as buildmod
         prefixes = range(1, n + 1) if each else [n]
         for k in prefixes:
             r = results[k - 1]

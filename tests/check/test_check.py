@@ -2,7 +2,7 @@
 
 The series under tests/data/series/ were made with tests/data/series/make-series.sh (git format-patch from a
 `git clone --shared` of the base). The checks apply them in the shared default source tree through
-rig.tree's locked applied(), which restores the base; the tests assert that too.
+rig.kernel.tree's locked applied(), which restores the base; the tests assert that too.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rig import check as checkmod
-from rig import patches as patchmod
-from rig import tree as treemod
-from rig.cli import main
+from rig.check import validate as checkmod
+from rig.kernel import patches as patchmod
+from rig.kernel import tree as treemod
+from rig.cli.main import main
 
-SERIES = Path(__file__).resolve().parent / "data" / "series"
+SERIES = Path(__file__).resolve().parent.parent / "data" / "series"
 CLEAN = SERIES / "clean"
 NOAPPLY = SERIES / "noapply"
 BUILDBREAK = SERIES / "buildbreak"

@@ -1,37 +1,19 @@
 """The "Testing:" section of a cover letter, rendered with jinja2 from a `kproto test --json` report
-(DESIGN.md §4) and optionally a `kproto bench --json` file. Plain text an author pastes under "Testing:"."""
+(docs/design.md §4) and optionally a `kproto bench --json` file. Plain text an author pastes under "Testing:"."""
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
-import jinja2
 
-from . import kconfig
-from .errors import BadInput
-from .paths import TEMPLATES
+from rig.kernel import kconfig
+from rig.core import templates
+from rig.core.datafile import load_json
 
 # Options of the config worth naming in a cover letter: the debugging the test run had switched on.
 NOTABLE = ("CONFIG_PROVE_LOCKING", "CONFIG_DEBUG_ATOMIC_SLEEP", "CONFIG_DETECT_HUNG_TASK", "CONFIG_KASAN",
            "CONFIG_SOFTLOCKUP_DETECTOR", "CONFIG_DEBUG_LIST", "CONFIG_UBSAN", "CONFIG_KFENCE", "CONFIG_OVERLAY_FS",
            "CONFIG_FUSE_FS")
-
-
-def load_json(path: Path, what: str, required: tuple[str, ...]) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"{what} not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"{p} is not JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise BadInput(f"{p} is not a {what} (expected a JSON object)")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise BadInput(f"{p} is not a {what}: missing key(s) {', '.join(missing)}")
-    return data
 
 
 def load_test_report(path: Path) -> dict:
@@ -87,23 +69,32 @@ def _wrap(text: str, width: int = 76) -> str:
 
 
 def _tested_on(k: dict) -> str:
-    where = [f"base {k['base'][:12]}" if k.get("base") else "", str(k.get("source") or "")]
-    where = ", ".join(w for w in where if w)
+    parts = [f"base {k['base'][:12]}" if k.get("base") else "", str(k.get("source") or "")]
+    where = ", ".join(w for w in parts if w)
     out = f"Linux {k.get('version', '?')}" + (f" ({where})" if where else "")
     return out + (f" in QEMU ({k['accel']})" if k.get("accel") else "")
+
+
+def _basename(p: object) -> str:
+    return Path(str(p)).name
+
+
+def _pct(v: object) -> str:
+    return f"{v:+.1f}%" if isinstance(v, (int, float)) else "?"
+
+
+def _num(v: object) -> str:
+    return (f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}") if isinstance(v, (int, float)) else str(v)
+
+
+FILTERS = {"obsdiff": _obs_diff, "basename": _basename, "pct": _pct, "num": _num}
 
 
 def render(report: dict, bench: dict | None = None, fragments: tuple[Path, ...] = ()) -> str:
     tests = report.get("tests", [])
     by = {s: [t for t in tests if t.get("status") == s] for s in ("fixed", "regressed", "flaky", "diverges", "error", "match")}
     splats = report.get("splats") or {}
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["obsdiff"] = _obs_diff
-    env.filters["basename"] = lambda p: Path(str(p)).name
-    env.filters["pct"] = lambda v: f"{v:+.1f}%" if isinstance(v, (int, float)) else "?"
-    env.filters["num"] = lambda v: (f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}") if isinstance(v, (int, float)) else str(v)
-    text = env.get_template("coverletter.txt.j2").render(
+    text = templates.render("coverletter.txt.j2", filters=FILTERS,
         r=report, tested_on=_tested_on(report.get("kernel", {})), kernel=report.get("kernel", {}), patches=report.get("patches", []), by=by,
         splats={"baseline": splats.get("baseline", []), "patched": splats.get("patched", []),
                 "new": splats.get("new", [])},

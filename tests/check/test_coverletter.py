@@ -1,4 +1,4 @@
-"""The cover-letter "Testing:" section rendered from a hand-made `kproto test --json` report (DESIGN.md §4)."""
+"""The cover-letter "Testing:" section rendered from a hand-made `kproto test --json` report (docs/design.md §4)."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from rig import coverletter
-from rig.cli import main
+from rig.check import coverletter
+from rig.cli.main import main
 
-SERIES = Path(__file__).resolve().parent / "data" / "series"
+SERIES = Path(__file__).resolve().parent.parent / "data" / "series"
 TEST_JSON = SERIES / "test-report.json"
 BENCH_JSON = SERIES / "bench-report.json"
 
