@@ -1,4 +1,4 @@
-"""rig/store.py: the nightly history database (deterministic data, no VM)."""
+"""rig/nightly/store.py (schema.py, record.py): the nightly history database (deterministic data, no VM)."""
 from __future__ import annotations
 
 import sqlite3
@@ -6,8 +6,10 @@ import subprocess
 
 import pytest
 
-from rig.errors import BadInput
-from rig.store import SCHEMA_VERSION, SeriesRecord, Store, finding_key
+from rig.core.errors import BadInput
+from rig.nightly.record import SeriesRecord, finding_key
+from rig.nightly.schema import SCHEMA_VERSION
+from rig.nightly.store import Store
 
 
 def rec(name="s1", outcome="tested", kernel="k", tests=None, **kw) -> SeriesRecord:

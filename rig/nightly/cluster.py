@@ -1,40 +1,35 @@
 """Dask plumbing for `kproto nightly`: the embedded LocalCluster (one machine, the default) or a real Dask
-scheduler with workers on many machines; worker resources; who ran what; progress events; and the child
-process each nightly stage runs in, which never outlives its worker.
+scheduler with workers on many machines (Session, session()); the optional [cluster] table of the nightly
+config (ClusterCfg); worker resources; who ran what; progress events. The child process each nightly stage
+runs in, which never outlives its worker, is rig/nightly/children.py.
 
 No scheduling, queueing or worker protocol of kproto's own lives here: placement is Dask's (resources,
 data locality, work stealing), and so are retries on lost workers. See docs/cluster.md.
 
 Resources (Dask worker resources, `dask worker --resources "kvm=1 cpus=8"`):
   cpus     cores a task may use. A worker that does not declare it gets its core count (the worker plugin of
-           rig/cluster_worker.py). Builds ask for `build_cpus`, tests for `test_cpus`.
+           rig/nightly/cluster_worker.py). Builds ask for `build_cpus`, tests for `test_cpus`.
   kvm      declared by the operator on workers whose QEMU can use KVM; KVM-only cells ask for kvm=1.
   objtree-<run>-<id>
            declared at run time by the worker that built a baseline: its object tree, which the patched
            builds of that baseline need (one at a time). Dask recomputes the baseline elsewhere, which
            declares it there, if that worker dies.
 
-The worker side (the plugin that declares `cpus`, also usable as `dask worker --preload rig.cluster_worker`)
-is rig/cluster_worker.py, so that reading a nightly config does not import Dask.
+The worker side (the plugin that declares `cpus`, also usable as `dask worker --preload rig.nightly.cluster_worker`)
+is rig/nightly/cluster_worker.py, so that reading a nightly config does not import Dask.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import pickle
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from .errors import BadInput, InfraError
+from rig.core.errors import BadInput, InfraError
 
 RES_CPUS = "cpus"
 RES_KVM = "kvm"
@@ -65,7 +60,7 @@ class ClusterCfg:
 
 def parse_cluster(raw, where: str, rel: Callable[[str], Path]) -> ClusterCfg:
     """The optional `[cluster]` table. Where the matrix runs never changes what it computes, so the table is
-    left out of the config digest (rig/nightly.py)."""
+    left out of the config digest (rig/nightly/config.py)."""
     if raw is None:
         return ClusterCfg()
     w = f"{where}: [cluster]"
@@ -111,7 +106,7 @@ def current_worker():
 
 
 def accel_here() -> str:
-    from .vm import kvm_works
+    from rig.machine.qemu import kvm_works
     return "kvm" if kvm_works() else "tcg"
 
 
@@ -159,135 +154,12 @@ def emit(topic: str | None, line: str) -> None:
         pass
 
 
-# ================================================================ stage child processes
-
-_CHILDREN: dict[str, set[subprocess.Popen]] = {}
-_CANCELLED: set[str] = set()            # runs whose stage processes this worker must not start any more
-_CHILDREN_LOCK = threading.Lock()
-
-
-def _child_preexec(parent: int) -> Callable[[], None]:
-    def fn() -> None:
-        try:
-            import ctypes
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)    # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-        if os.getppid() != parent:          # the worker died between fork and prctl
-            os._exit(1)
-    return fn
-
-
-def run_child(target: str, payload: dict, on_line: Callable[[str], None], token: str) -> dict:
-    """Run TARGET ("module:function", called as fn(payload, say) -> dict) in a child process of this
-    worker: its own process group, SIGTERM'd by the kernel when the worker thread that started it dies
-    (a SIGKILLed worker), unwinding like Ctrl-C (VMs reaped, builds stopped, source trees restored).
-    Lines it prints are progress. Returns its result dict; {"interrupted": True} if it was stopped."""
-    with tempfile.TemporaryDirectory(prefix="kproto-stage-") as d:
-        inp, out = Path(d) / "in.pickle", Path(d) / "out.pickle"
-        inp.write_bytes(pickle.dumps({"target": target, "payload": payload}))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with _CHILDREN_LOCK:
-            if token in _CANCELLED:
-                return {"interrupted": True}
-            proc = subprocess.Popen([sys.executable, "-m", "rig.cluster", "child", str(inp), str(out)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    cwd=d, env=env, start_new_session=True, preexec_fn=_child_preexec(os.getpid()))
-            _CHILDREN.setdefault(token, set()).add(proc)
-        tail: list[str] = []
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                tail = (tail + [line])[-40:]
-                on_line(line)
-            rc = proc.wait()
-        except BaseException:
-            _stop(proc)
-            raise
-        finally:
-            with _CHILDREN_LOCK:
-                _CHILDREN.get(token, set()).discard(proc)
-        if out.is_file():
-            return pickle.loads(out.read_bytes())
-        if rc < 0 and -rc in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-            return {"interrupted": True}
-        return {"error": f"stage process {target} died (exit {rc}) without a result: "
-                         + (" | ".join(l for l in tail[-3:] if l.strip()) or "no output")}
-
-
-def _stop(proc: subprocess.Popen, grace: float = 60.0) -> None:
-    """SIGTERM the child's process group (it unwinds like Ctrl-C), SIGKILL it if it hangs."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def cancel_children(token: str, dask_worker=None) -> int:
-    """client.run() target when the driver is interrupted: stop this run's stage processes on a worker, and
-    start none for it any more."""
-    with _CHILDREN_LOCK:
-        _CANCELLED.add(token)
-        procs = list(_CHILDREN.get(token, ()))
-    threads = [threading.Thread(target=_stop, args=(p,), daemon=True) for p in procs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=90)
-    return len(procs)
-
-
-def _resolve(ref: str):
-    import importlib
-    mod, _, attr = ref.partition(":")
-    obj = importlib.import_module(mod)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _child_main(inp: str, out: str) -> int:
-    def term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, term)
-    signal.signal(signal.SIGINT, term)
-
-    def say(msg: str) -> None:
-        for line in str(msg).splitlines() or [""]:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    job = pickle.loads(Path(inp).read_bytes())
-    try:
-        try:
-            result = _resolve(job["target"])(job["payload"], say)
-        except KeyboardInterrupt:
-            result = {"interrupted": True}
-        tmp = Path(out + ".tmp")
-        tmp.write_bytes(pickle.dumps(result))
-        os.replace(tmp, out)
-    finally:
-        # nothing this stage started outlives it: whatever is left in its process group (a make, a shell
-        # and its sleep) goes too; QEMU has its own session and PR_SET_PDEATHSIG (rig/vm.py)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgrp(), signal.SIGTERM)
-    return 0
-
-
 # ================================================================ driver side: the session
 
 @dataclass
 class Session:
-    client: object
-    cluster: object | None
+    client: Any
+    cluster: Any
     embedded: bool
     address: str
     dashboard: str | None
@@ -408,7 +280,7 @@ def _connect(addr: str, ccfg: ClusterCfg) -> Session:
                                    f"{' '.join(str(e).split())[:200]}; {hint}") from None
     try:
         try:
-            from .cluster_worker import KprotoWorkerPlugin
+            from rig.nightly.cluster_worker import KprotoWorkerPlugin
             client.register_plugin(KprotoWorkerPlugin(), name=KprotoWorkerPlugin.name)
         except Exception as e:
             raise InfraError(f"the kproto worker plugin failed on a worker of {addr} (is kproto installed there? "
@@ -424,7 +296,7 @@ def _connect(addr: str, ccfg: ClusterCfg) -> Session:
         most = max([w["resources"].get(RES_CPUS, 0) for w in sess.workers().values()] + [0])
         if most < 1:
             raise InfraError(f"no worker of {addr} offers the `cpus` resource; start workers with "
-                             f"--preload rig.cluster or --resources \"cpus=N\"")
+                             f"--preload rig.nightly.cluster_worker or --resources \"cpus=N\"")
         sess.build_cpus = ccfg.build_cpus or int(min(GUEST_CPUS, most))
         sess.test_cpus = ccfg.test_cpus or int(min(GUEST_CPUS, most))
         if not sess.can_run({RES_CPUS: sess.build_cpus}):
@@ -458,10 +330,3 @@ def session(ccfg: ClusterCfg | None, scheduler: str | None = None, inproc: bool 
                 yield sess
             finally:
                 sess.close()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "child":
-        sys.exit(_child_main(sys.argv[2], sys.argv[3]))
-    print("usage: python -m rig.cluster child IN OUT   (internal: one nightly stage)", file=sys.stderr)
-    sys.exit(2)

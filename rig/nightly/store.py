@@ -1,5 +1,6 @@
 """Nightly history in SQLite: runs, per-series outcomes, per-test results, splats, timings, bench figures,
-fuzz findings and the changes found against the previous complete run.
+fuzz findings and the changes found against the previous complete run. The schema is rig/nightly/schema.py,
+the records it keeps rig/nightly/record.py.
 
 A run row is written (and committed) before anything else happens and marked complete only at the very
 end, so a run that dies halfway stays in the database as incomplete with its error. Series rows are
@@ -8,207 +9,26 @@ committed as each series finishes, so what a dead run did get done is kept too.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import BadInput, InfraError
-
-SCHEMA_VERSION = 2     # 2: splats.signature
-
-# Outcome of one series in one run, in the order a series gets through them.
-OUTCOMES = ("error", "apply-failed", "build-failed", "boot-failed", "tested")
-STAGE_RANK = {"apply-failed": 0, "build-failed": 1, "boot-failed": 2, "tested": 3}   # "error": unknown
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id            INTEGER PRIMARY KEY,
-    started       TEXT NOT NULL,             -- ISO 8601 UTC
-    finished      TEXT,                      -- NULL while running or when the process died
-    complete      INTEGER NOT NULL DEFAULT 0,
-    state         TEXT NOT NULL,             -- running | complete | failed | interrupted | abandoned
-    error         TEXT,
-    exit_code     INTEGER,
-    config_path   TEXT,
-    config_hash   TEXT NOT NULL,
-    host          TEXT,
-    pid           INTEGER,
-    previous_run  INTEGER REFERENCES runs(id),   -- the complete run this one was diffed against
-    report_dir    TEXT
-);
-CREATE TABLE IF NOT EXISTS kernels (
-    id          INTEGER PRIMARY KEY,
-    run_id      INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    name        TEXT NOT NULL,
-    source      TEXT,
-    version     TEXT,
-    commit_id   TEXT,
-    error       TEXT,
-    UNIQUE (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS series (
-    id           INTEGER PRIMARY KEY,
-    run_id       INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    kernel       TEXT NOT NULL,
-    name         TEXT NOT NULL,
-    patches      TEXT NOT NULL,              -- JSON [{"path", "sha256", "subject"}]
-    series_hash  TEXT,                       -- sha256 over the patch hashes (NULL if unreadable)
-    outcome      TEXT NOT NULL,              -- error | apply-failed | build-failed | boot-failed | tested
-    applies      INTEGER,                    -- 1/0, NULL = not known (not got that far)
-    builds       INTEGER,
-    boots        INTEGER,
-    tested       INTEGER,
-    verdict      TEXT,                       -- kproto test verdict when tested: clean | regressed
-    error        TEXT,                       -- one line, for the failed stage
-    notes        TEXT,                       -- JSON [str]: bench/fuzz problems and the like
-    kernel_version TEXT,
-    started      TEXT,
-    finished     TEXT,
-    UNIQUE (run_id, kernel, name)
-);
-CREATE TABLE IF NOT EXISTS test_results (
-    id           INTEGER PRIMARY KEY,
-    series_id    INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
-    name         TEXT NOT NULL,
-    status       TEXT NOT NULL,              -- match | fixed | regressed | diverges | error
-    known        TEXT,
-    observations TEXT NOT NULL               -- JSON: the test's entry of the kproto test report
-);
-CREATE TABLE IF NOT EXISTS splats (
-    id         INTEGER PRIMARY KEY,
-    series_id  INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
-    side       TEXT NOT NULL,                -- baseline | patched
-    kind       TEXT,
-    title      TEXT NOT NULL,                -- the human text; identity is the signature
-    is_new     INTEGER NOT NULL DEFAULT 0,   -- patched splat not in the baseline kernel
-    signature  TEXT                          -- rig/splats.py signature; NULL in rows from before v2
-);
-CREATE TABLE IF NOT EXISTS timings (
-    series_id  INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
-    key        TEXT NOT NULL,
-    seconds    REAL NOT NULL,
-    PRIMARY KEY (series_id, key)
-);
-CREATE TABLE IF NOT EXISTS bench (
-    id              INTEGER PRIMARY KEY,
-    series_id       INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
-    metric          TEXT NOT NULL,
-    unit            TEXT,
-    better          TEXT,                    -- higher | lower | NULL (from kproto bench when it says)
-    baseline_median REAL,
-    patched_median  REAL,
-    change_pct      REAL,
-    ci_lo           REAL,
-    ci_hi           REAL,
-    significant     INTEGER,
-    runs            INTEGER
-);
-CREATE TABLE IF NOT EXISTS findings (
-    id          INTEGER PRIMARY KEY,
-    series_id   INTEGER NOT NULL REFERENCES series(id) ON DELETE CASCADE,
-    source      TEXT NOT NULL,               -- fuzz
-    key         TEXT NOT NULL,               -- dedup key across runs
-    detail      TEXT NOT NULL                -- JSON as kproto fuzz --json reports it
-);
-CREATE TABLE IF NOT EXISTS changes (
-    id          INTEGER PRIMARY KEY,
-    run_id      INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    kind        TEXT NOT NULL,               -- see rig/nightly.py diff()
-    severity    TEXT NOT NULL,               -- regression | improvement | info
-    kernel      TEXT,
-    series      TEXT,
-    subject     TEXT,                        -- test name, splat title, metric; NULL for series-level
-    before      TEXT,
-    after       TEXT,
-    detail      TEXT
-);
-CREATE INDEX IF NOT EXISTS series_run ON series(run_id);
-CREATE INDEX IF NOT EXISTS series_name ON series(name);
-CREATE INDEX IF NOT EXISTS test_series ON test_results(series_id);
-CREATE INDEX IF NOT EXISTS test_name ON test_results(name);
-CREATE INDEX IF NOT EXISTS changes_run ON changes(run_id);
-"""
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+from rig.core.errors import BadInput, InfraError
+from rig.nightly.record import SeriesRecord, finding_key, now_iso, splat_key
+from rig.nightly.schema import SCHEMA, SCHEMA_VERSION, migrate
 
 
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        import os
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
-
-
-@dataclass
-class SeriesRecord:
-    """What one series produced in one run, as the store keeps it."""
-    kernel: str
-    name: str
-    patches: list[dict]                     # [{"path", "sha256", "subject"}]
-    outcome: str
-    series_hash: str | None = None
-    verdict: str | None = None
-    error: str | None = None
-    kernel_version: str | None = None
-    tests: list[dict] = field(default_factory=list)        # kproto test report "tests" entries
-    splats: dict = field(default_factory=dict)             # {"baseline": [...], "patched": [...], "new": [...]}
-    timings: dict = field(default_factory=dict)
-    bench: list[dict] = field(default_factory=list)        # kproto bench --json "metrics" entries
-    findings: list[dict] = field(default_factory=list)     # kproto fuzz --json "findings" entries
-    notes: list[str] = field(default_factory=list)
-    started: str | None = None
-    finished: str | None = None
-    verdicts: list = field(default_factory=list, repr=False, compare=False)   # compare.TestVerdict (JUnit), not stored
-
-    def stages(self) -> dict[str, int | None]:
-        """applies/builds/boots/tested as 1, 0 or None (unknown)."""
-        if self.outcome == "error":
-            return {"applies": None, "builds": None, "boots": None, "tested": 0}
-        rank = STAGE_RANK[self.outcome]
-        out: dict[str, int | None] = {}
-        for i, stage in enumerate(("applies", "builds", "boots", "tested")):
-            out[stage] = 1 if i < rank or (i == rank == 3) else 0 if i == rank else None
-        return out
-
-
-def splat_key(s: dict) -> str:
-    """What identifies a splat dict (kproto test report / history row): its signature, or for splats
-    recorded before signatures existed, its title."""
-    return s.get("signature") or s.get("title") or ""
-
-
-def same_splat(a: dict, b: dict) -> bool:
-    """Two splat dicts are the same splat: same signature when both have one, else same title (rows from
-    before signatures existed)."""
-    if a.get("signature") and b.get("signature"):
-        return a["signature"] == b["signature"]
-    return a.get("title") == b.get("title")
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database made by an older kproto up to this schema (CREATE TABLE IF NOT EXISTS does not
-    add columns to existing tables). Idempotent."""
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(splats)")}
-    if "signature" not in cols:
-        conn.execute("ALTER TABLE splats ADD COLUMN signature TEXT")
-
-
-def finding_key(f: dict) -> str:
-    fd = f.get("first_difference") or {}
-    ops = f.get("ops") or []
-    idx = fd.get("op_index")
-    op = ops[idx] if isinstance(idx, int) and 0 <= idx < len(ops) else ""
-    return f"{op.split(' ')[0] if op else '?'}|{fd.get('reference')}|{fd.get('target')}"
 
 
 class Store:
@@ -235,7 +55,7 @@ class Store:
             if ver > SCHEMA_VERSION:
                 raise InfraError(f"{path}: history schema version {ver} is newer than this kproto ({SCHEMA_VERSION})")
             conn.executescript(SCHEMA)
-            _migrate(conn)
+            migrate(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.commit()
         except sqlite3.DatabaseError as e:
@@ -259,7 +79,7 @@ class Store:
             cur = self.conn.execute(
                 "INSERT INTO runs(started, state, config_hash, config_path, host, pid) VALUES (?, 'running', ?, ?, ?, ?)",
                 (started or now_iso(), config_hash, config_path, host, pid))
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
 
     def mark_abandoned(self, except_run: int | None = None) -> list[int]:
         """Runs still marked running whose process is gone (killed, machine rebooted): call with the nightly
@@ -296,7 +116,7 @@ class Store:
                 (run_id, rec.kernel, rec.name, json.dumps(rec.patches), rec.series_hash, rec.outcome,
                  st["applies"], st["builds"], st["boots"], st["tested"], rec.verdict, rec.error, json.dumps(rec.notes),
                  rec.kernel_version, rec.started, rec.finished or now_iso()))
-            sid = int(cur.lastrowid)
+            sid = int(cur.lastrowid or 0)
             for t in rec.tests:
                 self.conn.execute("INSERT INTO test_results(series_id, name, status, known, observations) VALUES (?,?,?,?,?)",
                                   (sid, t["name"], t["status"], t.get("known"), json.dumps(t, sort_keys=True)))

@@ -1,5 +1,6 @@
-"""kproto nightly: config, diff rules, run bookkeeping, reports, lock, history (fast, no VM), and two real
-nightly runs against one kernel (slow)."""
+"""kproto nightly (rig/nightly/config.py, diff.py, run.py, reports.py, summary.py, history.py, subcommands.py):
+config, diff rules, run bookkeeping, reports, lock, history (fast, no VM), and two real nightly runs against
+one kernel (slow)."""
 from __future__ import annotations
 
 import fcntl
@@ -15,14 +16,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rig import nightly
-from rig.cli import main
-from rig.errors import BadInput, BuildError, PatchError
-from rig.report import Report
-from rig.store import SeriesRecord, Store
+from rig.nightly import reports, stages, subcommands
+from rig.nightly.config import KernelCfg, SeriesCfg, load_config
+from rig.nightly.diff import bench_change, diff, exit_code_for
+from rig.nightly.run import run as nightly_run
+from rig.cli.main import main
+from rig.core.errors import BadInput, BuildError, PatchError
+from rig.report.model import Report
+from rig.nightly.record import SeriesRecord
+from rig.nightly.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
 FIX = DATA / "patches"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -53,7 +58,7 @@ def fake_report(tests: dict[str, str], new_splats: tuple[str, ...] = (), verdict
 
 
 class Fake:
-    """test_fn for nightly.run(): behaviour per series, keyed by the first patch file name."""
+    """test_fn for rig.nightly.run.run(): behaviour per series, keyed by the first patch file name."""
 
     def __init__(self, plan: dict[str, object]):
         self.plan = plan
@@ -84,7 +89,7 @@ def test_config_parses_and_resolves_relative_paths(tmp_path):
     cfg_path = tmp_path / "n.toml"
     cfg_path.write_text('output = "rep"\ntests = "rfc_read"\nbench = true\nhistory = 5\n'
                         '[[series]]\nname = "dir-series"\npaths = ["p"]\n')
-    cfg = nightly.load_config(cfg_path)
+    cfg = load_config(cfg_path)
     assert cfg.output == tmp_path / "rep" and cfg.db == tmp_path / "rep" / "history.sqlite"
     assert cfg.lock_path == tmp_path / "rep" / "history.sqlite.lock"
     assert [k.name for k in cfg.kernels] == ["default"] and cfg.kernels[0].source is None
@@ -110,7 +115,7 @@ def test_bad_config_is_exit_2(tmp_path, body, msg):
     p = tmp_path / "n.toml"
     p.write_text(body.replace('"P"', f'"{V1}"'))
     with pytest.raises(BadInput, match=msg):
-        nightly.load_config(p)
+        load_config(p)
     res = CliRunner().invoke(main, ["nightly", str(p)])
     assert res.exit_code == 2, res.output
 
@@ -138,7 +143,7 @@ def kinds(changes, severity=None):
 
 
 def test_diff_first_run_is_empty():
-    assert nightly.diff(None, [srec()]) == []
+    assert diff(None, [srec()]) == []
 
 
 @pytest.mark.parametrize("before, after, kind, severity", [
@@ -152,12 +157,12 @@ def test_diff_first_run_is_empty():
     ("error", "tested", "series-recovered", "info"),
 ])
 def test_diff_series_stages(before, after, kind, severity):
-    ch = nightly.diff([srec(outcome=before)], [srec(outcome=after)])
+    ch = diff([srec(outcome=before)], [srec(outcome=after)])
     assert [(c["kind"], c["severity"], c["before"], c["after"]) for c in ch] == [(kind, severity, before, after)]
 
 
 def test_diff_same_stage_failure_is_not_a_change():
-    assert nightly.diff([srec(outcome="apply-failed")], [srec(outcome="apply-failed")]) == []
+    assert diff([srec(outcome="apply-failed")], [srec(outcome="apply-failed")]) == []
 
 
 def test_diff_tests():
@@ -165,7 +170,7 @@ def test_diff_tests():
                        "gone": "match"})
     cur = srec(tests={"a": "regressed", "b": "fixed", "c": "error", "d": "diverges", "e": ("diverges", "doc"),
                       "new": "diverges"})
-    ch = nightly.diff([prev], [cur])
+    ch = diff([prev], [cur])
     assert kinds(ch, "regression") == [("test-newly-failing", "s", "a"), ("test-newly-failing", "s", "c")]
     assert kinds(ch, "improvement") == [("test-newly-fixed", "s", "b")]
     assert kinds(ch, "info") == [("test-added", "s", "new"), ("test-removed", "s", "gone"),
@@ -175,24 +180,24 @@ def test_diff_tests():
 
 
 def test_diff_known_divergence_counts_as_ok():
-    ch = nightly.diff([srec(tests={"x": ("diverges", "doc")})], [srec(tests={"x": "regressed"})])
+    ch = diff([srec(tests={"x": ("diverges", "doc")})], [srec(tests={"x": "regressed"})])
     assert kinds(ch, "regression") == [("test-newly-failing", "s", "x")]
 
 
 def test_diff_tests_not_listed_when_series_did_not_get_there():
-    ch = nightly.diff([srec(tests={"a": "match"})], [srec(outcome="build-failed")])
+    ch = diff([srec(tests={"a": "match"})], [srec(outcome="build-failed")])
     assert kinds(ch) == [("series-stopped-building", "s", None)]
 
 
 def test_diff_splats():
-    ch = nightly.diff([srec(patched=["old", "fixed-one"])], [srec(patched=["old", "WARNING in ovl_copy_up_one"])])
+    ch = diff([srec(patched=["old", "fixed-one"])], [srec(patched=["old", "WARNING in ovl_copy_up_one"])])
     assert kinds(ch, "regression") == [("new-splat", "s", "WARNING in ovl_copy_up_one")]
     assert kinds(ch, "improvement") == [("splat-gone", "s", "fixed-one")]
     # a splat the baseline kernel shows too is still new for the nightly, and says so
-    ch = nightly.diff([srec()], [srec(patched=["b"], baseline=["b"])])
+    ch = diff([srec()], [srec(patched=["b"], baseline=["b"])])
     assert [(c["kind"], c["detail"]) for c in ch] == [("new-splat", "also in the baseline kernel")]
     # a series that was not tested last time: splats new against its own baseline count
-    ch = nightly.diff([srec(outcome="apply-failed")], [srec(patched=["n"])])
+    ch = diff([srec(outcome="apply-failed")], [srec(patched=["n"])])
     assert kinds(ch, "regression") == [("new-splat", "s", "n")]
 
 
@@ -215,14 +220,14 @@ CYCLE = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&type->i_mutex_dir_
 def test_diff_splats_by_signature_not_title():
     prev = sig_rec([_sp("possible deadlock in filldir64", CYCLE)])
     # the same cycle, closed by another edge this time: another title, the same signature -> no change
-    assert nightly.diff([prev], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)])]) == []
+    assert diff([prev], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)])]) == []
     # another cycle under the old title is new, and the old one is gone
     other = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]"
-    ch = nightly.diff([prev], [sig_rec([_sp("possible deadlock in filldir64", other)])])
+    ch = diff([prev], [sig_rec([_sp("possible deadlock in filldir64", other)])])
     assert kinds(ch) == [("new-splat", "s", "possible deadlock in filldir64"),
                          ("splat-gone", "s", "possible deadlock in filldir64")]
     # "also in the baseline kernel" goes by signature too
-    ch = nightly.diff([sig_rec([])], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)],
+    ch = diff([sig_rec([])], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)],
                                               baseline=[_sp("possible deadlock in filldir64", CYCLE)])])
     assert [(c["kind"], c["subject"], c["detail"]) for c in ch] == [
         ("new-splat", "possible deadlock in fault_in_readable", "also in the baseline kernel")]
@@ -233,15 +238,15 @@ def test_diff_splats_from_history_rows_without_signature_go_by_title():
     prev = sig_rec([_sp("possible deadlock in filldir64"), _sp("WARNING in ovl_read_iter", kind="warning")])
     cur = sig_rec([_sp("possible deadlock in filldir64", CYCLE),
                    _sp("WARNING in ovl_read_iter", "warning:ovl_read_iter@fs/overlayfs/file.c", kind="warning")])
-    assert nightly.diff([prev], [cur]) == []
-    ch = nightly.diff([prev], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)])])
+    assert diff([prev], [cur]) == []
+    ch = diff([prev], [sig_rec([_sp("possible deadlock in fault_in_readable", CYCLE)])])
     assert kinds(ch) == [("new-splat", "s", "possible deadlock in fault_in_readable"),
                          ("splat-gone", "s", "WARNING in ovl_read_iter"),
                          ("splat-gone", "s", "possible deadlock in filldir64")]
 
 
 def test_diff_series_added_removed_patches_changed_kernel_moved():
-    ch = nightly.diff([srec("a"), srec("b")], [srec("a", h="h2"), srec("c")],
+    ch = diff([srec("a"), srec("b")], [srec("a", h="h2"), srec("c")],
                       prev_kernels=[{"name": "k", "version": "6.12.117", "commit_id": "aaa"}],
                       cur_kernels=[{"name": "k", "version": "6.12.118", "commit_id": "bbb"}])
     assert kinds(ch) == [("kernel-changed", None, "k"), ("series-added", "c", None),
@@ -255,18 +260,18 @@ def bm(name, change, ci=None, unit="MB/s", med=100.0):
 
 
 def test_bench_noise_band():
-    assert nightly.bench_change(bm("r", 0.0), bm("r", 4.0), 5.0) is None            # inside the configured band
-    assert nightly.bench_change(bm("r", 0.0), bm("r", -6.0), 5.0) == (-6.0, 5.0)
+    assert bench_change(bm("r", 0.0), bm("r", 4.0), 5.0) is None            # inside the configured band
+    assert bench_change(bm("r", 0.0), bm("r", -6.0), 5.0) == (-6.0, 5.0)
     # a wide confidence interval widens the band
-    assert nightly.bench_change(bm("r", 0.0, [-10, 10]), bm("r", -8.0), 5.0) is None
-    assert nightly.bench_change(bm("r", 0.0, [-10, 10]), bm("r", -11.0), 5.0) == (-11.0, 10.0)
+    assert bench_change(bm("r", 0.0, [-10, 10]), bm("r", -8.0), 5.0) is None
+    assert bench_change(bm("r", 0.0, [-10, 10]), bm("r", -11.0), 5.0) == (-11.0, 10.0)
 
 
 def test_diff_bench_direction_by_unit():
     prev = srec(bench=[bm("read", 0.0), bm("lat", 0.0, unit="us"), bm("odd", 0.0, unit="widgets"), bm("same", 1.0)])
     cur = srec(bench=[bm("read", -20.0, med=80.0), bm("lat", -20.0, unit="us"), bm("odd", 30.0, unit="widgets"),
                       bm("same", 2.0)])
-    ch = nightly.diff([prev], [cur], noise_pct=5.0)
+    ch = diff([prev], [cur], noise_pct=5.0)
     sev = {c["subject"]: c["severity"] for c in ch}
     assert sev == {"read": "regression", "lat": "improvement", "odd": "info"}
     read = next(c for c in ch if c["subject"] == "read")
@@ -275,10 +280,10 @@ def test_diff_bench_direction_by_unit():
 
 def test_exit_code_rules():
     reg = [{"severity": "regression"}]
-    assert nightly.exit_code_for(reg, [srec(outcome="error")], ["k"]) == 1
-    assert nightly.exit_code_for([{"severity": "info"}], [srec(outcome="error")], []) == 3
-    assert nightly.exit_code_for([], [srec()], ["kernel k: BuildError"]) == 3
-    assert nightly.exit_code_for([{"severity": "improvement"}], [srec(outcome="apply-failed")], []) == 0
+    assert exit_code_for(reg, [srec(outcome="error")], ["k"]) == 1
+    assert exit_code_for([{"severity": "info"}], [srec(outcome="error")], []) == 3
+    assert exit_code_for([], [srec()], ["kernel k: BuildError"]) == 3
+    assert exit_code_for([{"severity": "improvement"}], [srec(outcome="apply-failed")], []) == 0
 
 
 # ================================================================ runs with a fake kproto test
@@ -286,12 +291,12 @@ def test_exit_code_rules():
 def test_two_fake_runs_store_diff_and_reports(tmp_path):
     c1 = write_config(tmp_path, "n1.toml", [("v1", [V1]), ("v2", [V2])])
     c2 = write_config(tmp_path, "n2.toml", [("v1", [NOAPPLY]), ("v2", [V2, STALE])])
-    r1 = nightly.run(nightly.load_config(c1), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
+    r1 = nightly_run(load_config(c1), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
         "ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match", "mmap_shared_ro_after_copyup": "fixed"}),
         "ovl-copyup-v2.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match", "mmap_shared_ro_after_copyup": "fixed"})}))
     assert r1.exit_code == 0 and r1.changes == []
     assert "first complete run" in r1.summary
-    r2 = nightly.run(nightly.load_config(c2), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
+    r2 = nightly_run(load_config(c2), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
         "does-not-apply.patch": PatchError("does-not-apply.patch does not apply to the base: hunk at fs/overlayfs/file.c:427 failed"),
         "ovl-copyup-v2.patch": fake_report({"rfc_read_ro_fd_after_copyup": "regressed", "mmap_shared_ro_after_copyup": "fixed"},
                                            new_splats=("WARNING in ovl_read_iter",))}))
@@ -328,7 +333,7 @@ def test_two_fake_runs_store_diff_and_reports(tmp_path):
 
 def splat_report(*logs: str) -> Report:
     """A kproto test report whose patched kernel showed the splats of these console-log fixtures."""
-    from rig.splats import scan_file
+    from rig.analysis.splats import scan_file
     sp = [s.as_json() for log in logs for s in scan_file(DATA / "logs" / log)]
     return Report(verdict="regressed" if sp else "clean",
                   kernel={"source": "/usr/src/linux-source-6.12.tar.xz", "version": "6.12.117+", "base": "c1112cf8ff42"},
@@ -340,7 +345,7 @@ def test_nightly_title_changed_signature_did_not_is_no_new_splat(tmp_path):
     c = write_config(tmp_path, "n.toml", [("v1", [V1])])
 
     def night(log):
-        return nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=fake_kernel,
+        return nightly_run(load_config(c), say=lambda m: None, kernel_fn=fake_kernel,
                            test_fn=Fake({"ovl-copyup.patch": splat_report(log)}))
     night("lockdep-cycle-filldir-6.12.log")
     r2 = night("lockdep-cycle-faultin-6.12.log")       # same cycle, closed by another edge: another title
@@ -360,7 +365,7 @@ def test_nightly_title_changed_signature_did_not_is_no_new_splat(tmp_path):
 def test_rig_error_in_one_series_does_not_stop_the_others(tmp_path):
     c = write_config(tmp_path, "n.toml", [("v1", [V1]), ("v2", [V2])])
     fake = Fake({"ovl-copyup.patch": RuntimeError("rig bug"), "ovl-copyup-v2.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})})
-    r = nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=fake_kernel, test_fn=fake)
+    r = nightly_run(load_config(c), say=lambda m: None, kernel_fn=fake_kernel, test_fn=fake)
     assert fake.calls == ["ovl-copyup.patch", "ovl-copyup-v2.patch"]
     assert [(s.name, s.outcome) for s in r.series] == [("v1", "error"), ("v2", "tested")]
     assert r.exit_code == 3 and "RuntimeError: rig bug" in r.summary
@@ -371,7 +376,7 @@ def test_kernel_failure_is_infra_and_run_completes(tmp_path):
 
     def broken(k, say):
         raise BuildError("baseline kernel did not build")
-    r = nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=broken, test_fn=Fake({}))
+    r = nightly_run(load_config(c), say=lambda m: None, kernel_fn=broken, test_fn=Fake({}))
     assert r.exit_code == 3 and r.series[0].outcome == "error"
     with Store.open(tmp_path / "out" / "history.sqlite") as st:
         assert st.kernels(r.run_id)[0]["error"] == "baseline kernel did not build"
@@ -383,7 +388,7 @@ def test_run_interrupted_halfway_stays_incomplete(tmp_path):
     fake = Fake({"ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"}),
                  "ovl-copyup-v2.patch": KeyboardInterrupt()})            # Ctrl-C / SIGTERM during series 2
     with pytest.raises(KeyboardInterrupt):
-        nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=fake_kernel, test_fn=fake)
+        nightly_run(load_config(c), say=lambda m: None, kernel_fn=fake_kernel, test_fn=fake)
     with Store.open(tmp_path / "out" / "history.sqlite") as st:
         [run] = st.runs()
         assert (run["complete"], run["state"], run["exit_code"]) == (0, "interrupted", 3)
@@ -392,7 +397,7 @@ def test_run_interrupted_halfway_stays_incomplete(tmp_path):
     # the next run has nothing to compare with: an incomplete run is never the reference
     ok = Fake({"ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "regressed"}),
                "ovl-copyup-v2.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})})
-    r = nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=fake_kernel, test_fn=ok)
+    r = nightly_run(load_config(c), say=lambda m: None, kernel_fn=fake_kernel, test_fn=ok)
     assert r.changes == [] and r.exit_code == 0 and r.run_id == 2
 
 
@@ -401,9 +406,9 @@ def test_run_failing_at_the_end_stays_incomplete(tmp_path, monkeypatch):
 
     def full(*a, **kw):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(nightly, "write_reports", full)
+    monkeypatch.setattr(reports, "write_reports", full)
     with pytest.raises(OSError):
-        nightly.run(nightly.load_config(c), say=lambda m: None, kernel_fn=fake_kernel,
+        nightly_run(load_config(c), say=lambda m: None, kernel_fn=fake_kernel,
                     test_fn=Fake({"ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})}))
     with Store.open(tmp_path / "out" / "history.sqlite") as st:
         [run] = st.runs()
@@ -415,11 +420,11 @@ def test_run_failing_at_the_end_stays_incomplete(tmp_path, monkeypatch):
 
 def test_second_nightly_is_refused_while_one_holds_the_lock(tmp_path, monkeypatch):
     c = write_config(tmp_path, "n.toml", [("v1", [V1])])
-    cfg = nightly.load_config(c)
+    cfg = load_config(c)
 
     def no_kernel(k, say):            # must never get this far
         raise AssertionError("the second nightly started working")
-    monkeypatch.setattr(nightly, "prepare_kernel", no_kernel)
+    monkeypatch.setattr(stages, "prepare_kernel", no_kernel)
     cfg.lock_path.parent.mkdir(parents=True)
     fd = os.open(cfg.lock_path, os.O_RDWR | os.O_CREAT)      # flock: per open file, so this conflicts in-process too
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -434,21 +439,36 @@ def test_second_nightly_is_refused_while_one_holds_the_lock(tmp_path, monkeypatc
     finally:
         os.close(fd)
     # released: the next one runs
-    r = nightly.run(cfg, say=lambda m: None, kernel_fn=fake_kernel,
+    r = nightly_run(cfg, say=lambda m: None, kernel_fn=fake_kernel,
                     test_fn=Fake({"ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})}))
     assert r.exit_code == 0
 
 
 def test_abandoned_run_is_marked_by_the_next(tmp_path):
     c = write_config(tmp_path, "n.toml", [("v1", [V1])])
-    cfg = nightly.load_config(c)
+    cfg = load_config(c)
     p = subprocess.Popen(["true"]); p.wait()
     with Store.open(cfg.db) as st:
         dead = st.begin_run("x", pid=p.pid)            # as if SIGKILLed mid-run
-    nightly.run(cfg, say=lambda m: None, kernel_fn=fake_kernel,
+    nightly_run(cfg, say=lambda m: None, kernel_fn=fake_kernel,
                 test_fn=Fake({"ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})}))
     with Store.open(cfg.db) as st:
         assert st.run(dead)["state"] == "abandoned" and st.run(dead)["complete"] == 0
+
+
+def test_junit_per_series_for_each_outcome():
+    """reports.junit_for through rig.report.junit: a rig error is an <error>, a stage failure a <failure>
+    named after the stage, a tested series one case per test (from the stored tests when the verdict
+    objects are gone, as for history rows)."""
+    err = ET.fromstring(reports.junit_for(srec(outcome="error")).split("\n", 1)[1])
+    case = err.find(".//testcase")
+    assert case.get("name") == "rig" and case.get("classname") == "nightly.k.s"
+    assert case.find("error").get("message") == "error: why" and case.find("error").text == "why"
+    boot = ET.fromstring(reports.junit_for(srec(outcome="boot-failed")).split("\n", 1)[1])
+    assert boot.find(".//testcase").get("name") == "boot" and boot.get("failures") == "1"
+    tested = ET.fromstring(reports.junit_for(srec(tests={"a": "match", "b": "regressed"})).split("\n", 1)[1])
+    assert sorted(tc.get("name") for tc in tested.iter("testcase")) == ["a", "b"]
+    assert tested.get("tests") == "2" and tested.get("failures") == "1"
 
 
 # ================================================================ history command
@@ -456,10 +476,10 @@ def test_abandoned_run_is_marked_by_the_next(tmp_path):
 def test_history_cli(tmp_path):
     c1 = write_config(tmp_path, "n1.toml", [("v1", [V1]), ("v2", [V2])])
     c2 = write_config(tmp_path, "n2.toml", [("v1", [NOAPPLY]), ("v2", [V2])])
-    nightly.run(nightly.load_config(c1), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
+    nightly_run(load_config(c1), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
         "ovl-copyup.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"}),
         "ovl-copyup-v2.patch": fake_report({"rfc_read_ro_fd_after_copyup": "match"})}))
-    nightly.run(nightly.load_config(c2), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
+    nightly_run(load_config(c2), say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({
         "does-not-apply.patch": PatchError("does not apply"),
         "ovl-copyup-v2.patch": fake_report({"rfc_read_ro_fd_after_copyup": "regressed"})}))
     db = str(tmp_path / "out" / "history.sqlite")
@@ -574,16 +594,16 @@ def check_rendered_report(html_path: Path, tmp: Path, expect_changes: list[tuple
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (setup.sh installs it)")
 def test_html_report_renders_in_chromium_with_diff_rows_and_bench_chart(tmp_path):
     c = write_config(tmp_path, "n.toml", [("v2", [V2])])
-    cfg = nightly.load_config(c)
+    cfg = load_config(c)
     changes_pct = [0.0, -1.0, -25.0]
     # bench figures come from `kproto bench --json`; stand in for it with fixed figures per night
-    import rig.nightly as nm
+    nm = subcommands
     orig = nm.run_bench
     cfg.bench = True
     try:
         for i, pct in enumerate(changes_pct):
             nm.run_bench = lambda k, s, say, pct=pct: ([bm("seq_read", pct, med=100 + pct)], None)
-            r = nightly.run(cfg, say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({"ovl-copyup-v2.patch": fake_report(
+            r = nightly_run(cfg, say=lambda m: None, kernel_fn=fake_kernel, test_fn=Fake({"ovl-copyup-v2.patch": fake_report(
                 {"rfc_read_ro_fd_after_copyup": "match" if i < 2 else "regressed"})}))
     finally:
         nm.run_bench = orig
@@ -683,7 +703,7 @@ def assert_two_nights(tmp_path: Path, c2: Path, stdout2: str, kproto: list[str])
 
 
 def test_documented_example_config_parses():
-    cfg = nightly.load_config(DATA / "nightly" / "example.toml")
+    cfg = load_config(DATA / "nightly" / "example.toml")
     assert [s.name for s in cfg.series] == ["ovl-copyup-v1", "ovl-copyup-v2"]
     assert cfg.series[0].paths[0].resolve() == V1 and cfg.kernels[0].source is None
     assert cfg.db == Path("/var/lib/kproto/nightly/history.sqlite")
@@ -699,17 +719,17 @@ def test_bench_goes_through_the_kproto_bench_json_contract(tmp_path, monkeypatch
         out = Path(args[args.index("--json") + 1])
         out.write_text((DATA / "nightly" / "bench.json").read_text())
         return 1, "kproto: a metric regressed\n"             # exit 1 still leaves the JSON
-    monkeypatch.setattr(nightly, "_kproto_subcommand", fake_sub)
-    k = nightly.KernelCfg(name="git", source="/src/linux", config=(Path("/f.config"),))
-    s = nightly.SeriesCfg(name="v2", paths=[V2], kernels=["git"])
-    metrics, err = nightly.run_bench(k, s, lambda m: None)
+    monkeypatch.setattr(subcommands, "run_kproto", fake_sub)
+    k = KernelCfg(name="git", source="/src/linux", config=(Path("/f.config"),))
+    s = SeriesCfg(name="v2", paths=[V2], kernels=["git"])
+    metrics, err = subcommands.run_bench(k, s, lambda m: None)
     assert err is None and [m["name"] for m in metrics] == ["pread_4k_lower", "open_read_close_lower"]
     a = calls[0]
     assert a[0] == "bench" and str(V2) in a and a[a.index("--kernel-src") + 1] == "/src/linux"
     assert a[a.index("--config") + 1] == "/f.config"
     # no JSON at all: a note, not a crash
-    monkeypatch.setattr(nightly, "_kproto_subcommand", lambda args, say, timeout: (2, "Error: No such command 'bench'.\n"))
-    metrics, err = nightly.run_bench(k, s, lambda m: None)
+    monkeypatch.setattr(subcommands, "run_kproto", lambda args, say, timeout: (2, "Error: No such command 'bench'.\n"))
+    metrics, err = subcommands.run_bench(k, s, lambda m: None)
     assert metrics == [] and "No such command" in err
 
 
@@ -725,13 +745,13 @@ def test_kproto_subcommand_terminates_the_child_on_interrupt(monkeypatch):
         p = real_popen([sys.executable, "-c", "import time; time.sleep(30)"], **kw)
         seen["p"] = p
         return p
-    monkeypatch.setattr(nightly.subprocess, "Popen", popen)
+    monkeypatch.setattr(subcommands.subprocess, "Popen", popen)
     old = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         t = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            nightly._kproto_subcommand(["bench"], lambda m: None, timeout=60)
+            subcommands.run_kproto(["bench"], lambda m: None, timeout=60)
         assert time.monotonic() - t < 20
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -749,10 +769,10 @@ def test_fuzz_goes_through_the_kproto_fuzz_json_contract(tmp_path, monkeypatch):
         calls.append(args)
         Path(args[args.index("--json") + 1]).write_text(json.dumps(doc))
         return 1, ""
-    monkeypatch.setattr(nightly, "_kproto_subcommand", fake_sub)
-    k = nightly.KernelCfg(name="debian-6.12", source=None)
-    s = nightly.SeriesCfg(name="v2", paths=[V2], kernels=["debian-6.12"])
-    findings, err = nightly.run_fuzz(k, s, 300, lambda m: None, tmp_path / "fz")
+    monkeypatch.setattr(subcommands, "run_kproto", fake_sub)
+    k = KernelCfg(name="debian-6.12", source=None)
+    s = SeriesCfg(name="v2", paths=[V2], kernels=["debian-6.12"])
+    findings, err = subcommands.run_fuzz(k, s, 300, lambda m: None, tmp_path / "fz")
     assert err is None and findings == doc["findings"]
     a = calls[0]
     assert a[:3] == ["fuzz", "--target", "kernel"] and a[a.index("--budget") + 1] == "300s"

@@ -1,10 +1,10 @@
 """The worker side of kproto's Dask cluster (docs/cluster.md).
 
 The nightly driver registers KprotoWorkerPlugin on every worker of the scheduler it uses (workers that join
-later get it too); `dask worker tcp://HOST:8786 --preload rig.cluster_worker` does the same before any
+later get it too); `dask worker tcp://HOST:8786 --preload rig.nightly.cluster_worker` does the same before any
 client connects. Either way a worker that did not declare the `cpus` resource gets its core count, so a
 plain `dask worker tcp://HOST:8786 --resources "kvm=1"` can build and test. Workers need kproto installed
-(setup.sh) to import this module and the nightly's task functions (rig.nightly_graph).
+(setup.sh) to import this module and the nightly's task functions (rig.nightly.graph).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .cluster import RES_CPUS
+from rig.nightly.cluster import RES_CPUS
 
 
 def declare_defaults(worker) -> dict:
@@ -33,7 +33,7 @@ class KprotoWorkerPlugin(WorkerPlugin):
 
 
 async def dask_setup(worker) -> None:
-    """`dask worker ... --preload rig.cluster_worker`."""
+    """`dask worker ... --preload rig.nightly.cluster_worker`."""
     add = declare_defaults(worker)
     if add:
         await worker.set_resources(**add)

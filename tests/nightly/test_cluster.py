@@ -1,4 +1,5 @@
-"""`kproto nightly` on Dask distributed (rig/nightly_graph.py, rig/cluster.py, rig/artifacts.py).
+"""`kproto nightly` on Dask distributed (rig/nightly/engine.py, matrix.py, graph.py, stages.py, cluster.py,
+children.py, placement.py; rig/kernel/artifacts.py).
 
 Real processes on the loopback only: a `dask scheduler` on 127.0.0.1 and two `dask worker` processes, one
 declaring kvm=1, one without, each with its own KPROTO_CACHE (as if on two machines). The kernels are the
@@ -29,11 +30,15 @@ import pytest
 from click.testing import CliRunner
 
 from kproto_helpers import FAKE_KERNEL
-from rig import artifacts, nightly
-from rig.cli import main
+from rig.kernel import artifacts
+from rig.cli.main import main
+from rig.core.errors import BadInput
+from rig.nightly.config import load_config
+from rig.nightly.run import NightlyResult
+from rig.nightly.run import run as nightly_run
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
 NDATA = DATA / "nightly"
 FAKES = NDATA / "fakes"
 SERIES = NDATA / "fakekernel-series"
@@ -168,20 +173,20 @@ def fakes_importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), str(REPO)]))
 
 
-def embedded_run(d: Path, source: Path, monkeypatch, accel: str = "kvm", **kw) -> nightly.NightlyResult:
+def embedded_run(d: Path, source: Path, monkeypatch, accel: str = "kvm", **kw) -> NightlyResult:
     """The matrix on the embedded cluster of this process (KPROTO_ACCEL=kvm: this "machine" offers kvm)."""
     d.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("KPROTO_CACHE", str(d / "cache"))
     monkeypatch.setenv("KPROTO_ACCEL", accel)
     monkeypatch.setenv("KPROTO_FAKE_MARKERS", str(d / "markers"))
-    cfg = nightly.load_config(write_config(d, source, **kw))
-    return nightly.run(cfg, say=lambda m: None, test_fn=TEST_FN)
+    cfg = load_config(write_config(d, source, **kw))
+    return nightly_run(cfg, say=lambda m: None, test_fn=TEST_FN)
 
 
-def cluster_run(d: Path, source: Path, address: str, log: list[str] | None = None) -> nightly.NightlyResult:
+def cluster_run(d: Path, source: Path, address: str, log: list[str] | None = None) -> NightlyResult:
     d.mkdir(parents=True, exist_ok=True)
-    cfg = nightly.load_config(write_config(d, source))
-    return nightly.run(cfg, say=(log.append if log is not None else (lambda m: None)), test_fn=TEST_FN,
+    cfg = load_config(write_config(d, source))
+    return nightly_run(cfg, say=(log.append if log is not None else (lambda m: None)), test_fn=TEST_FN,
                        scheduler=address)
 
 
@@ -234,7 +239,7 @@ def report_of(report_dir: Path) -> dict:
     return {"json": _norm(j), "summary": _norm(summary), "junit": _norm(junit), "cluster": cluster}
 
 
-def placement(res: nightly.NightlyResult) -> list[dict]:
+def placement(res: NightlyResult) -> list[dict]:
     return json.loads((res.report_dir / "report.json").read_text())["cluster"]["placement"]
 
 
@@ -284,23 +289,23 @@ def test_unreachable_scheduler_is_one_line_exit_3_before_any_work(tmp_path, fake
 def test_bad_cluster_table_is_exit_2(tmp_path, fake_source, body, msg):
     p = write_config(tmp_path, fake_source, kernels=1, matrix=[("s1", False)])
     p.write_text(p.read_text() + "\n" + body)
-    with pytest.raises(nightly.BadInput, match=msg):
-        nightly.load_config(p)
+    with pytest.raises(BadInput, match=msg):
+        load_config(p)
     assert CliRunner().invoke(main, ["nightly", str(p)]).exit_code == 2
 
 
 def test_cluster_table_is_not_part_of_the_config_digest(tmp_path, fake_source):
     p = write_config(tmp_path, fake_source, kernels=1, matrix=[("s1", False)])
-    a = nightly.load_config(p)
+    a = load_config(p)
     p.write_text(p.read_text() + '\n[cluster]\nscheduler = "tcp://10.0.0.1:8786"\nbuild_cpus = 8\n')
-    b = nightly.load_config(p)
+    b = load_config(p)
     assert a.digest() == b.digest() and b.cluster.scheduler == "tcp://10.0.0.1:8786" and b.cluster.build_cpus == 8
 
 
 def test_in_process_stand_ins_cannot_go_to_a_scheduler(tmp_path, fake_source):
-    cfg = nightly.load_config(write_config(tmp_path, fake_source, kernels=1, matrix=[("s1", False)]))
-    with pytest.raises(nightly.BadInput, match="module:function"):
-        nightly.run(cfg, say=lambda m: None, test_fn=lambda opts: None, scheduler="tcp://127.0.0.1:1")
+    cfg = load_config(write_config(tmp_path, fake_source, kernels=1, matrix=[("s1", False)]))
+    with pytest.raises(BadInput, match="module:function"):
+        nightly_run(cfg, say=lambda m: None, test_fn=lambda opts: None, scheduler="tcp://127.0.0.1:1")
 
 
 def test_kvm_only_cell_without_a_kvm_worker_is_an_error_not_a_hang(tmp_path, fake_source, fakes_importable,
@@ -315,11 +320,12 @@ def test_kvm_only_cell_without_a_kvm_worker_is_an_error_not_a_hang(tmp_path, fak
 
 def test_shared_artifact_directory_moves_a_kernel_by_content_hash(tmp_path, fake_source, monkeypatch):
     """[cluster] artifacts = DIR: the builder publishes blobs by sha256, another machine installs them."""
-    from rig import build, tree
+    from rig.kernel import build
+    from rig.kernel import tree
     monkeypatch.setenv("KPROTO_CACHE", str(tmp_path / "cache-a"))
     src = tree.open_source(str(fake_source))
     k = build.build(src, [], progress=lambda m: None)
-    objdir = build.objdir_for(src, __import__("rig.kconfig").kconfig.requested())
+    objdir = build.objdir_for(src, __import__("rig.kernel.kconfig").kernel.kconfig.requested())
     artifacts.keep_log(k.key, objdir.parent / f"{objdir.name}.log")
     man = artifacts.snapshot(k.key, {"worker": "a", "address": None, "host": "h"})
     assert set(man["files"]) == {"bzImage", "config", "meta.json", "build.log"}
@@ -466,12 +472,13 @@ def test_worker_killed_mid_task_the_run_completes_with_the_same_results(tmp_path
 
 DRIVER = """
 import signal, sys
-from rig import nightly
+from rig.nightly.config import load_config
+from rig.nightly.run import run
 def term(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, term)        # as `kproto` does: SIGTERM unwinds like Ctrl-C
 try:
-    nightly.run(nightly.load_config(sys.argv[1]), say=lambda m: print(m, flush=True), test_fn="nightly_fakes:fake_test")
+    run(load_config(sys.argv[1]), say=lambda m: print(m, flush=True), test_fn="nightly_fakes:fake_test")
 except KeyboardInterrupt:
     print("INTERRUPTED", flush=True)
     sys.exit(3)
@@ -512,8 +519,18 @@ def test_sigterm_stops_the_stage_processes_and_records_the_run_interrupted(tmp_p
 def test_a_worker_with_another_protocol_version_refuses_the_task():
     """A worker that imported another copy of the nightly's protocol modules (an older checkout) does not
     run this run's tasks: the cell gets an error saying why."""
-    from rig import nightly_graph
+    from rig.nightly import graph as nightly_graph
     ctx = {"code": "0" * 64, "topic": None, "inproc": True, "shared": None, "token": "t", "test_fn": None}
     out = nightly_graph.t_test({"label": "s1"}, {"stage": "baseline", "info": {}}, ctx)
     assert out["stage"] == "test" and "another kproto nightly protocol" in out["error"]
     assert "record" not in out
+
+
+def test_the_protocol_fingerprint_covers_every_nightly_module():
+    """Workers refuse tasks when their nightly code differs from the driver's: the fingerprint must cover
+    every module of rig/nightly/ (however the package is split) and the artifact store."""
+    from rig.nightly import graph as nightly_graph
+    covered = set(nightly_graph.protocol_files())
+    modules = set((REPO / "rig" / "nightly").rglob("*.py"))
+    assert len(modules) > 10 and modules <= covered
+    assert REPO / "rig" / "kernel" / "artifacts.py" in covered
