@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How often does `kproto bench` cry wolf? Simulated A/A runs (the same kernel on both sides) of the
 whole decision procedure, adaptive rounds included, before and after the multiplicity control, and
-the power that is left. No VM: rig.bench.SimulatedSide draws the readings. Prints figures only.
+the power that is left. No VM: rig.bench.sim.SimulatedSide draws the readings. Prints figures only.
 
     .venv/bin/python bench/bench_aa_false_alarm.py [--sims 400] [--n-boot 200] [--seed 0]
 
@@ -13,8 +13,9 @@ deviation, log-normal), 1 % repetition noise; `kproto bench` defaults: 3 rounds 
   two-level bootstrap widened to the paired per-round t-interval) excludes 0 and |%change| >= 3 %,
   re-tested at every look, no correction over metrics or looks.
 - after: rig.bench as it is: Welch's t on the per-boot log medians, Holm over the metrics, alpha
-  spent over the looks (rig.bench.look_alpha), the same interval and minimum effect.
-Both run in the same loop (rig.bench.run_bench); only the per-look analysis differs.
+  spent over the looks (rig.bench.stats.look_alpha), the same interval and minimum effect
+  (rig.bench.metrics.Collected.analyze).
+Both run in the same loop (rig.bench.run.run_bench); only the per-look analysis differs.
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rig import bench  # noqa: E402
+from rig.bench import metrics, run, stats  # noqa: E402
+from rig.bench import simulate as sim  # noqa: E402
 
 NAMES = [f"{m}_{l}" for m in ("seqread_hot", "pread4k_rand", "open_read_close", "stat", "mmap_read")
          for l in ("lower", "upper")] + ["pread4k_fd_before_copyup", "mmap_shared_first_lower",
                                          "seqread_cold_lower", "readdir_lower"]
 
 
-def old_analyze(col: bench.Collected, min_effect: float, n_boot: int = 2000, seed: int = 0,
-                **_ignored) -> list[bench.MetricResult]:
+def old_analyze(col: metrics.Collected, min_effect: float, n_boot: int = 2000, seed: int = 0,
+                **_ignored) -> list[metrics.MetricResult]:
     """The rule before the fix: each metric on its own, significant when its 95 % CI excludes 0 and
     the change reaches the minimum effect; decided when significant or the CI is inside +-min_effect."""
     out = []
@@ -45,14 +47,14 @@ def old_analyze(col: bench.Collected, min_effect: float, n_boot: int = 2000, see
         if not (base and patched):
             continue
         unit, better = col.units[name]
-        pb, pp = bench.pooled(base), bench.pooled(patched)
-        mb, mp = bench.median(pb), bench.median(pp)
-        ch = bench.change_pct(mb, mp)
+        pb, pp = stats.pooled(base), stats.pooled(patched)
+        mb, mp = stats.median(pb), stats.median(pp)
+        ch = stats.change_pct(mb, mp)
         s = seed ^ int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
-        lo, hi = bench.combined_ci(base, patched, n_boot=n_boot, seed=s)
+        lo, hi = stats.combined_ci(base, patched, n_boot=n_boot, seed=s)
         sig = (lo > 0 or hi < 0) and abs(ch) >= min_effect
         decided = sig or (-min_effect <= lo and hi <= min_effect)
-        out.append(bench.MetricResult(name=name, unit=unit, better=better, baseline_median=mb, patched_median=mp,
+        out.append(metrics.MetricResult(name=name, unit=unit, better=better, baseline_median=mb, patched_median=mp,
                                       baseline_stddev_pct=0.0, patched_stddev_pct=0.0, change_pct=ch,
                                       ci95_pct=(lo, hi), significant=sig, runs=min(len(base), len(patched)),
                                       samples=min(len(pb), len(pp)), decided=decided))
@@ -60,20 +62,20 @@ def old_analyze(col: bench.Collected, min_effect: float, n_boot: int = 2000, see
 
 
 @contextlib.contextmanager
-def recording(rule: str, looks: list[list[bench.MetricResult]]):
+def recording(rule: str, looks: list[list[metrics.MetricResult]]):
     """Run the loop with the `rule` ("old" or "new") per-look analysis, recording every look."""
-    real = bench.Collected.analyze
+    real = metrics.Collected.analyze
 
     def analyze(self, *a, **kw):
         res = old_analyze(self, *a, **kw) if rule == "old" else real(self, *a, **kw)
         looks.append(res)
         return res
 
-    bench.Collected.analyze = analyze
+    setattr(metrics.Collected, "analyze", analyze)     # run_bench() calls Collected.analyze at every look
     try:
         yield
     finally:
-        bench.Collected.analyze = real
+        setattr(metrics.Collected, "analyze", real)
 
 
 def simulate(rule: str, sims: int, seed: int, n_boot: int, scale: dict[str, float] | None = None,
@@ -82,13 +84,13 @@ def simulate(rule: str, sims: int, seed: int, n_boot: int, scale: dict[str, floa
     rounds = 0
     for i in range(sims):
         rng = random.Random(seed * 1_000_003 + i)
-        ms = [bench.SimMetric(n, boot_sd_pct=rng.uniform(*boot_sd), rep_sd_pct=rep_sd,
+        ms = [sim.SimMetric(n, boot_sd_pct=rng.uniform(*boot_sd), rep_sd_pct=rep_sd,
                               better="lower" if n == "mmap_shared_first_lower" else "higher") for n in NAMES]
-        a = bench.SimulatedSide("A", ms, rng.randrange(1 << 30))
-        b = bench.SimulatedSide("B", ms, rng.randrange(1 << 30), scale=scale)
-        looks: list[list[bench.MetricResult]] = []
+        a = sim.SimulatedSide("A", ms, rng.randrange(1 << 30))
+        b = sim.SimulatedSide("B", ms, rng.randrange(1 << 30), scale=scale)
+        looks: list[list[metrics.MetricResult]] = []
         with recording(rule, looks):
-            col, res = bench.run_bench(a, b, bench.BenchOptions(n_boot=n_boot), progress=lambda m: None)
+            col, res = run.run_bench(a, b, run.BenchOptions(n_boot=n_boot), progress=lambda m: None)
         rounds += col.rounds
         exit1 += any(m.verdict == "regression" for m in res)
         any_look += any(m.significant for look in looks for m in look)
@@ -104,7 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     n, nb = args.sims, args.n_boot
     print(f"simulated kproto bench runs: {len(NAMES)} metrics, boot-to-boot spread 3-5 % (sd), repetition "
-          f"noise 1 %, rounds 3..6 (adaptive), 3 reps, min effect 3 %, alpha {bench.ALPHA:g}, "
+          f"noise 1 %, rounds 3..6 (adaptive), 3 reps, min effect 3 %, alpha {stats.ALPHA:g}, "
           f"n_boot {nb}, seed {args.seed}")
     print()
     print(f"{'':44s} {'sims':>5s} {'exit 1':>7s} {'any * at any look':>18s} {'rounds':>7s} {'found':>6s}  s")

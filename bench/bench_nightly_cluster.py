@@ -57,12 +57,13 @@ def config(d: Path, source: Path) -> Path:
 
 
 def night(d: Path, source: Path, scheduler: str | None) -> dict:
-    from rig import nightly
+    from rig.nightly.config import load_config
+    from rig.nightly.run import run
     d.mkdir(parents=True)
     os.environ["KPROTO_CACHE"] = str(d / "driver-cache")
-    cfg = nightly.load_config(config(d, source))
+    cfg = load_config(config(d, source))
     t = time.monotonic()
-    res = nightly.run(cfg, say=lambda m: None, test_fn="nightly_fakes:fake_test", scheduler=scheduler)
+    res = run(cfg, say=lambda m: None, test_fn="nightly_fakes:fake_test", scheduler=scheduler)
     wall = time.monotonic() - t
     cl = json.loads((res.report_dir / "report.json").read_text())["cluster"]
     tests = {p["series"]: p["worker"] for p in cl["placement"] if p["stage"] == "test"}

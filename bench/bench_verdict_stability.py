@@ -26,7 +26,7 @@ DEFAULT = [REPO / "patches" / "ovl-copyup.patch", REPO / "patches" / "ovl-mmap-c
 def one_run(patch: Path, extra: list[str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         t = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "rig.cli", "test", str(patch), "--json", out.name, *extra],
+        proc = subprocess.run([sys.executable, "-m", "rig.cli.main", "test", str(patch), "--json", out.name, *extra],
                               cwd=REPO, capture_output=True, text=True)
         wall = time.monotonic() - t
         try:

@@ -1,4 +1,4 @@
-/* The mmap-from-a-read-only-fd probes (DESIGN.md §2 cases 3 and 4), shared by the MAP_SHARED and
+/* The mmap-from-a-read-only-fd probes (docs/design.md §2 cases 3 and 4), shared by the MAP_SHARED and
  * MAP_PRIVATE variants: only the mapping flag differs between them. */
 #include "common.h"
 

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .config import OverlayConfig, parse_option_string
-from .errors import BadInput, OverlayRefError
+from .errors import OverlayRefError
 
 
 class _Parser(argparse.ArgumentParser):

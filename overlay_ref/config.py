@@ -23,9 +23,9 @@ KNOWN_OPTIONS = {
 
 #: options of kernel overlayfs / mount(8) accepted and ignored (they do not change the
 #: reference's semantics, or are handled by the FUSE mount itself)
-IGNORED_OPTIONS = {
-    "index", "xino", "metacopy", "nfs_export", "volatile", "uuid", "verity",
-    "redirect_always_follow", "default_permissions",
+OVERLAYFS_IGNORED = {"index", "xino", "metacopy", "nfs_export", "volatile", "uuid", "verity", "redirect_always_follow"}
+IGNORED_OPTIONS = OVERLAYFS_IGNORED | {
+    "default_permissions",
     "rw", "defaults", "auto", "noauto", "user", "nouser", "relatime", "norelatime",
     "noatime", "atime", "strictatime", "lazytime", "nolazytime", "_netdev", "nofail",
     "diratime", "nodiratime", "exec", "suid", "dev", "sync", "async", "loop",
@@ -136,7 +136,9 @@ class OverlayConfig:
             elif k in IGNORED_OPTIONS:
                 pass
             else:
-                raise BadInput(f"unknown option: {k}")
+                raise BadInput(f"unknown option: {k} (the reference understands "
+                               f"{', '.join(sorted(KNOWN_OPTIONS | FUSE_PASSTHROUGH))}; it accepts and ignores "
+                               f"overlayfs's {', '.join(sorted(OVERLAYFS_IGNORED))})")
         return cfg
 
     def validate(self) -> None:

@@ -1,4 +1,6 @@
-"""Exceptions of the reference overlay (one-line messages)."""
+"""Exceptions and warnings of the reference overlay (one-line messages)."""
+
+import sys
 
 
 class OverlayRefError(Exception):
@@ -16,3 +18,7 @@ class BadInput(OverlayRefError):
 
     exit_code = 2
     bad_input = True
+
+
+def _warn(msg: str) -> None:
+    print(f"overlay_ref: warning: {' '.join(msg.split())}", file=sys.stderr)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from rig.errors import BootError
-from rig.ssh import ChannelClosed
+from rig.core.errors import BootError
+from rig.machine.ssh import ChannelClosed
 
 LOGS = Path(__file__).resolve().parent / "data" / "logs"
 

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from rig import build, kconfig, patches as patchmod, tree
+from rig.kernel import build
+from rig.kernel import kconfig
+from rig.kernel import patches as patchmod
+from rig.kernel import tree
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-KPROTO = [sys.executable, "-m", "rig.cli"]
+KPROTO = [sys.executable, "-m", "rig.cli.main"]
 FIXTURES = REPO / "tests" / "data" / "patches"
 TRIGGERS = REPO / "tests" / "data" / "trigger_suite"
 PROBES = ["rfc_read_ro_fd_after_copyup", "fstat_ro_fd_after_copyup",
@@ -60,7 +63,7 @@ def test_ovl_copyup_patch_fixes_the_mmap_probes_and_follows_the_json_contract():
         assert set(t[name]) >= {"name", "status", "reference", "baseline", "patched"}
         # deterministic single-threaded probes: one boot of each kernel, no confirmation reruns
         assert t[name]["boots"] == {"baseline": 1, "patched": 1}
-    # DESIGN.md §2 on 6.12: read and fstat are fixed upstream; both MAP_SHARED probes are stale
+    # docs/design.md §2 on 6.12: read and fstat are fixed upstream; both MAP_SHARED probes are stale
     assert t["rfc_read_ro_fd_after_copyup"]["status"] == "match"
     assert t["fstat_ro_fd_after_copyup"]["status"] == "match"
     assert t["mmap_shared_ro_before_copyup"]["status"] == "fixed"

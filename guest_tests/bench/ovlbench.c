@@ -10,7 +10,7 @@
  * Each time-boxed metric warms up once, then loops for -d milliseconds (default 200).
  * -n skips the cold-cache metric (it writes /proc/sys/vm/drop_caches, which is rude on a shared host).
  *
- * Static C, no dependencies beyond libc; built by rig/bench.py with gcc -static -O2.
+ * Static C, no dependencies beyond libc; built by rig/bench/programs.py with gcc -static -O2.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,5 +1,5 @@
 /* kproto fuzz: normalised result lines, shared by the operation interpreter (opinterp.c) and inlined
- * verbatim into every C reproducer rig/fuzz.py emits, so both print exactly the same thing.
+ * verbatim into every C reproducer and guest test rig/fuzz/emit.py writes, so all print exactly the same thing.
  *
  * Each operation formats its result into LINE; emit(k) prints "k: LINE".
  *   - a syscall result: "ok" or the errno name ("ENOENT")

@@ -12,7 +12,9 @@
  * "L|U whiteout PATH 0 -", "L|U xattr PATH NAME HEX". When LOWER and UPPER are the same directory
  * (the plain, non-overlay target), a whiteout removes the path instead.
  *
- * Ops, one per line, tokens separated by single spaces (DATA has no spaces):
+ * Ops, one per line, tokens separated by single spaces (DATA has no spaces). The operation table is
+ * rig/fuzz/ops.py (grammar, generation, C emission); a new op is a row there and a case in do_op() here
+ * (tests/fuzz/test_fuzz_ops.py checks that both print the same):
  *   open S PATH FLAGS (RDONLY|WRONLY|RDWR + CREAT TRUNC APPEND EXCL DIRECTORY NOFOLLOW, "|"-joined;
  *   an open into a used slot closes it first)  close S  read S N  pread S N OFF  write S DATA
  *   pwrite S OFF DATA  mmap M S r|rw shared|private (4096 bytes at 0)  mread M OFF N  mwrite M OFF DATA

@@ -18,7 +18,7 @@ sys.path.insert(0, _REPO)
 if "overlay_ref" in sys.modules and getattr(sys.modules["overlay_ref"], "__file__", None) is None:
     del sys.modules["overlay_ref"]
 import overlay_ref  # noqa: E402
-from overlay_ref import daemon  # noqa: E402
+from overlay_ref import daemon, procs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ovl_helpers import HERE, Layers  # noqa: E402
@@ -56,7 +56,7 @@ def ref_mount():
         for i, (layers, pid, m) in enumerate(mounted):
             if m == mnt:
                 overlay_ref.umount(str(m))
-                assert not daemon._pid_alive(pid)
+                assert not procs._pid_alive(pid)
                 del mounted[i]
                 layers.check_lowers()
                 return
@@ -72,10 +72,10 @@ def ref_mount():
                     overlay_ref.umount(str(m))
             finally:
                 _force_umount(m)
-                if daemon._pid_alive(pid):
+                if procs._pid_alive(pid):
                     os.kill(pid, 9)
         for layers, pid, m in mounted:
-            assert not daemon._pid_alive(pid), "daemon survived umount"
+            assert not procs._pid_alive(pid), "daemon survived umount"
             layers.check_lowers()
 
 

@@ -1,4 +1,4 @@
-/* DESIGN.md section 2 probes: copy-up consistency of an fd opened read-only before copy-up.
+/* docs/design.md §2 probes: copy-up consistency of an fd opened read-only before copy-up.
  * usage: probe N FILE   (FILE lives in a lower layer, holds "foo")
  * prints what the read-only fd / mapping sees after "barbaz" was written through another fd. */
 #include <fcntl.h>

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import overlay_ref
-from overlay_ref import daemon
+from overlay_ref import daemon, procs, rundir
 from ovl_helpers import requires_fuse
 
 REPO = Path(overlay_ref.__file__).resolve().parents[1]
@@ -25,22 +25,22 @@ def cli(*args, env=None):
 
 
 def _daemon_pid(mnt) -> int:
-    with open(daemon.pidfile_for(str(mnt))) as f:
+    with open(rundir.pidfile_for(str(mnt))) as f:
         return int(f.read())
 
 
 def _cleanup(mnt, pid=None):
     if daemon.is_mounted(str(mnt)):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-    if pid and daemon._pid_alive(pid):
+    if pid and procs._pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 
 def _wait_gone(pid, t=10):
     deadline = time.monotonic() + t
-    while daemon._pid_alive(pid) and time.monotonic() < deadline:
+    while procs._pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not daemon._pid_alive(pid)
+    return not procs._pid_alive(pid)
 
 
 def test_bad_input_exit_2(tmp_path):
@@ -53,6 +53,7 @@ def test_bad_input_exit_2(tmp_path):
     (tmp_path / "l").mkdir()
     r = cli("mount", tmp_path / "l", tmp_path / "u", tmp_path / "w", tmp_path / "m", "-o", "bogus")
     assert r.returncode == 2 and "unknown option" in r.stderr
+    assert "redirect_dir" in r.stderr and "xino" in r.stderr     # names what it understands and what it ignores
     r = cli("umount", tmp_path / "m")
     assert r.returncode == 2 and "not mounted" in r.stderr
     r = cli("mount", tmp_path / "l")

@@ -1,4 +1,4 @@
-"""Ideal copy-up consistency: the four DESIGN.md section 2 probes, stable st_ino, and several
+"""Ideal copy-up consistency: the four docs/design.md §2 probes, stable st_ino, and several
 processes at once."""
 
 from __future__ import annotations

@@ -617,7 +617,7 @@ def test_dirfd_cache_pins_evicts_invalidates(tmp_path):
     """The directory fd cache: bounded, an evicted or invalidated entry's fd stays usable
     until its last user releases it (then it is closed), a moved directory's path is
     forgotten, and a walk that raced with an invalidation does not keep what it opened."""
-    from overlay_ref.fs import _DirFds
+    from overlay_ref.dirfds import _DirFds
     r = tmp_path / "r"
     (r / "a/b/c").mkdir(parents=True)
     (r / "x/y").mkdir(parents=True)

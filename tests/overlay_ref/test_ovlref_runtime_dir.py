@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import overlay_ref
-from overlay_ref import daemon
+from overlay_ref import daemon, procs, rundir
 from ovl_helpers import requires_fuse
 
 REPO = Path(overlay_ref.__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def xdg(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TMPDIR", str(t))
     monkeypatch.setattr(tempfile, "tempdir", None)
     state = d / "kproto-ovl"
-    assert daemon.runtime_dir() == str(state)
+    assert rundir.runtime_dir() == str(state)
     return state
 
 
@@ -106,7 +106,7 @@ def _cleanup(mnt, *pids):
 def _serving_pid(mnt) -> int | None:
     """The overlay_ref daemon serving mnt, found without the pidfile (for clean-up)."""
     for d in os.listdir("/proc"):
-        if d.isdigit() and daemon.daemon_mismatch(int(d), str(mnt)) is None:
+        if d.isdigit() and procs.daemon_mismatch(int(d), str(mnt)) is None:
             return int(d)
     return None
 
@@ -115,32 +115,32 @@ def _serving_pid(mnt) -> int | None:
 
 def test_runtime_dir_rule(tmp_path, monkeypatch):
     euid = os.geteuid()
-    monkeypatch.setattr(daemon, "_RUN_USER", str(tmp_path / "run-user"))
+    monkeypatch.setattr(rundir, "_RUN_USER", str(tmp_path / "run-user"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     os.chmod(xdg, 0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
-    assert daemon.runtime_dir() == str(xdg / "kproto-ovl")
+    assert rundir.runtime_dir() == str(xdg / "kproto-ovl")
     # an unusable XDG_RUNTIME_DIR (group/other access, a symlink, relative, missing) is skipped
     os.chmod(xdg, 0o755)
-    assert daemon.runtime_dir() == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
+    assert rundir.runtime_dir() == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
     os.chmod(xdg, 0o700)
     (tmp_path / "xdg-link").symlink_to(xdg)
     for bad in (str(tmp_path / "xdg-link"), "xdg", str(tmp_path / "missing")):
         monkeypatch.setenv("XDG_RUNTIME_DIR", bad)
-        assert daemon.runtime_dir() == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
+        assert rundir.runtime_dir() == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
     # /run/user/<euid> when it exists and is ours
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     ru = tmp_path / "run-user" / str(euid)
     ru.mkdir(parents=True, mode=0o700)
     os.chmod(ru, 0o700)
-    assert daemon.runtime_dir() == str(ru / "kproto-ovl")
+    assert rundir.runtime_dir() == str(ru / "kproto-ovl")
     os.chown(ru, NOBODY, NOBODY)
-    assert daemon.runtime_dir() == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
+    assert rundir.runtime_dir() == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
     # the fallback is created 0700 and verified
-    with daemon.open_runtime_dir() as rd:
+    with rundir.open_runtime_dir() as rd:
         st = os.lstat(rd.path)
         assert rd.path == str(tmp_path / "tmp" / f"kproto-ovl-{euid}")
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
@@ -150,7 +150,7 @@ def test_runtime_dir_rule(tmp_path, monkeypatch):
 def test_created_0700_despite_umask(xdg):
     old = os.umask(0o000)
     try:
-        daemon.open_runtime_dir().close()
+        rundir.open_runtime_dir().close()
     finally:
         os.umask(old)
     st = os.lstat(xdg)
@@ -223,11 +223,11 @@ def test_planted_runtime_dir_refused(kind, xdg, tmp_path, make_layers):
             pytest.fail("the foreground daemon did not refuse the planted runtime directory")
         assert p.returncode == 3, err
         _check_refusal(err, xdg, kind)
-        with pytest.raises(daemon.RuntimeDirError, match="unsafe runtime directory"):
+        with pytest.raises(rundir.RuntimeDirError, match="unsafe runtime directory"):
             overlay_ref.mount([str(layers.lowers[0])], str(layers.upper), str(layers.work),
                               str(layers.mnt))
-        with pytest.raises(daemon.RuntimeDirError, match="unsafe runtime directory"):
-            daemon.pidfile_for(str(layers.mnt))
+        with pytest.raises(rundir.RuntimeDirError, match="unsafe runtime directory"):
+            rundir.pidfile_for(str(layers.mnt))
         env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
         r = subprocess.run([str(REPO / "overlay_ref" / "mount.fuse.kproto-ovl"), "kproto-ovl",
                             str(layers.mnt), "-o", f"lowerdir={layers.lowerdir},"
@@ -254,7 +254,7 @@ def test_planted_pidfile_symlink_not_written_through(xdg, tmp_path, make_layers)
     victim.write_text("precious\n")
     os.chmod(victim, 0o644)
     before = snapshot(victim)
-    daemon.open_runtime_dir().close()                  # a good, private state dir
+    rundir.open_runtime_dir().close()                  # a good, private state dir
     link = xdg / pidname(layers.mnt)
     link.symlink_to(victim)
     pid = None
@@ -266,7 +266,7 @@ def test_planted_pidfile_symlink_not_written_through(xdg, tmp_path, make_layers)
             assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
             assert st.st_uid == os.geteuid()
             pid = int(link.read_text())
-            assert daemon.daemon_mismatch(pid, str(layers.mnt)) is None
+            assert procs.daemon_mismatch(pid, str(layers.mnt)) is None
             assert (layers.mnt / "a").read_text() == "1"
         else:
             assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -319,8 +319,8 @@ def test_umount_does_not_signal_unrelated_pid(kind, why, xdg, make_layers):
     pid = None
     try:
         pidfile, pid = _mount(layers, xdg)
-        assert daemon.daemon_mismatch(pid, str(layers.mnt)) is None
-        assert daemon.daemon_mismatch(decoy.pid, str(layers.mnt)) is not None
+        assert procs.daemon_mismatch(pid, str(layers.mnt)) is None
+        assert procs.daemon_mismatch(decoy.pid, str(layers.mnt)) is not None
         pidfile.write_text(f"{decoy.pid}\n")            # the pidfile now names the decoy
         t0 = time.monotonic()
         r = cli("umount", layers.mnt)
@@ -377,11 +377,11 @@ def test_mount_umount_private_state(xdg, make_layers):
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
         assert st.st_uid == os.geteuid()
         pidfile = xdg / pidname(layers.mnt)
-        assert daemon.pidfile_for(str(layers.mnt)) == str(pidfile)
+        assert rundir.pidfile_for(str(layers.mnt)) == str(pidfile)
         pst = os.lstat(pidfile)
         assert stat.S_ISREG(pst.st_mode) and stat.S_IMODE(pst.st_mode) == 0o600
         pid = int(pidfile.read_text())
-        assert daemon.daemon_mismatch(pid, str(layers.mnt)) is None
+        assert procs.daemon_mismatch(pid, str(layers.mnt)) is None
         assert sorted(os.listdir(layers.mnt)) == ["a", "b"]
         assert sorted(os.listdir(xdg)) == [pidfile.name]
         r = cli("umount", layers.mnt)
@@ -400,12 +400,12 @@ def test_library_mount_tmp_fallback(tmp_path, monkeypatch, make_layers, capfd):
     """No XDG_RUNTIME_DIR, no /run/user/<euid>: the state goes to $TMPDIR/kproto-ovl-<euid>
     (chosen by the caller and handed to the daemon), 0700; umount reaps the daemon quietly."""
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setattr(daemon, "_RUN_USER", str(tmp_path / "no-run-user"))
+    monkeypatch.setattr(rundir, "_RUN_USER", str(tmp_path / "no-run-user"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setattr(tempfile, "tempdir", None)
     state = tmp_path / "tmp" / f"kproto-ovl-{os.geteuid()}"
-    assert daemon.runtime_dir() == str(state)
+    assert rundir.runtime_dir() == str(state)
     layers = make_layers([{"a": "1"}])
     pid = None
     try:

@@ -1,15 +1,15 @@
-"""TEST DOUBLE, not part of kproto: a stand-in for `kproto test` (rig.testrun.run) for the nightly cluster
-tests (tests/test_cluster.py) and bench/bench_nightly_cluster.py.
+"""TEST DOUBLE, not part of kproto: a stand-in for `kproto test` (rig.suite.testrun.run) for the nightly cluster
+tests (tests/nightly/test_cluster.py) and bench/bench_nightly_cluster.py.
 
 It lives in a module of its own so that real Dask workers can import it (their PYTHONPATH gets this
 directory); the nightly passes it as test_fn="nightly_fakes:fake_test".
 
-Like kproto test it expands the patches, opens the kernel source and asks rig.build for the baseline and the
-patched kernel. The nightly's graph must have delivered both to this worker's cache (built here or fetched
-from the worker that built them); whether they were cache hits is recorded, so a test can tell "fetched" from
-"rebuilt". Instead of booting QEMU it starts a stand-in process (`sleep`) reaped the way rig/vm.py reaps
-QEMU (own session, PR_SET_PDEATHSIG), waits KPROTO_FAKE_BOOT_S seconds, and reports the test statuses the
-patches announce in "Kproto-Fake-Result: TEST=STATUS" lines (splats: "Kproto-Fake-Splat: TITLE").
+Like kproto test it prepares the baseline and the patched kernel (rig.kernel.prepare). The nightly's graph
+must have delivered both to this worker's cache (built here or fetched from the worker that built them);
+whether they were cache hits is recorded, so a test can tell "fetched" from "rebuilt". Instead of booting
+QEMU it starts a stand-in process (`sleep`) reaped the way rig/machine/qemu.py reaps QEMU (own session,
+PR_SET_PDEATHSIG), waits KPROTO_FAKE_BOOT_S seconds, and reports the test statuses the patches announce in
+"Kproto-Fake-Result: TEST=STATUS" lines (splats: "Kproto-Fake-Splat: TITLE").
 
 With KPROTO_FAKE_MARKERS=DIR, each call writes DIR/<pid>.json: which patches, which process (and its
 parent: the Dask worker), the stand-in QEMU's pid, KPROTO_CACHE, whether the kernels were cache hits, accel.
@@ -23,10 +23,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from rig import build, patches as patchmod, tree as treemod
-from rig.paths import cache_dir
-from rig.report import Report
-from rig.vm import _pdeathsig, kvm_works
+from rig.core.paths import cache_dir
+from rig.kernel import prepare
+from rig.report.model import Report
+from rig.machine.qemu import _pdeathsig, kvm_works
 
 
 def _announced(series) -> tuple[dict[str, str], list[str]]:
@@ -43,11 +43,10 @@ def _announced(series) -> tuple[dict[str, str], list[str]]:
 
 def fake_test(opts) -> Report:
     say = opts.progress
-    series = patchmod.expand(opts.patches)
-    tree = treemod.open_source(opts.kernel_src)
+    prep = prepare.prepare(prepare.KernelSpec(opts.kernel_src, tuple(opts.config)), opts.patches, say)
+    tree, series, base, patched = prep.tree, prep.series, prep.baseline, prep.patched
+    assert base is not None
     say(f"source: linux {tree.version()} at {tree.base[:12]} ({tree.origin})")
-    base = build.build(tree, [], opts.config, progress=say)
-    patched = build.build(tree, series, opts.config, progress=say)
     say(f"baseline kernel {base.version}: {'cached' if base.cached else 'BUILT HERE'}; "
         f"patched kernel: {'cached' if patched.cached else 'BUILT HERE'}")
     accel = "kvm" if kvm_works() else "tcg"

@@ -1,0 +1,292 @@
+"""Lookup (the kernel's namei.c): ``NodeTable``, resolving a name through the layers
+(whiteouts, opaque directories, redirects), the node table (one node per overlay object, by
+path, by upper inode for upper hard links, by lower inode for lower hard links) and its
+bookkeeping on unlink/rename, and the lookup/forget operations."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Optional
+
+import pyfuse3
+
+from .base import DIR, S_IFMT, Node, _err, _join
+from .dirfds import _MISSING, UPPER
+from .inode import InodeOps
+
+
+class NodeTable(InodeOps):
+    # ------------------------------------------------------------------ lookup
+
+    def _walk_lowers(self, parent: Node, name: bytes, kind: Optional[int],
+                     redirect: Optional[bytes], sts: Optional[list] = None
+                     ) -> tuple[Optional[int], list]:
+        """Find ``name`` below ``parent`` in the lower layers.
+
+        ``kind`` is the type of the upper entry (None if there is none); ``redirect`` the upper
+        directory's redirect.  Returns (kind, lowers); the lstat of each entry of ``lowers`` is
+        appended to ``sts`` when given."""
+        lowers: list[tuple[int, bytes]] = []
+        cur_name = name
+        abs_redirect: Optional[bytes] = None
+        if redirect is not None:
+            if redirect.startswith(b"/"):
+                abs_redirect = redirect.strip(b"/")
+            else:
+                cur_name = redirect
+        pl = dict(parent.lowers)
+        for i in range(len(self.lower_roots)):
+            if abs_redirect is not None:
+                cand = abs_redirect
+            else:
+                if i not in pl:
+                    continue
+                cand = _join(pl[i], cur_name)
+            try:
+                loc = self._at(i, cand)
+            except OSError as e:
+                if e.errno in _MISSING:
+                    continue
+                raise
+            with loc:
+                st = self._lstat(loc)
+                if st is None:
+                    continue
+                if self.is_whiteout(loc, st):
+                    break
+                k = S_IFMT(st.st_mode)
+                if kind is None:
+                    kind = k
+                    lowers.append((i, cand))
+                    if sts is not None:
+                        sts.append(st)
+                    if k != DIR:
+                        break
+                else:
+                    if kind != DIR or k != DIR:
+                        break
+                    lowers.append((i, cand))
+                    if sts is not None:
+                        sts.append(st)
+                # k is a directory here
+                if self.is_opaque(loc):
+                    break
+                r = self._getx(loc, self.x_redirect) if self.cfg.follow_redirects else None
+            if r:
+                if r.startswith(b"/"):
+                    abs_redirect = r.strip(b"/")
+                else:
+                    cur_name = r
+        return kind, lowers
+
+    def _resolve(self, parent: Node, name: bytes, sts: Optional[list] = None):
+        """Resolve ``name`` in ``parent`` from the layers. Returns (kind, upper_st, lowers) or
+        None; the lstats of ``lowers`` go to ``sts`` when given."""
+        path = _join(parent.path, name)
+        upper_st = None
+        kind = None
+        redirect = None
+        if parent.upper:
+            try:
+                up = self._at(UPPER, path)
+            except OSError as e:
+                if e.errno not in _MISSING:
+                    raise
+                up = None
+            if up is not None:
+                with up:
+                    upper_st = self._lstat(up)
+                    if upper_st is not None:
+                        if self.is_whiteout(up, upper_st):
+                            return None
+                        kind = S_IFMT(upper_st.st_mode)
+                        if kind != DIR or self.is_opaque(up):
+                            return kind, upper_st, []
+                        if self.cfg.follow_redirects:
+                            redirect = self._getx(up, self.x_redirect) or None
+        kind, lowers = self._walk_lowers(parent, name, kind, redirect, sts)
+        if kind is None:
+            return None
+        return kind, upper_st, lowers
+
+    def _lower_positive(self, parent: Node, name: bytes) -> bool:
+        """Would ``name`` show from a lower layer if it had no upper entry?"""
+        if not parent.lowers:
+            return False
+        kind, _ = self._walk_lowers(parent, name, None, None)
+        return kind is not None
+
+    def _lookup_locked(self, parent: Node, name: bytes) -> Optional[Node]:
+        if name == b".":
+            return parent
+        if name == b"..":
+            return self.nodes.get(parent.parent, parent)
+        if parent.kind != DIR:
+            raise _err(errno.ENOTDIR)
+        path = _join(parent.path, name)
+        ino = self.by_path.get(path)
+        if ino is not None:
+            return self.nodes[ino]
+        sts: list[os.stat_result] = []
+        res = self._resolve(parent, name, sts)
+        if res is None:
+            return None
+        kind, upper_st, lowers = res
+        lower_key = None
+        if upper_st is None and kind != DIR and sts and sts[0].st_nlink > 1:
+            # one name of a file hard-linked on a lower layer: the same object as its other names
+            lower_key = (sts[0].st_dev, sts[0].st_ino)
+            node = self._join_lower_link(parent, path, lower_key)
+            if node is not None:
+                return node
+        if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
+            key = (upper_st.st_dev, upper_st.st_ino)
+            other = self.by_upper_ino.get(key)
+            if other is not None and other in self.nodes and not self.nodes[other].unlinked:
+                node = self.nodes[other]
+                node.aliases.add(path)
+                self.by_path[path] = node.ino
+                return node
+        node = Node(next(self.ino_counter), path, parent.ino, kind, upper_st is not None, lowers)
+        self.nodes[node.ino] = node
+        self.by_path[path] = node.ino
+        if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
+            self.by_upper_ino[(upper_st.st_dev, upper_st.st_ino)] = node.ino
+        if lower_key is not None:
+            node.lower_key = lower_key
+            self.by_lower_ino[lower_key] = node.ino
+        return node
+
+    def _join_lower_link(self, parent: Node, path: bytes, key: tuple[int, int]) -> Optional[Node]:
+        """``path`` is a name of the lower hard-linked file ``key``: the node of that object if
+        it already has one (its other names were looked up), now also named ``path``.  (Lower
+        hard links: see copy_up.)"""
+        ino = self.by_lower_ino.get(key)
+        node = self.nodes.get(ino) if ino is not None else None
+        if node is None or node.lower_key != key:
+            return None
+        if node.upper:
+            if node.unlinked:
+                return None        # its upper file has no name left to link to
+            # copied up before this name was known: link it to the upper inode now
+            self.copy_up(parent)
+            self._link_upper(node.path, path)
+        if node.unlinked:
+            node.unlinked = False
+            node.aliases = set()
+            node.path = path
+            node.parent = parent.ino
+        node.aliases.add(path)
+        self.by_path[path] = node.ino
+        return node
+
+    def _lookup_path(self, path: bytes) -> Optional[Node]:
+        node = self.nodes[pyfuse3.ROOT_INODE]
+        if not path:
+            return node
+        for comp in path.split(b"/"):
+            if node.kind != DIR:
+                return None
+            child = self._lookup_locked(node, comp)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def _new_upper_node(self, parent: Node, name: bytes, kind: int, lowers=None) -> Node:
+        path = _join(parent.path, name)
+        node = Node(next(self.ino_counter), path, parent.ino, kind, True, lowers or [])
+        self.nodes[node.ino] = node
+        self.by_path[path] = node.ino
+        return node
+
+    # ------------------------------------------------------------------ namespace bookkeeping
+
+    def _drop_path(self, path: bytes) -> None:
+        """Forget ``path`` (and, for a directory, everything below it) in the path table."""
+        ino = self.by_path.pop(path, None)
+        gone: list[Node] = []
+        if ino is not None:
+            node = self.nodes.get(ino)
+            if node is not None:
+                self._unalias(node, path)
+                gone.append(node)
+                if node.kind == DIR:
+                    prefix = path + b"/"
+                    for p in [p for p in self.by_path if p.startswith(prefix)]:
+                        child = self.nodes.get(self.by_path.pop(p))
+                        if child is not None:
+                            self._unalias(child, p)
+                            gone.append(child)
+        for node in gone:
+            if node.unlinked and node.nlookup <= 0 and node.opens <= 0:
+                self._delete_node(node.ino)
+
+    @staticmethod
+    def _unalias(node: Node, path: bytes) -> None:
+        node.aliases.discard(path)
+        if not node.aliases:
+            node.unlinked = True
+        elif node.path == path:
+            node.path = next(iter(node.aliases))
+
+    def _delete_node(self, ino: int) -> None:
+        node = self.nodes.pop(ino, None)
+        if node is None:
+            return
+        if self.by_upper_ino:
+            for k in [k for k, v in self.by_upper_ino.items() if v == ino]:
+                del self.by_upper_ino[k]
+        if node.lower_key is not None and self.by_lower_ino.get(node.lower_key) == ino:
+            del self.by_lower_ino[node.lower_key]
+        self._close_fds(node)
+
+    def _move_path(self, old: bytes, new: bytes, node: Node, new_parent: Node) -> None:
+        self.by_path.pop(old, None)
+        node.aliases.discard(old)
+        node.aliases.add(new)
+        node.path = new
+        node.parent = new_parent.ino
+        self.by_path[new] = node.ino
+        if node.kind == DIR:
+            prefix = old + b"/"
+            for p in [p for p in self.by_path if p.startswith(prefix)]:
+                ino = self.by_path.pop(p)
+                np_ = new + p[len(old):]
+                self.by_path[np_] = ino
+                n = self.nodes[ino]
+                n.aliases.discard(p)
+                n.aliases.add(np_)
+                if n.path == p:
+                    n.path = np_
+
+    # ------------------------------------------------------------------ operations
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        return await self._run_fast(self._lookup_op, parent_inode, name)
+
+    def _lookup_op(self, parent_inode, name):
+        with self.lock:
+            parent = self._node(parent_inode)
+            node = self._lookup_locked(parent, name)
+            if node is None:
+                raise _err(errno.ENOENT)
+            attr = self._attr(node)
+            if name not in (b".", b".."):
+                node.nlookup += 1
+            return attr
+
+    async def forget(self, inode_list):
+        await self._run_fast(self._forget_op, inode_list)
+
+    def _forget_op(self, inode_list):
+        with self.lock:
+            for ino, n in inode_list:
+                node = self.nodes.get(ino)
+                if node is None or ino == pyfuse3.ROOT_INODE:
+                    continue
+                node.nlookup -= n
+                if node.nlookup <= 0 and node.unlinked and node.opens <= 0:
+                    self._delete_node(ino)
+

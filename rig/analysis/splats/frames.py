@@ -1,0 +1,122 @@
+"""Stack frames in a report: parse a frame line, read a stack, find the RIP, an ``at:`` site, the
+interrupted code; pick the first function that is not skipped.
+
+These are the readers behind the formats table's `stack` sources (see titles.py for which source uses
+which reader, formats.toml for which row uses which source).  A frame is ``func+0x1a/0x40`` with or
+without an address before it (``[<ffffffff8129f652>] func+0x..``, 4.x), or an inline frame ``func
+fs/x.c:12 [inline]``; ``? func+0x..`` marks it unreliable (left out).  Compiler suffixes (``.isra.0``,
+``.constprop.0``, ``.cold``) are dropped from function names.
+"""
+from __future__ import annotations
+
+import re
+
+FN = r"[A-Za-z_$][\w.$]*"       # a kernel symbol as %pS prints it (the {{FUNC}} of formats.toml)
+
+FRAME_RE = re.compile(r"^\s*(?:\[<?(?:0x)?[0-9a-f]+>?\]\s*){0,2}(?:\d+:)?\s*(\?\s+)?(" + FN +
+                      r")\+0x[0-9a-f]+/0x[0-9a-f]+")
+INLINE_FRAME_RE = re.compile(r"^\s*(\?\s+)?(" + FN + r")\s+[\w./-]+\.[chS]:\d+(?::\d+)?\s*\[inline\]")
+ANY_FRAME_RE = re.compile(FN + r"\+0x[0-9a-f]+/0x[0-9a-f]+")
+AT_RE = re.compile(r"\bat:\s*(?:\[<[0-9a-f]+>\]\s*)?(" + FN + r")\+0x[0-9a-f]+")
+RIP_RE = re.compile(r"^\s*(?:RIP|NIP|EIP|IP|pc|PC is at)\s*:?\s*(?:[0-9a-f]{4}:)?(?:\[<[0-9a-f]+>\]\s*)*(" +
+                    FN + r")\+0x[0-9a-f]+")
+TRACE_MARK = re.compile(r"^\s*</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>\s*$")
+REG_LINE = re.compile(r"^\s*(?:RIP|RSP|RAX|RBX|RCX|RDX|RSI|RDI|RBP|R\d+|FS|GS|CS|DS|ES|CR\d|DR\d|Code|PKRU|"
+                      r"EFLAGS|ORIG_RAX|pc|lr|sp|x\d+|pstate|NIP|LR|CTR|MSR|GPR\d+|EIP|EAX|ESI|ESP)\s*:")
+STACK_HEAD = re.compile(r"Call Trace:|^\s*(?:Call trace|Backtrace):|^(?:Allocated|Freed) by task \d+:|"
+                        r"[^k] backtrace:")
+_IRQ_END = re.compile(r"^\s*</IRQ>")
+
+
+def fn_name(name: str) -> str:
+    """Drop compiler suffixes: __mutex_lock.constprop.0 -> __mutex_lock, foo.cold -> foo."""
+    return name.split(".")[0] or name
+
+
+def parse_frame(line: str) -> tuple[str, bool] | None:
+    """(function, reliable) for a stack-frame line, else None."""
+    m = FRAME_RE.match(line) or INLINE_FRAME_RE.match(line)
+    if not m:
+        return None
+    return fn_name(m.group(2)), not m.group(1)
+
+
+def pick(candidates: list[str], skip: re.Pattern[str] | None) -> str:
+    """The first non-empty candidate that `skip` does not match ("" if none)."""
+    for fn in candidates:
+        if fn and not (skip is not None and skip.search(fn)):
+            return fn
+    return ""
+
+
+def frames_from(lines: list[str], i: int, lead: int = 8) -> list[str]:
+    """Reliable frame functions of the stack starting at or after lines[i] (up to `lead` lines of
+    non-frame text first), stopping at the first line that is neither a frame, a trace marker nor a
+    register line."""
+    out: list[str] = []
+    seen = False
+    skipped_lead = 0
+    foreign = 0
+    j = i
+    while j < len(lines):
+        t = lines[j]
+        fr = parse_frame(t)
+        if fr:
+            seen, foreign = True, 0
+            if fr[1]:
+                out.append(fr[0])
+        elif TRACE_MARK.match(t) or REG_LINE.match(t) or (seen and not t.strip()):
+            pass
+        elif not seen:
+            skipped_lead += 1
+            if skipped_lead > lead:
+                break
+        else:
+            foreign += 1          # tolerate one stray line (interleaved output) inside a trace
+            if foreign > 1 or j + 1 >= len(lines) or not parse_frame(lines[j + 1]):
+                break
+        j += 1
+    return out
+
+
+def find(lines: list[str], pattern: str | re.Pattern[str], start: int = 0) -> int:
+    """Index of the first line at or after `start` that `pattern` searches to, else -1."""
+    rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+    for j in range(start, len(lines)):
+        if rx.search(lines[j]):
+            return j
+    return -1
+
+
+def call_trace(lines: list[str], start: int = 0) -> list[str]:
+    """Frames of the first stack (Call Trace:, Call trace:, Backtrace:, Allocated by task N:, ...) at or
+    after lines[start]."""
+    j = find(lines, STACK_HEAD, start)
+    return frames_from(lines, j + 1) if j >= 0 else []
+
+
+def at_func(lines: list[str], start: int, within: int = 8) -> str:
+    """Function of the first "at: F+0x.." within `within` lines of start (lockdep lock descriptions)."""
+    for j in range(start, min(len(lines), start + within)):
+        m = AT_RE.search(lines[j])
+        if m:
+            return fn_name(m.group(1))
+    return ""
+
+
+def rip(lines: list[str]) -> str:
+    """Function of the first RIP/NIP/EIP/IP/pc line ("" without one)."""
+    for t in lines:
+        m = RIP_RE.match(t)
+        if m:
+            return fn_name(m.group(1))
+    return ""
+
+
+def interrupted(lines: list[str]) -> list[str]:
+    """Frames after ``</IRQ>`` in the first stack: the code an interrupt (a stall or lockup detector) cut into."""
+    ct = find(lines, STACK_HEAD)
+    if ct < 0:
+        return []
+    j = find(lines, _IRQ_END, ct)
+    return frames_from(lines, j + 1) if j >= 0 else []

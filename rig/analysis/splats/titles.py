@@ -1,0 +1,134 @@
+"""Title and signature of one report, by its row of the formats table.
+
+The row's header match gives the named fields (normalised by name: `func`, `src`, `message`, `reason`),
+`fields` adds ones read from the report's body, `locks` the lock classes (locks.py) and `stack` the
+function ``fn``: the candidates of each source in order (frames.py reads them), the first that none of
+the row's skip sets matches.  The title and signature templates are then filled in (templates: table.py).
+
+A title names the report by one function, and for a lockdep cycle that function depends on which edge
+happened to close the cycle in this run: the same cycle ``&mm->mmap_lock --> &ovl_i_lock_key[depth] -->
+sb_writers --> &type->i_mutex_dir_key --> &mm->mmap_lock`` is "possible deadlock in filldir64" in one boot
+and "possible deadlock in fault_in_readable" in another.  So every splat also gets a *signature*, its
+identity (deduplication, new vs baseline, the JSON report and the nightly history go by it; the title stays
+the human text).  Signatures carry no addresses, offsets, line numbers, pids or task names: a WARNING is
+``warning:F@file`` (the file without the line, which shifts between kernels and patches), a fault
+``null-deref:F``, a lockdep report the set of its lock classes (``lockdep-cycle:&mm->mmap_lock|...``); a
+row without a signature template gets its title as a slug (`signature_from_title`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from rig.analysis.splats import frames
+from rig.analysis.splats.frames import FN
+from rig.analysis.splats.locks import lock_classes
+from rig.analysis.splats.table import FORMATS, Format, LockRule, Source
+
+_SRC_TOP = re.compile(r"(?:^|/)((?:arch|block|certs|crypto|drivers|fs|include|init|io_uring|ipc|kernel|lib|mm|"
+                      r"net|rust|samples|security|sound|virt)/\S+)$")
+_TITLE_FN = re.compile(r" in (" + FN + r")$")
+_DEPENDENCY_0 = re.compile(r"^\s*-> #0\b")
+_BACKTRACE = re.compile(r"stack backtrace:")
+
+
+def _src_file(path: str) -> str:
+    """A source path as the kernel prints it in WARNING/BUG headers, relative to the tree."""
+    m = _SRC_TOP.search(path)
+    return m.group(1) if m else path.lstrip("./")
+
+
+def _norm_message(msg: str) -> str:
+    """Generic BUG message without addresses, numbers, task names."""
+    msg = re.sub(r"\s*(?:\[[^\]]*\]|\([^)]*\)|\{[^}]*\})", "", msg)
+    msg = re.sub(r"\s+in process\s+\S+.*$", "", msg)
+    msg = re.sub(r":\s.*$", "", msg)
+    words = [w for w in msg.split() if not re.search(r"\d|^0x", w)]
+    return " ".join(words).rstrip(",;:")
+
+
+def _panic_reason(msg: str) -> str:
+    msg = re.sub(r"^kernel: ", "", msg.strip())
+    msg = re.sub(r"\s*exitcode=0x[0-9a-f]+", "", msg)
+    msg = re.sub(r"\s*\.\.\.\s*$", "", msg)
+    msg = re.sub(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{8,16}\b", "", msg)
+    return re.sub(r"\s+", " ", msg).strip()
+
+
+_NORMALISE: dict[str, Callable[[str], str]] = {
+    "func": frames.fn_name, "src": _src_file, "message": _norm_message, "reason": _panic_reason,
+}
+
+
+def _source(src: Source, row: Format, lines: list[str], values: dict[str, str]) -> list[str]:
+    """Candidate functions from one stack source (table.Source describes each)."""
+    if src is Source.HEADER:
+        return [values["func"]]
+    if src is Source.RIP:
+        return [frames.rip(lines)]
+    if src is Source.CALL_TRACE:
+        return frames.call_trace(lines)
+    if src is Source.INTERRUPTED:
+        return frames.interrupted(lines)
+    if src is Source.UNDER_HEADER:
+        return frames.frames_from(lines, 1)
+    if src is Source.BLOCKED_TASK:
+        return frames.frames_from(lines, 1, lead=12)
+    if src is Source.SITE:
+        assert row.site is not None          # table.py: a row with the site source has a marker
+        i = frames.find(lines, row.site)
+        return [frames.at_func(lines, i + 1, row.site_lines)] if i >= 0 else []
+    if src is Source.DEPENDENCY_0:
+        z = frames.find(lines, _DEPENDENCY_0)
+        return frames.frames_from(lines, z + 1) if z >= 0 else []
+    bt = frames.find(lines, _BACKTRACE)          # Source.BACKTRACE
+    return frames.call_trace(lines, bt) if bt >= 0 else frames.call_trace(lines)
+
+
+def _function(row: Format, lines: list[str], values: dict[str, str]) -> str:
+    """The title's function: the candidates of the row's stack entries in order (of an entry "a|b", the
+    first alternative that gives any), the first one that the row's skip sets do not match."""
+    cands: list[str] = []
+    for alternatives in row.stack:
+        cands += next((got for got in (_source(s, row, lines, values) for s in alternatives) if got), [])
+    return frames.pick(cands, row.skip)
+
+
+def describe(row: Format, header: re.Match[str], lines: list[str]) -> tuple[str, str]:
+    """(title, signature) of the report in `lines` (lines[0] is the header, which `row` matched)."""
+    values = {k: _NORMALISE.get(k, str)(v) for k, v in header.groupdict(default="").items()}
+    body = "\n".join(lines[1:])
+    for name, rx in row.fields:
+        m = rx.search(body)
+        values[name] = _NORMALISE.get(name, str)(m.group(1)) if m else ""
+    if row.locks is not LockRule.NONE:
+        values["locks"] = lock_classes(row.locks, row.lock_markers, "\n".join(lines))
+    values["fn"] = _function(row, lines, values) if row.stack else ""
+    title = re.sub(r"\s+", " ", row.title.render(values)).strip()
+    return title, row.signature.render(values) if row.signature else signature_from_title(title)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def signature_from_title(title: str) -> str:
+    """The title, numbers and addresses normalised, as a slug, with its function kept apart."""
+    m = _TITLE_FN.search(title)
+    fn = m.group(1) if m else ""
+    prefix = title[:-len(fn) - 4] if fn else title
+    prefix = re.sub(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{8,16}\b", "", prefix)
+    prefix = re.sub(r"\d+", "N", prefix)
+    return (_slug(prefix) or "splat") + (f":{fn}" if fn else "")
+
+
+def signature_of(kind: str, title: str, log: str = "") -> str:
+    """The signature of a splat known by kind, title and excerpt (e.g. from JSON written before signatures
+    existed): computed from the excerpt when it holds the report, else from the title."""
+    if log:
+        lines = log.splitlines()
+        for j, t in enumerate(lines):
+            hit = FORMATS.match(t)
+            if hit:
+                return describe(hit[0], hit[1], lines[j:])[1]
+    return signature_from_title(title)

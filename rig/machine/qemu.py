@@ -1,0 +1,279 @@
+"""QEMU guests: host root over virtio-9p (read-only), a writable per-run share, console to a file,
+user-mode networking with one hostfwd on 127.0.0.1, KVM only when it really works.
+
+Every VM started here is reaped on every path: context manager exit, exceptions, KeyboardInterrupt,
+atexit, and PR_SET_PDEATHSIG so even a SIGKILLed kproto takes its QEMU down with it.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from rig.core.errors import BootError, InfraError, MissingTool
+from rig.core import templates
+from rig.machine import arch
+from rig.machine import ssh as sshmod
+
+READY_MARKER = "KPROTO-GUEST-READY"
+SCRATCH_TAG = "kproto"
+SCRATCH_MNT = "/mnt/kproto"
+_LIVE: dict[int, "VM"] = {}
+
+
+def _reap_all() -> None:
+    for vm in list(_LIVE.values()):
+        vm.stop()
+
+
+atexit.register(_reap_all)
+
+
+def kvm_works() -> bool:
+    """True only when /dev/kvm is usable *and* the CPU exposes vmx/svm (here /dev/kvm exists but
+    the CPU has no vmx, and -enable-kvm hangs). KPROTO_ACCEL=tcg|kvm overrides the probe."""
+    forced = os.environ.get("KPROTO_ACCEL")
+    if forced in ("tcg", "kvm"):
+        return forced == "kvm"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M):
+        return False
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        import fcntl
+        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+DROPBEAR = "/usr/sbin/dropbear"
+SSHD = "/usr/sbin/sshd"
+
+
+def ssh_server() -> str:
+    """The SSH server the guest runs, from the host's root: dropbear (Debian's dropbear-bin ships the
+    binary without a service, so installing it starts nothing on the host), else OpenSSH's sshd if the
+    host already has it. KPROTO_SSH_SERVER=dropbear|sshd picks one."""
+    want = os.environ.get("KPROTO_SSH_SERVER")
+    have = {"dropbear": Path(DROPBEAR).exists(), "sshd": Path(SSHD).exists()}
+    if want in have:
+        if not have[want]:
+            raise MissingTool(f"KPROTO_SSH_SERVER={want} but {DROPBEAR if want == 'dropbear' else SSHD} is missing "
+                              f"(apt-get install {'dropbear-bin' if want == 'dropbear' else 'openssh-server'})")
+        return want
+    if have["dropbear"]:
+        return "dropbear"
+    if have["sshd"]:
+        return "sshd"
+    raise MissingTool(f"no SSH server for the guest: {DROPBEAR} is missing (apt-get install dropbear-bin)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pdeathsig() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class VM:
+    bzimage: Path
+    run_dir: Path                  # 0700, holds console.log, ssh keys, the guest's writable share
+    name: str = "guest"
+    memory_mb: int = 1024
+    smp: int = 2
+    hung_task_timeout: int = 10
+    extra_cmdline: str = ""
+    proc: subprocess.Popen | None = None
+    port: int = 0
+    accel: str = ""
+    boot_s: float = 0.0
+    ssh: "sshmod.GuestSSH | None" = None
+    _t0: float = 0.0
+    _log_offset: int = 0
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / f"console-{self.name}.log"
+
+    @property
+    def monitor_sock(self) -> Path:
+        return self.run_dir / f"monitor-{self.name}.sock"
+
+    # ---------------------------------------------------------------- lifecycle
+    def _prepare(self) -> None:
+        a = arch.load()
+        if shutil.which(a.qemu) is None:
+            raise MissingTool(f"{a.qemu} is not installed (apt-get install {a.package})")
+        server = ssh_server()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+        sshdir = self.run_dir / "ssh"
+        if not (sshdir / "host_ed25519").exists():
+            sshmod.make_keys(sshdir)
+        if server == "dropbear" and not (sshdir / "host_ed25519.dropbear").exists():
+            sshmod.dropbear_host_key(sshdir)
+        (sshdir / "sshd_config").write_text(templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
+        init = self.run_dir / "init"
+        init.write_text(templates.render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT, run_dir=self.run_dir,
+                                ready_marker=READY_MARKER, hung_task_timeout=self.hung_task_timeout,
+                                ssh_server=server))
+        (self.run_dir / "fstab").write_text(templates.render("fstab.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT))
+        shutil.copy2(templates.path("ip.batch"), self.run_dir / "ip.batch")
+        os.chmod(init, 0o755)
+
+    def command(self) -> list[str]:
+        a = arch.load()
+        fill = dict(init=self.run_dir / "init", run_dir=self.run_dir, console_log=self.console_log,
+                    monitor_sock=self.monitor_sock, scratch_tag=SCRATCH_TAG, port=self.port)
+        cmdline = f"{a.boot_cmdline(**fill)} {self.extra_cmdline}".strip()
+        return [a.qemu, "-nodefaults", "-display", "none", "-no-reboot",
+                "-smp", str(self.smp), "-m", str(self.memory_mb),
+                "-kernel", str(self.bzimage), "-append", cmdline, *a.qemu_args(self.accel or "tcg", **fill)]
+
+    def start(self) -> "VM":
+        if self.proc is not None:
+            raise InfraError(f"VM {self.name} was already started (pid {self.proc.pid})")
+        self._prepare()
+        self.accel = "kvm" if kvm_works() else "tcg"
+        self.port = free_port()
+        self.console_log.write_text("")
+        self.monitor_sock.unlink(missing_ok=True)
+        self._t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+        _LIVE[self.proc.pid] = self
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Wait for the init's ready marker, then for SSH; return seconds from QEMU start to first command.
+        BootError with the console tail when the kernel dies, never gets to init, or SSH never answers."""
+        deadline = self._t0 + timeout
+        while READY_MARKER not in self.console_text():
+            self._check_alive("before init was ready")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BootError(f"guest did not reach init within {timeout:.0f} s; console tail:\n{self.console_tail()}")
+            time.sleep(0.1)
+        known_hosts = self.run_dir / "ssh" / "known_hosts"
+        sshmod.write_known_hosts(self.run_dir / "ssh", self.port)
+        self.ssh = sshmod.GuestSSH(port=self.port, key=self.run_dir / "ssh" / "client_ed25519",
+                                   known_hosts=known_hosts)
+        while True:
+            self._check_alive("before SSH answered")
+            try:
+                self.ssh.connect(timeout=5)
+                self.ssh.run("true", timeout=30)
+                break
+            except sshmod.SSHError as e:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BootError(f"SSH to the guest never answered within {timeout:.0f} s ({e}); "
+                                    f"console tail:\n{self.console_tail()}")
+                time.sleep(0.2)
+        self.boot_s = time.monotonic() - self._t0
+        return self.boot_s
+
+    def _check_alive(self, when: str) -> None:
+        if not self.alive():
+            out = self.proc.stdout.read().decode(errors="replace") if self.proc and self.proc.stdout else ""
+            rc = self.proc.returncode if self.proc else None
+            _LIVE.pop(self.proc.pid if self.proc else -1, None)
+            raise BootError(f"QEMU exited (status {rc}) {when}: {out.strip()[:300]}; "
+                            f"console tail:\n{self.console_tail()}")
+
+    def console_text(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 25) -> str:
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+    def console_since(self, offset: int) -> str:
+        return self.console_text()[offset:]
+
+    # ---------------------------------------------------------------- monitor
+    def monitor(self, command: str, timeout: float = 5.0) -> str:
+        """One HMP command through the monitor socket."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.monitor_sock))
+            buf = b""
+            try:
+                while b"(qemu)" not in buf:
+                    buf += s.recv(4096)
+                s.sendall(command.encode() + b"\n")
+                buf = b""
+                end = time.monotonic() + timeout
+                while buf.count(b"(qemu)") < 1 and time.monotonic() < end:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except (socket.timeout, ConnectionError):
+                pass
+            return buf.decode(errors="replace")
+
+    def sysrq(self, key: str) -> None:
+        """Magic SysRq through the guest's PS/2 keyboard (works when userspace and sshd are wedged)."""
+        try:
+            self.monitor(f"sendkey alt-sysrq-{key}")
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """Power off and reap QEMU. Idempotent."""
+        if self.ssh is not None:
+            self.ssh.close()
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.monitor("quit", timeout=2)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        _LIVE.pop(self.proc.pid, None)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.monitor_sock.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VM":
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

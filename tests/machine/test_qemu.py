@@ -1,0 +1,210 @@
+"""Real QEMU guests on the real baseline kernel (slow: the first run builds the kernel)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from rig.kernel import build
+from rig.kernel import tree
+from rig.machine import qemu as vmmod
+from rig.core.errors import BootError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def baseline_kernel():
+    return build.build(tree.default_source(), [], progress=lambda m: print(m))
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    return d
+
+
+def test_kvm_probe_follows_cpu_flags_and_override(monkeypatch):
+    has_virt = bool(re.search(r"\b(vmx|svm)\b", Path("/proc/cpuinfo").read_text()))
+    monkeypatch.delenv("KPROTO_ACCEL", raising=False)
+    if not has_virt:
+        assert vmmod.kvm_works() is False
+    monkeypatch.setenv("KPROTO_ACCEL", "tcg")
+    assert vmmod.kvm_works() is False
+    monkeypatch.setenv("KPROTO_ACCEL", "kvm")
+    assert vmmod.kvm_works() is True
+
+
+def test_boot_ssh_and_isolation(baseline_kernel, run_dir):
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="t") as vm:
+        boot_s = vm.wait_ready(120)
+        assert boot_s > 0
+        rc, out, _ = vm.ssh.run("uname -r", timeout=30)
+        assert rc == 0 and out.strip() == baseline_kernel.version
+        # host root is read-only, /root is a guest tmpfs, the run directory is the only writable share
+        rc, _, err = vm.ssh.run("touch /usr/kproto-should-fail", timeout=30)
+        assert rc != 0 and "Read-only" in err
+        rc, _, _ = vm.ssh.run(f"echo from-guest > {vmmod.SCRATCH_MNT}/hello", timeout=30)
+        assert rc == 0 and (run_dir / "hello").read_text() == "from-guest\n"
+        rc, out, _ = vm.ssh.run("grep ' /root ' /proc/mounts", timeout=30)
+        assert out.split()[2] == "tmpfs"
+        # the only way in is hostfwd bound to loopback
+        assert f"hostfwd=tcp:127.0.0.1:{vm.port}-:22" in " ".join(vm.command())
+        assert "restrict=on" in " ".join(vm.command())
+        pid = vm.proc.pid
+    assert vm.proc.poll() is not None, "QEMU must be reaped when the context exits"
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert "Linux version" in vm.console_text()
+    keys = run_dir / "ssh"
+    assert oct(keys.stat().st_mode & 0o777) == "0o700"
+    assert oct((keys / "client_ed25519").stat().st_mode & 0o777) == "0o600"
+
+
+def test_kernel_that_never_reaches_init_is_a_boot_error_with_console_tail(baseline_kernel, run_dir):
+    guest = vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="noinit",
+                     extra_cmdline="init=/nonexistent/init")
+    with guest:
+        with pytest.raises(BootError) as e:
+            guest.wait_ready(120)
+    assert "Kernel panic" in e.value.message or "No working init" in e.value.message
+    assert e.value.exit_code == 3
+    assert guest.proc.poll() is not None
+
+
+def test_boot_wait_is_bounded_and_reaps_the_vm(baseline_kernel, run_dir):
+    guest = vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="slow")
+    with guest:
+        with pytest.raises(BootError, match="did not reach init within 1 s"):
+            guest.wait_ready(1)
+        assert guest.proc.poll() is not None
+
+
+def test_ssh_rejects_a_guest_with_another_host_key(baseline_kernel, run_dir):
+    from rig.machine import ssh as sshmod
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="pin") as vm:
+        vm.wait_ready(120)
+        other = run_dir / "other"
+        sshmod.make_keys(other)
+        sshmod.write_known_hosts(other, vm.port)          # pins a key the guest does not have
+        bad = sshmod.GuestSSH(port=vm.port, key=run_dir / "ssh" / "client_ed25519", known_hosts=other / "known_hosts")
+        with pytest.raises(sshmod.SSHError):
+            bad.connect(timeout=10)
+
+
+def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline_kernel, run_dir):
+    import threading
+    import time
+    from rig.machine import ssh as sshmod
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="drop") as vm:
+        vm.wait_ready(120)
+        outcome = {}
+
+        def long_command():
+            t0 = time.monotonic()
+            try:
+                outcome["rc"] = vm.ssh.run("sleep 60; echo finished", timeout=120)[0]
+            except sshmod.SSHError as e:
+                outcome["error"] = str(e)
+            outcome["took"] = time.monotonic() - t0
+
+        th = threading.Thread(target=long_command)
+        th.start()
+        time.sleep(2)
+        killer = sshmod.GuestSSH(port=vm.port, key=vm.ssh.key, known_hosts=vm.ssh.known_hosts)
+        killer.connect(timeout=10)
+        try:
+            killer.run("pkill -9 -f 'sleep 60'; pkill -9 sshd; pkill -9 dropbear", timeout=10)
+        except sshmod.SSHError:
+            pass                                   # its own connection dies too
+        th.join(timeout=60)
+        assert not th.is_alive(), "a dropped SSH connection must not hang the rig"
+        assert outcome["took"] < 50
+        assert "error" in outcome or outcome["rc"] != 0
+
+
+def test_two_vms_at_once_get_distinct_ports_and_both_work(baseline_kernel, tmp_path):
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=a_dir, name="a") as a, \
+         vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=b_dir, name="b") as b:
+        assert a.port != b.port
+        a.wait_ready(180)
+        b.wait_ready(180)
+        assert a.ssh.run(f"echo a > {vmmod.SCRATCH_MNT}/who", timeout=30)[0] == 0
+        assert b.ssh.run(f"echo b > {vmmod.SCRATCH_MNT}/who", timeout=30)[0] == 0
+    assert (a_dir / "who").read_text() == "a\n" and (b_dir / "who").read_text() == "b\n"
+    assert a.proc.poll() is not None and b.proc.poll() is not None
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from rig.core.paths import cache_dir
+    runs = cache_dir() / "runs"
+    repo = Path(__file__).resolve().parents[2]
+    partial = Path(f"/tmp/kproto-sigterm-{os.getpid()}.json")
+    partial.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rig.cli.main", "test", "patches/ovl-copyup.patch", "-k",
+                             "rfc_read", "--rerun-baseline", "--no-checks", "--json", str(partial)], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    qemu: set[int] = set()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not qemu and proc.poll() is None:
+        qemu = {p for p in _children(proc.pid)
+                if "qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")}
+        time.sleep(0.2)
+    assert qemu, "kproto test never started a VM"
+    import re
+    cmdline = Path(f"/proc/{next(iter(qemu))}/cmdline").read_bytes().decode(errors="replace")
+    our_run_dir = Path(re.search(r"path=([^,\x00]+)/console-", cmdline).group(1))
+    assert our_run_dir.is_dir()
+    time.sleep(3)                                   # mid-boot
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "interrupted" in err
+    import json
+    rep = json.loads(partial.read_text())            # partial results kept
+    partial.unlink()
+    assert rep["verdict"] == "error" and "interrupted during the baseline" in rep["reasons"][0]
+    time.sleep(1)
+    for p in qemu:
+        assert not Path(f"/proc/{p}").exists(), f"QEMU {p} survived SIGTERM of kproto"
+    assert not our_run_dir.exists(), "the run directory must be removed"
+    assert tree.default_source().is_at_base()
+    with open("/proc/mounts") as fh:
+        assert not [l for l in fh if str(runs) in l.split()[1]], "reference FUSE mounts must be unmounted"
+
+
+def test_guest_ssh_server_is_dropbear_when_installed_and_can_be_forced(monkeypatch):
+    from rig.machine import qemu as vmmod
+    from rig.core.errors import MissingTool
+    monkeypatch.setattr(vmmod, "DROPBEAR", "/nonexistent/dropbear")
+    monkeypatch.setattr(vmmod, "SSHD", "/nonexistent/sshd")
+    with pytest.raises(MissingTool, match="apt-get install dropbear-bin"):
+        vmmod.ssh_server()
+    monkeypatch.setattr(vmmod, "SSHD", "/bin/sh")               # an existing file stands in for sshd
+    assert vmmod.ssh_server() == "sshd"
+    monkeypatch.setattr(vmmod, "DROPBEAR", "/bin/true")
+    assert vmmod.ssh_server() == "dropbear"
+    monkeypatch.setenv("KPROTO_SSH_SERVER", "sshd")
+    assert vmmod.ssh_server() == "sshd"
+    monkeypatch.setattr(vmmod, "SSHD", "/nonexistent/sshd")
+    with pytest.raises(MissingTool, match="KPROTO_SSH_SERVER=sshd"):
+        vmmod.ssh_server()

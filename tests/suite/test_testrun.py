@@ -1,0 +1,154 @@
+"""`kproto test` orchestration on the tiny fake kernel tree with replaying fake machines: confirmation
+boots, flaky tests, lockdep's never-a-false-alarm rule, a patched kernel that does not boot, cache keys.
+The reference runs for real (FUSE), on a two-test suite whose programs print the same on every target."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fake_machine import FakeKernel, FakeTest, log
+from kproto_helpers import DATA, FAKE_KERNEL, make_patch
+from rig.suite import runner
+from rig.suite.timing import Timing
+from rig.suite import results_cache, testrun
+
+SUITE = DATA / "fake_suite"
+LOCKDEP = log("lockdep-abba-6.12.log")
+WARN = log("warn-on-6.12.log")
+FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
+
+
+@pytest.fixture(autouse=True)
+def fast_runner(monkeypatch):
+    monkeypatch.setattr(runner, "TIMING", FAST)
+    orig = runner.run_kernel_suite
+
+    def fast(*a, **kw):
+        kw["timing"] = FAST
+        return orig(*a, **kw)
+    monkeypatch.setattr(testrun, "run_kernel_suite", fast)
+
+
+@pytest.fixture
+def patch(tmp_path) -> Path:
+    def edit(work: Path):
+        f = work / "fs/overlayfs/file.c"
+        f.write_text(f.read_text().replace("return 0;", "return 7;"))
+    return make_patch(FAKE_KERNEL, edit, "ovl: seven", tmp_path / "seven.patch")
+
+
+def _run(tmp_path, fake_tarball, patch, base: FakeKernel, patched: FakeKernel, **kw):
+    opts = testrun.TestOptions(patches=[patch], kernel_src=str(fake_tarball), checks=False, suite=SUITE,
+                               progress=lambda m: None,
+                               machine_factories={"baseline": base.factory(tmp_path), "patched": patched.factory(tmp_path)},
+                               **kw)
+    return testrun.run(opts)
+
+
+def by_name(rep) -> dict:
+    return {t["name"]: t for t in rep.tests}
+
+
+def test_agreeing_deterministic_kernels_need_no_confirmation_boot(tmp_path, kcache, fake_tarball, patch):
+    base, pat = FakeKernel(), FakeKernel()
+    rep = _run(tmp_path, fake_tarball, patch, base, pat)
+    assert rep.verdict == "clean", rep.reasons
+    assert len(base.machines) == 1 and len(pat.machines) == 1
+    assert {t["status"] for t in rep.tests} == {"match"}
+    assert by_name(rep)["a_read"]["boots"] == {"baseline": 1, "patched": 1}
+
+
+def test_lockdep_seen_once_on_patched_and_never_on_baseline_is_a_regression(tmp_path, kcache, fake_tarball, patch):
+    # the cycle shows in the first patched boot only: 1 of 3 boots
+    pat = FakeKernel(lambda name, boot, m: FakeTest(console=LOCKDEP, lockdep_off=True)
+                     if name == "a_read" and boot == 1 else FakeTest())
+    base = FakeKernel()
+    rep = _run(tmp_path, fake_tarball, patch, base, pat)
+    a = by_name(rep)["a_read"]
+    assert rep.verdict == "regressed"
+    assert a["status"] == "regressed"
+    assert "seen in 1/3 patched boots, 0/3 baseline boots" in a["reason"]
+    assert a["boots"] == {"baseline": 3, "patched": 3}
+    assert [s["kind"] for s in rep.splats["new"]] == ["lockdep"]
+    assert rep.splats["new"][0]["signature"].startswith("lockdep-cycle:")
+    # two confirmation rounds, one boot of each kernel each: only a_read reran
+    assert [t for m, t in base.ran] == ["a_read", "b_read", "a_read", "a_read"]
+
+
+def test_a_warn_that_comes_and_goes_makes_the_test_flaky_not_regressed(tmp_path, kcache, fake_tarball, patch):
+    pat = FakeKernel(lambda name, boot, m: FakeTest(console=WARN, taint=1 << 9)
+                     if name == "b_read" and boot in (1, 3) else FakeTest())
+    rep = _run(tmp_path, fake_tarball, patch, FakeKernel(), pat)
+    b = by_name(rep)["b_read"]
+    assert b["status"] == "flaky"
+    assert "outcome varies across boots of the patched kernel" in b["reason"]
+    assert "patched-1: ok (WARNING" in b["reason"] and "patched-2: ok;" in b["reason"] and "patched-3: ok (WARNING" in b["reason"]
+    assert rep.verdict == "flaky" and "--allow-flaky" in rep.reasons[0]
+    again = _run(tmp_path, fake_tarball, patch, FakeKernel(), pat, allow_flaky=True)
+    assert again.verdict == "clean"
+
+
+def test_a_warn_on_every_patched_boot_is_a_regression(tmp_path, kcache, fake_tarball, patch):
+    pat = FakeKernel(lambda name, boot, m: FakeTest(console=WARN) if name == "b_read" else FakeTest())
+    rep = _run(tmp_path, fake_tarball, patch, FakeKernel(), pat)
+    assert rep.verdict == "regressed"
+    assert by_name(rep)["b_read"]["evidence"]["summary"].endswith("seen in 3/3 patched boots, 0/3 baseline boots")
+
+
+def test_no_confirmation_when_asked_for_none(tmp_path, kcache, fake_tarball, patch):
+    pat = FakeKernel(lambda name, boot, m: FakeTest(console=WARN) if name == "b_read" else FakeTest())
+    rep = _run(tmp_path, fake_tarball, patch, FakeKernel(), pat, confirm=0)
+    assert len(pat.machines) == 1          # b_read is the last test: no fresh boot, no confirmation
+    assert rep.verdict == "regressed"
+
+
+def test_patched_kernel_that_does_not_boot_is_the_patchs_regression(tmp_path, kcache, fake_tarball, patch):
+    rep = _run(tmp_path, fake_tarball, patch, FakeKernel(), FakeKernel(boot_fails=True))
+    assert rep.verdict == "regressed"
+    assert rep.reasons[0].startswith("the patched kernel did not boot: ")
+    assert "Unable to mount root fs" in rep.reasons[0]
+    assert {t["status"] for t in rep.tests} == {"error"}
+    assert any(s["kind"] == "panic" for s in rep.splats["new"])
+
+
+def test_baseline_results_are_cached_and_reused(tmp_path, kcache, fake_tarball, patch):
+    base = FakeKernel()
+    _run(tmp_path, fake_tarball, patch, base, FakeKernel())
+    again = FakeKernel()
+    _run(tmp_path, fake_tarball, patch, again, FakeKernel())
+    assert len(base.machines) == 1 and again.machines == []
+
+
+def test_cache_keys_cover_the_analysis_code_and_the_suite(tmp_path, monkeypatch):
+    suite = tmp_path / "suite"
+    shutil.copytree(SUITE, suite)
+    before = results_cache.analysis_fingerprint(suite)
+    assert results_cache.analysis_fingerprint(suite) == before
+    (suite / "a_read.c").write_text((suite / "a_read.c").read_text() + "\n")
+    assert results_cache.analysis_fingerprint(suite) != before
+    assert set(results_cache._ANALYSIS) >= {"suite", "analysis", "machine", "guest"}
+    # a change to any file of those packages changes the key: point the cache at a copy of rig/ and edit it
+    fake_rig = tmp_path / "rig"
+    shutil.copytree(results_cache.RIG, fake_rig, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(results_cache, "RIG", fake_rig)
+    same = results_cache.analysis_fingerprint(suite)
+    for changed in (fake_rig / "suite" / "runner.py", fake_rig / "guest" / "harness.py",
+                    fake_rig / "machine" / "templates" / "init.sh.j2", fake_rig / "machine" / "arch" / "x86_64.toml"):
+        changed.write_text(changed.read_text() + "\n# changed\n")
+        assert results_cache.analysis_fingerprint(suite) != same, changed
+        same = results_cache.analysis_fingerprint(suite)
+    (fake_rig / "nightly").mkdir(exist_ok=True)
+    (fake_rig / "nightly" / "unrelated.py").write_text("# not analysis code\n")
+    assert results_cache.analysis_fingerprint(suite) == same
+
+
+def test_a_deadlock_that_hung_three_tests_is_not_confirmed_again(tmp_path, kcache, fake_tarball, patch, monkeypatch):
+    monkeypatch.setattr(runner, "MAX_SAME_HANGS", 2)         # the two-test suite: both hang
+    blocked = "task:t state:D stack:0\nCall Trace:\n __schedule+0x1/0x2\n ovl_copy_up_start+0x5c/0x170\n"
+    pat = FakeKernel(lambda name, boot, m: FakeTest(behaviour="hang", blocked=blocked))
+    rep = _run(tmp_path, fake_tarball, patch, FakeKernel(), pat)
+    assert rep.verdict == "regressed"
+    assert len(pat.machines) == 2                            # no confirmation boots
+    assert any("same blocked tasks (blocked:ovl_copy_up_start" in n for n in rep.notes)
