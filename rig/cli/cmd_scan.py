@@ -36,13 +36,15 @@ def _inputs(args: tuple[str, ...]) -> list[tuple[str, Path | None]]:
 @click.command("scan")
 @click.argument("logs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True,
-              help='one log: {"splats": [{"kind", "title", "signature", "log", "count"}, ...]}; several: '
-                   '{"inputs": [{"path", "splats": [...]}, ...]}')
+              help='one log: {"splats": [{"kind", "title", "where", "signature", "corrupted", "log", "count"}, '
+                   '...]}; several: {"inputs": [{"path", "splats": [...]}, ...]}')
 def command(logs: tuple[str, ...], as_json: bool) -> None:
-    """Find kernel splats (lockdep, WARNING, BUG/oops, KASAN/KFENCE/UBSAN, hung tasks, RCU stalls,
-    lockups, panics) in each LOG, titled like syzkaller and deduplicated by signature: the lock classes
-    of a lockdep report (a cycle is the same splat whichever edge closed it), function@file of a
-    WARNING/BUG, the function of an oops or hang; --json shows it.
+    """Find kernel splats (lockdep, WARNING, BUG/oops, KASAN/KMSAN/KCSAN/KFENCE/UBSAN, kmemleak, hung
+    tasks, RCU stalls, lockups, panics) in each LOG, titled as syzkaller titles them (plus `where`, the
+    place overlayfs work cares about when syzkaller names another, and whether syzkaller would call the
+    report corrupted), deduplicated by signature: the lock classes of a lockdep report (a cycle is the
+    same splat whichever edge closed it), function@file of a WARNING/BUG, the function of an oops or
+    hang; --json shows it.
 
     LOG is a console log or dmesg output from any machine, a directory of them, or - for stdin
     (`dmesg | kproto scan -`). Exit status is 0 whenever the logs could be read, whether splats were

@@ -23,17 +23,24 @@ OLD_CYCLE = LOGS / "lockdep-circular-4.9.log"
 FIXTURES = sorted(LOGS.glob("*.log"))
 
 
-def _expected(log: Path) -> list[tuple[str, int, str]]:
+def _expected(log: Path) -> list[tuple[str, int, str, str, bool]]:
+    """.expect rows: kind, count, title (syzkaller's), then optionally `where` ("=": the title) and the word
+    "corrupted"."""
     rows = []
     for line in log.with_suffix(".expect").read_text().splitlines():
         if line.strip():
-            kind, count, title = line.split("\t")
-            rows.append((kind, int(count), title))
+            kind, count, title, *rest = line.split("\t")
+            where = rest[0] if rest and rest[0] != "=" else title
+            rows.append((kind, int(count), title, where, rest[-1:] == ["corrupted"]))
     return rows
 
 
 def _summary(found: list[Splat]) -> list[tuple[str, int, str]]:
     return [(s.kind, s.count, s.title) for s in found]
+
+
+def _full(found: list[Splat]) -> list[tuple[str, int, str, str, bool]]:
+    return [(s.kind, s.count, s.title, s.where, s.corrupted) for s in found]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -46,7 +53,7 @@ def test_fixture_directory_is_populated():
 
 @pytest.mark.parametrize("log", FIXTURES, ids=[f.stem for f in FIXTURES])
 def test_fixture_titles(log):
-    assert _summary(scan_file(log)) == _expected(log)
+    assert _full(scan_file(log)) == _expected(log)
 
 
 @pytest.mark.parametrize("log", FIXTURES, ids=[f.stem for f in FIXTURES])
@@ -97,7 +104,7 @@ def test_fatal_kinds_come_from_the_table():
 
 _ROW = """
 [skip]
-common = ['^dump_stack']
+syz = ['^dump_stack']
 [[format]]
 id = "thing"
 header = '^BUG: thing happened'
@@ -124,7 +131,7 @@ def test_a_minimal_table_loads():
     (('stack = ["call-trace"]', 'stack = ["call-trace", "elsewhere"]'), "stack: 'elsewhere' is not one of"),
     (('stack = ["call-trace"]', 'stack = ["header"]'), "source 'header' needs {{FUNC}}"),
     (('stack = ["call-trace"]', 'stack = ["site"]'), "site: a `site` marker (and `site_lines`) goes with"),
-    (('stack = ["call-trace"]', 'stack = ["call-trace"]\nskip = ["common", "nope"]'), "no skip set 'nope'"),
+    (('stack = ["call-trace"]', 'stack = ["call-trace"]\nskip = ["syz", "nope"]'), "no skip set 'nope'"),
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\ninside = ["other"]'), "inside: no row other"),
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\nfatal = true\ninside = ["*"]'), "a fatal report always"),
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\nlocks = "chain"\nsignature = "x:{lock}"'),
@@ -134,6 +141,9 @@ def test_a_minimal_table_loads():
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\nconfirm = "yes"'), "confirm: expected bool"),
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\ncolour = "red"'), "unknown key(s) colour"),
     (('id = "thing"', 'id = "Thing One"'), "id: a row id is unique"),
+    (('stack = ["call-trace"]', 'stack = ["call-trace"]\nneeds = ["what"]\nelse_title = "BUG: x"'), "needs: a list of"),
+    (('stack = ["call-trace"]', 'stack = ["call-trace"]\npick = "last"'), "pick: 'last' is not one of"),
+    (('stack = ["call-trace"]', 'stack = ["after-mark"]'), "mark: a `mark` goes with"),
 ])
 def test_a_bad_row_is_an_error_naming_the_row(change, complaint):
     bad = _ROW.replace(*change)
@@ -146,7 +156,7 @@ def test_a_bad_row_is_an_error_naming_the_row(change, complaint):
 
 def test_table_level_errors():
     with pytest.raises(FormatError, match=r"format row 2 \(thing\): id: a row id is unique"):
-        load_formats(_ROW + _ROW.split("[skip]\ncommon = ['^dump_stack']")[1])
+        load_formats(_ROW + _ROW.split("[skip]\nsyz = ['^dump_stack']")[1])
     twin = _ROW + '[[format]]\nid = "boom"\nheader = "^boom"\nkind = "bug"\ntitle = "boom"\nfatal = true\n'
     with pytest.raises(FormatError, match=r"format row 1 \(thing\): fatal: rows of kind 'bug' disagree"):
         load_formats(twin)
@@ -173,8 +183,11 @@ def test_templates(template, values, out):
 # ---------------------------------------------------------------------------------------------- a 4.9 cycle
 
 def test_old_cycle_title():
+    # 4.x: syzkaller names the cycle by the "at:" of the lock being acquired, the helper lock_rename;
+    # `where` names its caller, where the fix belongs
     found = scan_file(OLD_CYCLE)
-    assert _summary(found) == [("lockdep", 1, "possible deadlock in ovl_copy_up_one")]
+    assert _summary(found) == [("lockdep", 1, "possible deadlock in lock_rename")]
+    assert found[0].where == "possible deadlock in ovl_copy_up_one" and not found[0].corrupted
 
 
 def test_old_cycle_excerpt_is_the_whole_report_mended_and_nothing_else():
@@ -193,12 +206,12 @@ def test_old_cycle_excerpt_is_the_whole_report_mended_and_nothing_else():
     assert "t_mmap_copyup:" not in s.log
 
 
-def test_old_cycle_title_comes_from_the_new_dependency_not_the_old_chain():
+def test_old_cycle_where_comes_from_the_new_dependency_not_the_old_chain():
     # "-> #3" was recorded in dcache_readdir, the held lock at vm_mmap_pgoff, the acquire site is the
-    # helper lock_rename: none of them may name the splat.
+    # helper lock_rename: none of them may name the splat's `where`.
     (s,) = scan_file(OLD_CYCLE)
     for wrong in ("dcache_readdir", "vm_mmap_pgoff", "lock_rename", "filldir64", "vfs_rmdir"):
-        assert not s.title.endswith(wrong)
+        assert not s.where.endswith(wrong)
 
 
 def test_circular_without_chain_falls_back_to_stack_backtrace():
@@ -206,13 +219,13 @@ def test_circular_without_chain_falls_back_to_stack_backtrace():
     start = text.index("[   41.212104] the existing dependency chain")
     end = text.index("[   41.252533] other info")
     truncated = text[:start] + text[end:]
-    assert [s.title for s in scan_text(truncated)] == ["possible deadlock in ovl_copy_up_one"]
+    assert [s.where for s in scan_text(truncated)] == ["possible deadlock in ovl_copy_up_one"]
 
 
 def test_circular_without_backtrace_uses_the_dependency_0_stack():
     text = OLD_CYCLE.read_text()
     cut = text[:text.index("[   41.252533] other info")]
-    assert [s.title for s in scan_text(cut)] == ["possible deadlock in ovl_copy_up_one"]
+    assert [s.where for s in scan_text(cut)] == ["possible deadlock in ovl_copy_up_one"]
 
 
 def test_circular_uses_the_acquire_site_when_it_is_not_a_lock_helper():
@@ -234,7 +247,8 @@ def test_console_prefixes_are_stripped_and_level_markers_ignored():
             "<4>[  309.075890][ T2468]  </TASK>\n"
             "<4>[  309.075891][ T2468] ---[ end trace 0000000000000000 ]---\n")
     (s,) = scan_text(text)
-    assert (s.kind, s.title) == ("warning", "WARNING in ovl_mmap")
+    # no RIP line: syzkaller reads the Call Trace; `where` is the function that warned
+    assert (s.kind, s.title, s.where) == ("warning", "WARNING in mmap_region", "WARNING in ovl_mmap")
     assert s.log.splitlines()[1].startswith("WARNING: CPU: 0 PID: 2468 at fs/overlayfs/file.c:42")
     assert "<4>" not in s.log and "T2468]" not in s.log
 
@@ -245,7 +259,7 @@ def test_journal_prefix_crlf_and_ansi_codes():
             "Nov 24 03:50:00 guest kernel:  ovl_bar+0x10/0x20\r\n"
             "\x1b[0;1;31mNov 24 03:50:00 guest kernel: ---[ end trace 0000000000000000 ]---\x1b[0m\r\n")
     (s,) = scan_text(text)
-    assert s.title == "WARNING in ovl_foo"
+    assert (s.title, s.where) == ("WARNING in ovl_bar", "WARNING in ovl_foo")
     assert "\r" not in s.log and "\x1b" not in s.log and "kernel:" not in s.log
 
 
@@ -262,8 +276,9 @@ def test_interleaved_callers_are_separated_by_tag():
         if i < len(b):
             lines.append(f"[   10.{i:06d}][   C1] {b[i]}")
     found = scan_text("\n".join(lines) + "\n")
-    assert _summary(found) == [("warning", 1, "WARNING in ovl_copy_up_one"),
+    assert _summary(found) == [("warning", 1, "WARNING in ovl_copy_up_flags"),
                                ("hung_task", 1, "INFO: task hung in ovl_rename")]
+    assert found[0].where == "WARNING in ovl_copy_up_one"
     assert "__schedule" not in found[0].log and "ovl_copy_up_flags" not in found[1].log
 
 
@@ -300,20 +315,27 @@ def test_warning_in_a_skipped_function_is_titled_by_its_caller():
     assert [s.title for s in scan_text(text)] == ["WARNING in ovl_nlink_start"]
 
 
-@pytest.mark.parametrize("src,fn,title,kind", [
-    ("kernel/locking/lockdep.c", "lock_release", "WARNING: locking bug in ovl_copy_up_end", "lockdep"),
-    ("lib/refcount.c", "refcount_warn_saturate", "WARNING: refcount bug in ovl_copy_up_end", "warning"),
-    ("lib/list_debug.c", "__list_add_valid_or_report", "BUG: corrupted list in ovl_copy_up_end", "list_corruption"),
+@pytest.mark.parametrize("src,fn,title,kind,where", [
+    ("kernel/locking/lockdep.c", "lock_release", "WARNING: locking bug in ovl_copy_up_end", "lockdep", ""),
+    ("lib/refcount.c", "refcount_warn_saturate", "WARNING: refcount bug in ovl_copy_up_end", "warning", ""),
+    ("lib/list_debug.c", "__list_add_valid_or_report", "WARNING in ovl_copy_up_end", "list_corruption",
+     "BUG: corrupted list in ovl_copy_up_end"),
+    ("lib/debugobjects.c", "debug_print_object", "WARNING: ODEBUG bug in ovl_copy_up_end", "warning", ""),
+    ("lib/kobject.c", "kobject_put", "WARNING: kobject bug in ovl_copy_up_end", "warning", ""),
+    ("fs/proc/generic.c", "proc_register", "WARNING: proc registration bug in ovl_copy_up_end", "warning", ""),
 ])
-def test_warnings_from_debug_code_get_syzkaller_titles(src, fn, title, kind):
+def test_warnings_from_debug_code_get_syzkaller_titles(src, fn, title, kind, where):
     text = _warn(src, fn, ["ovl_copy_up_end", "ovl_copy_up_one"])
-    assert _summary(scan_text(text)) == [(kind, 1, title)]
+    found = scan_text(text)
+    assert _summary(found) == [(kind, 1, title)]
+    assert found[0].where == (where or title)
 
 
 def test_new_warning_header_format():
     text = ("[    2.000000] WARNING: fs/overlayfs/copy_up.c:1127 at ovl_copy_up_one+0x3a5/0x590, CPU#1: t/245\n"
             "[    2.000001] Call Trace:\n[    2.000002]  ovl_copy_up_flags+0xd2/0x110\n")
-    assert [s.title for s in scan_text(text)] == ["WARNING in ovl_copy_up_one"]
+    assert [s.where for s in scan_text(text)] == ["WARNING in ovl_copy_up_one"]
+    assert [s.title for s in scan_text(text)] == ["WARNING in ovl_copy_up_flags"]     # no RIP line
 
 
 def test_kasan_double_free_skips_the_free_functions():
@@ -326,19 +348,27 @@ def test_kasan_double_free_skips_the_free_functions():
             "[    3.000006]  kfree+0x8e/0x2d0\n"
             "[    3.000007]  ovl_free_fs+0x1a1/0x250\n"
             "[    3.000008] ==================================================================\n")
-    assert _summary(scan_text(text)) == [("kasan", 1, "KASAN: double-free in ovl_free_fs")]
+    # syzkaller calls a double free an invalid free
+    assert _full(scan_text(text)) == [("kasan", 1, "KASAN: invalid-free in ovl_free_fs", "KASAN: double-free in ovl_free_fs",
+                                       False)]
 
 
-@pytest.mark.parametrize("reason,title", [
-    ("Attempted to kill init! exitcode=0x0000000b", "kernel panic: Attempted to kill init!"),
-    ("kernel: panic_on_warn set ...", "kernel panic: panic_on_warn set"),
-    ("hung_task: blocked tasks", "kernel panic: hung_task: blocked tasks"),
+@pytest.mark.parametrize("reason,title,where,corrupted", [
+    ("Attempted to kill init! exitcode=0x0000000b", "kernel panic: Attempted to kill init!", "", False),
+    # 6.x prints the origin first: not syzkaller's "panic_on_warn set" format, so titled as printed
+    ("kernel: panic_on_warn set ...", "kernel panic: kernel: panic_on_warn set ...",
+     "kernel panic: panic_on_warn set", False),
+    ("panic_on_warn set ...", "kernel panic: panic_on_warn set", "kernel panic: panic_on_warn set", True),
+    ("hung_task: blocked tasks", "kernel panic: hung_task: blocked tasks", "", True),
     ("stack-protector: Kernel stack is corrupted in: ovl_lookup+0xbb0/0xbb0",
-     "kernel panic: stack is corrupted in ovl_lookup"),
+     "kernel panic: stack is corrupted in ovl_lookup", "", False),
+    ("VFS: Unable to mount root fs on unknown-block(0,0)",
+     "kernel panic: VFS: Unable to mount root fs on unknown-block(NUM,NUM)",
+     "kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)", False),
 ])
-def test_panic_titles_are_normalised_and_fatal(reason, title):
+def test_panic_titles_are_normalised_and_fatal(reason, title, where, corrupted):
     (s,) = scan_text(f"[    9.000000] Kernel panic - not syncing: {reason}\n[    9.000001] Kernel Offset: disabled\n")
-    assert (s.kind, s.title) == ("panic", title)
+    assert (s.kind, s.title, s.where, s.corrupted) == ("panic", title, where or title, corrupted)
     assert is_fatal(s)
 
 
@@ -390,7 +420,7 @@ def test_same_title_is_one_splat_with_a_count_and_first_excerpt():
 def test_order_is_first_appearance():
     text = (LOGS / "stalls-6.12.log").read_text() + (LOGS / "warn-on-6.12.log").read_text() + \
         (LOGS / "stalls-6.12.log").read_text()
-    titles = [s.title for s in scan_text(text)]
+    titles = [s.where for s in scan_text(text)]
     assert titles[0] == "INFO: rcu detected stall in ovl_cache_get_impure"
     assert titles[-1] == "WARNING in ovl_copy_up_one"
     assert len(titles) == len(set(titles))
@@ -400,7 +430,7 @@ def test_new_splats_by_title():
     base = scan_file(LOGS / "warn-on-6.12.log")
     patched = scan_file(LOGS / "warn-on-6.12.log") + scan_file(OLD_CYCLE)
     new = new_splats(base, patched)
-    assert [s.title for s in new] == ["possible deadlock in ovl_copy_up_one"]
+    assert [s.where for s in new] == ["possible deadlock in ovl_copy_up_one"]
     assert new_splats(patched, base) == []
     assert new_splats([], base) == base
 
@@ -408,9 +438,14 @@ def test_new_splats_by_title():
 def test_as_json_and_back():
     (s,) = scan_file(OLD_CYCLE)
     d = s.as_json()
-    assert set(d) == {"kind", "title", "signature", "log", "count"}
+    assert set(d) == {"kind", "title", "where", "signature", "corrupted", "log", "count"}
+    assert (d["title"], d["where"], d["corrupted"]) == ("possible deadlock in lock_rename",
+                                                      "possible deadlock in ovl_copy_up_one", False)
     assert json.loads(json.dumps(d)) == d
     assert Splat.from_json(d) == s
+    # JSON written before `where` and `corrupted` existed: where is the title, not corrupted
+    old = Splat.from_json({k: v for k, v in d.items() if k not in ("where", "corrupted")})
+    assert (old.title, old.where, old.corrupted, old.signature) == (s.title, s.title, False, s.signature)
 
 
 def test_is_fatal_only_for_panics():
@@ -425,7 +460,7 @@ def test_format_table():
     rows = out.splitlines()
     assert rows[0].split() == ["KIND", "COUNT", "TITLE"]
     assert re.match(r"gpf\s+1\s+general protection fault in ovl_cache_entry_free$", rows[1])
-    assert "kernel panic: Fatal exception" in rows[2] and "[kernel died]" in rows[2]
+    assert "kernel panic: Fatal exception" in rows[2] and "[kernel died]" in rows[2] and "[corrupted]" in rows[2]
     assert "2 distinct splats" in out and "1 fatal" in out and "--json" in out
     assert format_table([]).startswith("no splats found")
 
@@ -433,7 +468,7 @@ def test_format_table():
 def test_scan_file_tolerates_binary_garbage(tmp_path):
     p = tmp_path / "console.log"
     p.write_bytes(b"\xff\xfe\x00garbage\n" + OLD_CYCLE.read_bytes())
-    assert [s.title for s in scan_file(p)] == ["possible deadlock in ovl_copy_up_one"]
+    assert [s.where for s in scan_file(p)] == ["possible deadlock in ovl_copy_up_one"]
 
 
 # ---------------------------------------------------------------------------------------------- signatures
@@ -447,7 +482,8 @@ CYCLE_SIG = "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]|&type->i_mutex_
 
 def test_same_cycle_closed_by_different_edges_has_one_signature():
     (a,), (b,) = scan_file(FILLDIR), scan_file(FAULTIN)
-    assert (a.title, b.title) == ("possible deadlock in filldir64", "possible deadlock in fault_in_readable")
+    assert (a.where, b.where) == ("possible deadlock in filldir64", "possible deadlock in fault_in_readable")
+    assert (a.title, b.title) == ("possible deadlock in iterate_dir", "possible deadlock in lock_mm_and_find_vma")
     assert a.signature == b.signature == CYCLE_SIG
     # what differs between the two reports really is in them: suffixes, subclass, addresses
     assert "i_mutex_dir_key#5){" in a.log and "i_mutex_dir_key#3/1){" in b.log
@@ -464,7 +500,7 @@ def test_new_splats_by_signature_not_title():
 
 def test_dedup_merges_one_cycle_under_two_titles():
     found = scan_text(FILLDIR.read_text() + FAULTIN.read_text())
-    assert _summary(found) == [("lockdep", 2, "possible deadlock in filldir64")]
+    assert _summary(found) == [("lockdep", 2, "possible deadlock in iterate_dir")]
     assert found[0].signature == CYCLE_SIG
 
 
@@ -579,7 +615,8 @@ def test_warning_signature_of_the_new_header_format_and_of_absolute_paths():
     ("ubsan-5.4.log", ["ubsan-undefined-behaviour:ovl_remap_lower_ino"]),
     ("warnings-6.12.log", ["warning:ovl_inode_unlock@kernel/locking/lockdep.c",
                            "warning:ovl_entry_put@lib/refcount.c"]),
-    ("warning-list-debug-4.9.log", ["list-corruption", "list-corruption:ovl_cache_entry_del"]),
+    # the list_del message printed inside the WARNING is one report (it used to make a second one)
+    ("warning-list-debug-4.9.log", ["list-corruption:ovl_cache_entry_del"]),
     ("warning-nokallsyms-6.12.log", ["warning:?"]),
     ("warnings-new-header.log", ["warning:ovl_copy_up_one@fs/overlayfs/copy_up.c",
                                  "warning:ovl_entry_get@lib/refcount.c",
@@ -659,7 +696,8 @@ def test_cli_scan_json_prints_the_signature():
     r = CliRunner().invoke(_cli(), ["scan", "--json", str(LOGS / "lockdep-cycle-faultin-6.12.log")])
     assert r.exit_code == 0, r.output
     (s,) = json.loads(r.output)["splats"]
-    assert s["title"] == "possible deadlock in fault_in_readable"
+    assert (s["title"], s["where"], s["corrupted"]) == ("possible deadlock in lock_mm_and_find_vma",
+                                                        "possible deadlock in fault_in_readable", False)
     assert s["signature"] == CYCLE_SIG
 
 
@@ -702,3 +740,60 @@ def test_scan_command_is_registered_as_scan():
     from rig.cli import cmd_scan
     assert cmd_scan.command.name == "scan"
     assert "scan" in _cli().commands
+
+
+# ---------------------------------------------------------------------------------------------- syzkaller's rules
+
+def test_title_reads_on_through_the_panic_the_warning_caused():
+    # panic_on_warn: the panic's own stack comes first, the WARNING's RIP after it; syzkaller reads the
+    # report on through the "Kernel panic" line for its title, the excerpt stops there
+    text = ("[    5.000000] WARNING: CPU: 0 PID: 7 at fs/overlayfs/util.c:9 ovl_foo+0x1/0x2\n"
+            "[    5.000001] Kernel panic - not syncing: panic_on_warn set ...\n"
+            "[    5.000002] Call Trace:\n"
+            "[    5.000003]  dump_stack+0x10/0x20\n"
+            "[    5.000004]  panic+0x10/0x20\n"
+            "[    5.000005]  __warn+0x10/0x20\n"
+            "[    5.000006] RIP: 0010:ovl_bar+0x1/0x2\n"
+            "[    5.000007] Kernel Offset: disabled\n")
+    found = scan_text(text)
+    assert _full(found) == [("warning", 1, "WARNING in ovl_bar", "WARNING in ovl_foo", False),
+                            ("panic", 1, "kernel panic: panic_on_warn set", "kernel panic: panic_on_warn set", True)]
+    assert "RIP" not in found[0].log
+
+
+def test_a_fault_injection_stack_in_the_report_makes_it_corrupted():
+    # syzkaller: fault injection's stack mixed into a report (its RIP here is the skipped __warn_thing)
+    (s,) = scan_text(_warn("fs/overlayfs/util.c", "__warn_thing", ["should_failslab", "ovl_copy_up_end"]))
+    assert (s.title, s.corrupted) == ("WARNING in corrupted", True)
+
+
+def test_arm32_backtrace_gives_both_functions_of_a_line():
+    text = ("[    7.000000] Unhandled fault: page domain fault (0x01b) at 0x00000010\n"
+            "[    7.000001] CPU: 0 PID: 9 Comm: t Not tainted 6.12.0 #1\n"
+            "[    7.000002] PC is at kthread_stop+0x60/0x524\n"
+            "[    7.000003] Backtrace:\n"
+            "[    7.000004] [<80165504>] (kthread_stop) from [<825e31d8>] (ovl_stop_worker+0x2c/0x90)\n"
+            "[    7.000005] [<825e31ac>] (ovl_stop_worker) from [<825e3300>] (ovl_put_super+0x1c/0x70)\n")
+    (s,) = scan_text(text)
+    assert s.title == "Unhandled fault in ovl_stop_worker"       # kthread_stop is skipped
+
+
+@pytest.mark.parametrize("line, title", [
+    ("BUG: MAX_LOCKDEP_KEYS too low!", "BUG: MAX_LOCKDEP_KEYS too low!"),
+    ("BUG: workqueue leaked atomic, lock or RCU: kworker/1:2[345]",
+     "BUG: workqueue leaked atomic, lock or RCU: kworker/NUM:NUM[NUM]"),
+])
+def test_an_unknown_bug_is_titled_by_its_line_numbers_normalised(line, title):
+    (s,) = scan_text(f"[    8.000000] {line}\n[    8.000001] CPU: 0 UID: 0 PID: 1 Comm: t Not tainted 6.12.0 #1\n")
+    assert s.title == title
+
+
+def test_cli_scan_json_gives_where_and_corrupted_per_splat_of_every_input(tmp_path):
+    r = CliRunner().invoke(_cli(), ["scan", "--json", str(LOGS / "gpf-panic-6.12.log"), str(OLD_CYCLE)])
+    assert r.exit_code == 0, r.output
+    got = [[(s["title"], s["where"], s["corrupted"]) for s in e["splats"]] for e in json.loads(r.output)["inputs"]]
+    assert got == [[("general protection fault in ovl_cache_entry_free", "general protection fault in ovl_cache_entry_free",
+                     False), ("kernel panic: Fatal exception", "kernel panic: Fatal exception", True)],
+                   [("possible deadlock in lock_rename", "possible deadlock in ovl_copy_up_one", False)]]
+    r = CliRunner().invoke(_cli(), ["scan", str(OLD_CYCLE)])
+    assert "possible deadlock in lock_rename" in r.output and "where: possible deadlock in ovl_copy_up_one" in r.output

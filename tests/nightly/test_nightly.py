@@ -352,12 +352,12 @@ def test_nightly_title_changed_signature_did_not_is_no_new_splat(tmp_path):
     assert [c for c in r2.changes if "splat" in c["kind"]] == []
     r3 = night("lockdep-abba-6.12.log")                # another cycle
     assert kinds(r3.changes) == [("new-splat", "v1", "possible deadlock in ovl_copy_up_start"),
-                                 ("splat-gone", "v1", "possible deadlock in fault_in_readable")]
+                                 ("splat-gone", "v1", "possible deadlock in lock_mm_and_find_vma")]
     conn = sqlite3.connect(tmp_path / "out" / "history.sqlite")
     rows = conn.execute("SELECT s.run_id, p.title, p.signature, p.is_new FROM splats p JOIN series s"
                         " ON s.id = p.series_id ORDER BY p.id").fetchall()
-    assert rows == [(1, "possible deadlock in filldir64", CYCLE, 1),
-                    (2, "possible deadlock in fault_in_readable", CYCLE, 1),
+    assert rows == [(1, "possible deadlock in iterate_dir", CYCLE, 1),
+                    (2, "possible deadlock in lock_mm_and_find_vma", CYCLE, 1),
                     (3, "possible deadlock in ovl_copy_up_start",
                      "lockdep-cycle:&mm->mmap_lock|&ovl_i_lock_key[depth]", 1)]
 

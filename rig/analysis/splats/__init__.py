@@ -1,11 +1,13 @@
 """Kernel console-log analysis: find splats, title them the way syzkaller does, deduplicate them.
 
-A *splat* is a kernel report on the console: a lockdep report, a WARNING, a BUG/oops, a KASAN/KFENCE/UBSAN
-report, a hung task, an RCU stall, a lockup, a panic.  `scan_text` finds them in any console log or dmesg
-(from any machine), gives each a title such as ``possible deadlock in ovl_copy_up_one``, ``WARNING in
-ovl_copy_up_one`` or ``INFO: task hung in ovl_copy_up_start`` and a signature (its identity: a lockdep
-cycle has one signature whichever edge closed it), and merges splats with the same signature into one
-(with a count).  Neither carries addresses, offsets, line numbers, pids or task names, so the same bug
+A *splat* is a kernel report on the console: a lockdep report, a WARNING, a BUG/oops, a KASAN/KMSAN/KCSAN/
+KFENCE/UBSAN or kmemleak report, a hung task, an RCU stall, a lockup, a panic.  `scan_text` finds them in any
+console log or dmesg (from any machine) and gives each the title syzkaller's pkg/report would give it
+(``possible deadlock in lock_rename``, ``WARNING in ovl_copy_up_one``, ``KASAN: invalid-free in ...``;
+developers search syzbot and lore with it), `where`, our own title when another function is more useful
+for overlayfs work (``possible deadlock in ovl_copy_up_one``), whether syzkaller would call the report
+corrupted, and a signature (its identity: a lockdep cycle has one signature whichever edge closed it); it
+merges splats with the same signature into one (with a count).  Neither carries addresses, offsets, line numbers, pids or task names, so the same bug
 gets the same signature on the baseline and on the patched kernel, and `new_splats` tells new from old.
 
 The report formats are data: formats.toml has one row per format (header regex, kind, title template,
@@ -20,7 +22,8 @@ Layout:
                   a bad row is a `FormatError` naming it;
 * console.py   -- console prefixes stripped, interleaved lines mended, lines grouped per caller;
 * scan.py      -- where reports start and end in each caller's lines; `scan_text`, `find_reports`;
-* titles.py    -- title and signature of one report by its row; `signature_of`;
+* titles.py    -- title, where, signature, corruption of one report by its row; `signature_of`;
+* templates.py -- the title/where/signature templates;
 * frames.py    -- stack frames: parse, read a stack, pick the first function not skipped;
 * locks.py     -- lockdep lock classes, normalised (`lock_class`), for lockdep signatures;
 * splat.py     -- `Splat`, `merge`, `new_splats`, `is_fatal`, `format_table`.

@@ -21,9 +21,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][AB012]")
 _SYSLOG = re.compile(r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ kernel: |"
                      r"\d{4}-\d\d-\d\dT\S+ \S+ kernel: )")
 _DMESG_T = re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\]\s?")
-_PREFIX = re.compile(r"^(?:\*\* \d+ printk messages dropped \*\*\s*)?(?:<\d{1,3}>)?"
+_PREFIX = re.compile(r"^(?:\*\* \d+ printk messages dropped \*\*\s*)?(?:.* login: )?(?:<\d{1,3}>)?"
                      r"(?:\[\s*\d+\.\d+\])(?:\s*\[\s*([TC]\d+)\])?\s?")
 _LEVEL_ONLY = re.compile(r"^<\d{1,3}>")
+# kmemleak's verbose report has its pr_fmt on every line: "kmemleak: unreferenced object ...", "kmemleak:   ..."
+_KMEMLEAK = re.compile(r"^kmemleak: (?=unreferenced object|\s)")
 _EMBEDDED_TS = re.compile(r"\[\s*\d+\.\d{6}\](?:\[\s*([TC]\d+)\])?\s?")
 
 
@@ -55,6 +57,7 @@ def logical_lines(text: str) -> list[tuple[int, str, str, bool]]:
         else:
             line = _LEVEL_ONLY.sub("", line, count=1)
             tag = last_tag   # continuation (or a log without timestamps)
+        line = _KMEMLEAK.sub("", line, count=1)
         # timestamps inside the line: another printk cut in.  Same caller (or no tags): mend the line.
         # Another caller: split there and give the rest to that caller.
         pieces: list[tuple[str, str]] = []

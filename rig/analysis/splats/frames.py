@@ -120,3 +120,80 @@ def interrupted(lines: list[str]) -> list[str]:
         return []
     j = find(lines, _IRQ_END, ct)
     return frames_from(lines, j + 1) if j >= 0 else []
+
+
+# ------------------------------------------------------------------ readers of the syzkaller-compatible title
+
+# 32-bit arm: "[<c03a1b00>] (ovl_getattr) from [<c02b4e64>] (vfs_getattr_nosec+0x64/0x90)": both functions
+ARM_FRAME_RE = re.compile(r"^\s*\[<[0-9a-f]+>\] \((" + FN + r")\) from \[<[0-9a-f]+>\] \((" + FN + r")\+0x")
+PC_LINE_RE = re.compile(r"^\s*\[<?(?:0x)?[0-9a-f]+>?\]\s+(" + FN + r")\+0x[0-9a-f]+")
+_UNRELIABLE = re.compile(r"^\s*(?:\[<[0-9a-f]+>\])?\s*\?\s")
+_TIMER_IRQ = re.compile(r"apic_timer_interrupt")
+_IRQ_ENTRY = re.compile(r"apic_timer_interrupt|Exception stack|el1h_64_irq")
+
+
+def stack_to_head(lines: list[str], i: int) -> list[str]:
+    """Reliable frames from lines[i] on, up to the next stack's opening line (Call Trace:, Allocated by task
+    N:, ...): all of them, whatever is printed between (syzkaller reads a stack this way)."""
+    out: list[str] = []
+    for t in lines[i:]:
+        if STACK_HEAD.search(t):
+            break
+        arm = ARM_FRAME_RE.match(t)
+        if arm:
+            out += [fn_name(arm.group(1)), fn_name(arm.group(2))]
+            continue
+        fr = parse_frame(t)
+        if fr and fr[1]:
+            out.append(fr[0])
+    return out
+
+
+def syz_call_trace(lines: list[str]) -> list[str]:
+    """The frames after the first Call Trace:/Backtrace: line, read the way `stack_to_head` does."""
+    j = find(lines, re.compile(r"Call [Tt]race:|Backtrace:"))
+    return stack_to_head(lines, j + 1) if j >= 0 else []
+
+
+def pc_line(lines: list[str]) -> list[str]:
+    """The function of the first "[<address>] F+0x.." line (lockdep prints the site of a lock that way)."""
+    for t in lines[1:]:
+        m = PC_LINE_RE.match(t)
+        if m:
+            return [fn_name(m.group(1))]
+    return []
+
+
+def lock_sites(lines: list[str], site: re.Pattern[str], within: int) -> list[str]:
+    """The "at: F" of the lock after the `site` marker, the next "at: F", then the frames after that one
+    (lockdep: the acquired lock, the held lock, the first dependency's stack)."""
+    i = find(lines, site)
+    if i < 0:
+        return []
+    out: list[str] = []
+    j = i + 1
+    for limit in (within, 40):
+        k = next((x for x in range(j, min(len(lines), j + limit)) if AT_RE.search(lines[x])), -1)
+        if k < 0:
+            return out
+        out.append(at_func(lines, k, 1))
+        j = k + 1
+    return out + stack_to_head(lines, j)
+
+
+def stall(lines: list[str]) -> list[str]:
+    """The code a timer interrupt cut into: after the first (reliable) line naming apic_timer_interrupt, the
+    RIP line and the frames after it; without such a RIP, the frames after the interrupt entry."""
+    for rx, with_rip in ((_TIMER_IRQ, True), (_IRQ_ENTRY, False)):
+        i = next((j for j, t in enumerate(lines) if rx.search(t) and not _UNRELIABLE.match(t)), -1)
+        if i < 0:
+            continue
+        if with_rip:
+            r = next((j for j in range(i + 1, len(lines)) if RIP_RE.match(lines[j])), -1)
+            if r < 0:
+                continue
+            m = RIP_RE.match(lines[r])
+            assert m is not None
+            return [fn_name(m.group(1))] + stack_to_head(lines, r + 1)
+        return stack_to_head(lines, i + 1)
+    return []

@@ -103,12 +103,15 @@ def _starts(stream: Stream) -> list[tuple[int, Format, re.Match[str]]]:
     lines = stream.lines
     starts: list[tuple[int, Format, re.Match[str]]] = []
     for j, t in enumerate(lines):
-        if not stream.kernel[j]:
-            continue
         hit = FORMATS.match(t)
         if not hit:
             continue
         row, m = hit
+        if row.reboot:
+            if not any(stream.kernel[:j]):
+                continue
+        elif not stream.kernel[j]:
+            continue
         if row.confirm and not _confirmed(lines, j):
             continue
         if starts and row.inside:
@@ -128,10 +131,13 @@ def _scan_stream(stream: Stream) -> list[Report]:
         hard_end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
         end = _extent(lines, j, hard_end, row.end)
         first = j - 1 if j > 0 and _PRE_SEP.match(lines[j - 1]) else j
-        title, signature = describe(row, m, lines[j:end])
+        # syzkaller reads on for the title, through the headers it does not take for a new report
+        t_end = next((s for s, r, _ in starts[n + 1:] if not r.transparent), len(lines))
+        d = describe(row, m, lines[j:end], lines[j:t_end])
         log = "\n".join(lines[first:end]).strip("\n")
-        found.append(Report(stream.positions[j], row,
-                            Splat(kind=row.kind.value, title=title, log=log, signature=signature)))
+        found.append(Report(stream.positions[j], row, Splat(kind=row.kind.value, title=d.title, log=log,
+                                                            signature=d.signature, where=d.where,
+                                                            corrupted=d.corrupted)))
     return found
 
 

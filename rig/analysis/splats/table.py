@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rig.analysis.splats.frames import FN
+from rig.analysis.splats.templates import _NAME, Template, parse_template
+
+__all__ = ["parse_template", "Template"]
 
 
 class FormatError(ValueError):
@@ -32,6 +35,9 @@ class Kind(StrEnum):
     WARNING = "warning"
     BUG = "bug"
     KASAN = "kasan"
+    KMSAN = "kmsan"
+    KCSAN = "kcsan"
+    KMEMLEAK = "kmemleak"
     PANIC = "panic"
     HUNG_TASK = "hung_task"
     RCU_STALL = "rcu_stall"
@@ -54,6 +60,17 @@ class Source(StrEnum):
     SITE = "site"                   # the "at: F" of the lock described after the row's `site` marker
     DEPENDENCY_0 = "dependency-0"   # lockdep "-> #0": the stack of the dependency being added now
     BACKTRACE = "backtrace"         # lockdep: the stack after "stack backtrace:", else the first stack
+    LOCK_SITES = "lock-sites"       # lockdep: the "at: F" after the site marker, the next "at: F", the frames after
+    AFTER_MARK = "after-mark"       # the frames after the line the row's `mark` matches
+    PC_LINE = "pc-line"             # the first "[<address>] F+0x.." line after the header
+    STALL = "stall"                 # after the timer interrupt: the RIP it interrupted, then the frames after
+
+
+class Pick(StrEnum):
+    """How the title's function is chosen among the candidates left after skipping (row key `pick`)."""
+    FIRST = "first"             # the first one
+    STALL = "stall"             # the one before the first [anchors] stall entry (the looping code's entry)
+    HUNG = "hung"               # an [anchors] hung entry if any, else the first not in the "hung" skip set
 
 
 class LockRule(StrEnum):
@@ -73,94 +90,6 @@ class End(StrEnum):
 
 
 @dataclass(frozen=True)
-class Field:
-    """``{a|b|'text'}`` in a template."""
-    names: tuple[str, ...]
-    default: str
-
-
-@dataclass(frozen=True)
-class Template:
-    text: str
-    parts: tuple[tuple[bool, tuple[str | Field, ...]], ...]      # (optional, pieces)
-
-    @property
-    def fields(self) -> set[str]:
-        return {n for _, pieces in self.parts for p in pieces if isinstance(p, Field) for n in p.names}
-
-    def render(self, values: dict[str, str]) -> str:
-        out = []
-        for optional, pieces in self.parts:
-            rendered = []
-            for p in pieces:
-                if isinstance(p, str):
-                    rendered.append(p)
-                    continue
-                v = next((values[n] for n in p.names if values.get(n)), p.default)
-                if not v and optional:
-                    rendered = []
-                    break
-                rendered.append(v)
-            out.extend(rendered)
-        return "".join(out)
-
-
-_FIELD = re.compile(r"\{([^{}]*)\}")
-_NAME = re.compile(r"[a-z_][a-z0-9_]*$")
-
-
-def parse_template(text: str) -> Template:
-    """A Template, or ValueError saying what is wrong with `text`."""
-    parts: list[tuple[bool, tuple[str | Field, ...]]] = []
-    cur: list[str | Field] = []
-    optional = False
-    i = 0
-    while i < len(text):
-        two = text[i:i + 2]
-        if two in ("[[", "]]", "{{", "}}"):
-            cur.append(two[0])
-            i += 2
-            continue
-        c = text[i]
-        if c in "[]":
-            if (c == "[") == optional:
-                raise ValueError(f"unbalanced {c!r} at {i} in {text!r}")
-            parts.append((optional, tuple(cur)))
-            cur, optional = [], c == "["
-            i += 1
-        elif c == "{":
-            m = _FIELD.match(text, i)
-            if not m:
-                raise ValueError(f"unclosed '{{' at {i} in {text!r}")
-            alts = [a.strip() for a in m.group(1).split("|")]
-            default = alts.pop()[1:-1] if len(alts) > 1 and re.fullmatch(r"'[^']*'", alts[-1]) else ""
-            bad = [a for a in alts if not _NAME.match(a)]
-            if bad or not alts:
-                raise ValueError(f"bad field {m.group(0)!r} in {text!r}")
-            cur.append(Field(tuple(alts), default))
-            i = m.end()
-        elif c == "}":
-            raise ValueError(f"unmatched '}}' at {i} in {text!r}")
-        else:
-            cur.append(c)
-            i += 1
-    if optional:
-        raise ValueError(f"unclosed '[' in {text!r}")
-    parts.append((False, tuple(cur)))
-    return Template(text, tuple((o, _join(p)) for o, p in parts if p))
-
-
-def _join(pieces: list[str | Field] | tuple[str | Field, ...]) -> tuple[str | Field, ...]:
-    out: list[str | Field] = []
-    for p in pieces:
-        if isinstance(p, str) and out and isinstance(out[-1], str):
-            out[-1] += p
-        else:
-            out.append(p)
-    return tuple(out)
-
-
-@dataclass(frozen=True)
 class Format:
     """One row of formats.toml, checked (the file's opening comment describes each field)."""
     id: str
@@ -174,7 +103,17 @@ class Format:
     fields: tuple[tuple[str, re.Pattern[str]], ...]   # read from the report's body
     locks: LockRule
     lock_markers: tuple[str, ...]
-    signature: Template | None                 # None: from the title (titles.signature_from_title)
+    signature: Template | None                 # None: from `where` (titles.signature_from_title)
+    where: Template | None                     # None: the title template (with the where_stack function)
+    where_stack: tuple[tuple[Source, ...], ...] | None    # None: the title's function is the where function
+    where_skip: re.Pattern[str] | None
+    mark: re.Pattern[str] | None
+    pick: Pick
+    corrupted: bool                            # syzkaller marks such reports corrupted
+    reboot: bool                               # the boot loader's line: a report only after kernel output
+    transparent: bool                          # syzkaller reads the report before this header on through it
+    needs: tuple[str, ...]                     # fields without which syzkaller titles the report `else_title`
+    else_title: Template | None
     fatal: bool
     confirm: bool
     inside: frozenset[str]                     # row ids (or "*") whose report this header may be printed in
@@ -184,6 +123,9 @@ class Format:
 @dataclass(frozen=True)
 class Formats:
     rows: tuple[Format, ...]
+    strip_prefixes: tuple[str, ...] = ()                     # [frames] strip: syscall prefixes dropped
+    stall_anchors: re.Pattern[str] | None = None             # [anchors] stall
+    hung_anchors: tuple[tuple[re.Pattern[str], str], ...] = ()   # [anchors] hung: (pattern, replacement)
 
     def match(self, line: str) -> tuple[Format, re.Match[str]] | None:
         """The first row whose header matches the line (leading blanks ignored), with the match."""
@@ -200,7 +142,9 @@ class Formats:
 
 
 _KEYS = {"id", "header", "kind", "title", "stack", "skip", "site", "site_lines", "fields", "locks",
-         "lock_markers", "signature", "fatal", "confirm", "inside", "end"}
+         "lock_markers", "signature", "fatal", "confirm", "inside", "end", "where", "where_stack", "where_skip",
+         "mark", "pick", "corrupted", "reboot",
+         "transparent", "needs", "else_title"}
 _REQUIRED = {"id", "header", "kind", "title"}
 
 
@@ -236,15 +180,20 @@ def _row(raw: dict[str, Any], skip_sets: dict[str, str], macros: dict[str, str])
     kind = _enum(Kind, _get(raw, "kind", str, ""), "kind")
     locks = _enum(LockRule, _get(raw, "locks", str, "none"), "locks")
     end = _enum(End, _get(raw, "end", str, "next"), "end")
-    stack = tuple(tuple(_enum(Source, s, "stack") for s in entry.split("|"))
-                  for entry in _get(raw, "stack", list, []))
-    skip_names = _get(raw, "skip", list, ["common"])
-    for s in skip_names:
-        if s not in skip_sets:
-            raise ValueError(f"skip: no skip set {s!r} (have {', '.join(sorted(skip_sets))})")
+    stack = _stack(raw, "stack")
+    where_stack = _stack(raw, "where_stack") if "where_stack" in raw else None
+    both = stack + (where_stack or ())
+    skip = _skip(raw, "skip", ["syz"], skip_sets)
+    where_skip = _skip(raw, "where_skip", ["common"], skip_sets) if where_stack is not None else skip
+    if "where_skip" in raw and where_stack is None:
+        raise ValueError("where_skip: goes with where_stack")
     site_rx = _get(raw, "site", str, "")
-    if bool(site_rx) != any(Source.SITE in e for e in stack) or ("site_lines" in raw and not site_rx):
+    with_site = any(Source.SITE in e or Source.LOCK_SITES in e for e in both)
+    if bool(site_rx) != with_site or ("site_lines" in raw and not site_rx):
         raise ValueError("site: a `site` marker (and `site_lines`) goes with the 'site' stack source, and only with it")
+    mark_rx = _get(raw, "mark", str, "")
+    if bool(mark_rx) != any(Source.AFTER_MARK in e for e in both):
+        raise ValueError("mark: a `mark` goes with the 'after-mark' stack source, and only with it")
     fields: list[tuple[str, re.Pattern[str]]] = []
     for name, rx in _get(raw, "fields", dict, {}).items():
         compiled = _compile(rx, f"fields.{name}", macros, re.M) if isinstance(rx, str) else None
@@ -264,10 +213,12 @@ def _row(raw: dict[str, Any], skip_sets: dict[str, str], macros: dict[str, str])
         title = parse_template(_get(raw, "title", str, ""))
         sig_text = _get(raw, "signature", str, "")
         signature = parse_template(sig_text) if sig_text else None
+        where_text = _get(raw, "where", str, "")
+        where = parse_template(where_text) if where_text else None
     except ValueError as e:
         raise ValueError(f"template: {e}") from None
     known = {"fn", *header.groupindex, *(n for n, _ in fields), *(["locks"] if locks is not LockRule.NONE else [])}
-    for what, tpl in (("title", title), ("signature", signature)):
+    for what, tpl in (("title", title), ("signature", signature), ("where", where)):
         if tpl is not None and tpl.fields - known:
             raise ValueError(f"{what}: unknown field(s) {', '.join(sorted(tpl.fields - known))} "
                              f"(this row has {', '.join(sorted(known))})")
@@ -275,16 +226,37 @@ def _row(raw: dict[str, Any], skip_sets: dict[str, str], macros: dict[str, str])
         raise ValueError("stack: a row with a stack puts {fn} in its title, and a title with {fn} needs a stack")
     if any(Source.HEADER in e for e in stack) and "func" not in header.groupindex:
         raise ValueError("stack: source 'header' needs {{FUNC}} (a group named func) in the header")
+    needs = tuple(_get(raw, "needs", list, []))
+    else_text = _get(raw, "else_title", str, "")
+    else_title = parse_template(else_text) if else_text else None
+    if bool(needs) != bool(else_title) or set(needs) - known or (else_title and else_title.fields - known):
+        raise ValueError("needs: a list of this row's fields, with an else_title (of this row's fields)")
     inside = frozenset(_get(raw, "inside", list, []))
     fatal = _get(raw, "fatal", bool, False)
     if fatal and inside:
         raise ValueError("inside: a fatal report always starts its own splat")
     return Format(
-        id=_get(raw, "id", str, ""), header=header, kind=kind, title=title, stack=stack,
-        skip=re.compile("|".join(f"(?:{skip_sets[s]})" for s in skip_names)) if skip_names else None,
+        id=_get(raw, "id", str, ""), header=header, kind=kind, title=title, stack=stack, skip=skip,
+        where=where, where_stack=where_stack, where_skip=where_skip,
+        mark=_compile(mark_rx, "mark", macros) if mark_rx else None,
+        pick=_enum(Pick, _get(raw, "pick", str, "first"), "pick"), corrupted=_get(raw, "corrupted", bool, False),
+        reboot=_get(raw, "reboot", bool, False), transparent=_get(raw, "transparent", bool, False),
+        needs=needs, else_title=else_title,
         site=_compile(site_rx, "site", {}) if site_rx else None, site_lines=_get(raw, "site_lines", int, 8),
         fields=tuple(fields), locks=locks, lock_markers=markers, signature=signature, fatal=fatal,
         confirm=_get(raw, "confirm", bool, False), inside=inside, end=end)
+
+
+def _stack(raw: dict[str, Any], key: str) -> tuple[tuple[Source, ...], ...]:
+    return tuple(tuple(_enum(Source, s, key) for s in entry.split("|")) for entry in _get(raw, key, list, []))
+
+
+def _skip(raw: dict[str, Any], key: str, default: list[str], skip_sets: dict[str, str]) -> re.Pattern[str] | None:
+    names = _get(raw, key, list, default)
+    for s in names:
+        if s not in skip_sets:
+            raise ValueError(f"{key}: no skip set {s!r} (have {', '.join(sorted(skip_sets))})")
+    return re.compile("|".join(f"(?:{skip_sets[s]})" for s in names)) if names else None
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -303,7 +275,7 @@ def load_formats(text: str, origin: str = "formats.toml") -> Formats:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise FormatError(f"{origin}: {e}") from None
-    unknown = set(doc) - {"macros", "skip", "format"}
+    unknown = set(doc) - {"macros", "skip", "format", "frames", "anchors"}
     if unknown:
         raise FormatError(f"{origin}: unknown table(s) {', '.join(sorted(unknown))}")
     if not (isinstance(doc.get("macros", {}), dict) and isinstance(doc.get("skip", {}), dict)
@@ -343,7 +315,17 @@ def load_formats(text: str, origin: str = "formats.toml") -> Formats:
         if len(other) > 1:
             raise FormatError(f"{origin}: format row {i} ({row.id}): fatal: rows of kind {row.kind.value!r} "
                               "disagree (is_fatal goes by kind)")
-    return Formats(tuple(rows))
+    try:
+        strip = tuple(_get(doc.get("frames", {}), "strip", list, []))
+        anchors = doc.get("anchors", {})
+        stall = _get(anchors, "stall", list, [])
+        hung = anchors.get("hung", [])
+        if not all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in hung):
+            raise ValueError("hung: expected a list of [regex, name] pairs")
+        return Formats(tuple(rows), strip, re.compile("|".join(f"(?:{p})" for p in stall)) if stall else None,
+                       tuple((re.compile(k), v) for k, v in hung))
+    except (ValueError, re.error) as e:
+        raise FormatError(f"{origin}: [frames]/[anchors]: {e}") from None
 
 
 TABLE = Path(__file__).with_name("formats.toml")
