@@ -9,14 +9,14 @@ from typing import Sequence
 
 import click
 
+from rig.core import progress
 from rig.bench import modes
 from rig.bench.programs import build_bins
 from rig.bench.run import BenchOptions
 from rig.core.errors import EXIT_CLEAN, EXIT_REGRESSED, BadInput
 
 
-def _say(msg: str) -> None:
-    click.echo(f"kproto: {msg}", err=True)
+_say = progress.for_stderr("kproto: ")   # one line per message; a live line on a terminal
 
 
 @click.command("bench")

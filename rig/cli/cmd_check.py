@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
+from rig.core import progress
 from rig.check import validate as checkmod
 from rig.check import coverletter
 from rig.kernel import patches as patchmod
 from rig.kernel import tree as treemod
 
 
-def _say(msg: str) -> None:
-    click.echo(f"kproto: {msg}", err=True)
+_say = progress.for_stderr("kproto: ")   # one line per message; a live line on a terminal
 
 
 @click.command("check")

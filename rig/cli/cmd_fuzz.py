@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
+from rig.core import progress
 from rig.core.errors import EXIT_CLEAN, EXIT_REGRESSED, BadInput, MissingTool
 from rig.core.paths import cache_dir
 
@@ -40,8 +41,7 @@ def _tests_destination(d: Path | None) -> Path | None:
     return d
 
 
-def _say(msg: str) -> None:
-    click.echo(f"kproto fuzz: {msg}", err=True)
+_say = progress.for_stderr("kproto fuzz: ")   # one line per message; a live line on a terminal
 
 
 @click.command("fuzz")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from rig.core import progress
 from rig.core.errors import BadInput
 
 
-def _say(msg: str) -> None:
-    click.echo(f"kproto nightly: {msg}", err=True)
+_say = progress.for_stderr("kproto nightly: ")   # one line per message; a live line on a terminal
 
 
 @click.command("nightly")

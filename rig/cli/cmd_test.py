@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from rig.core import progress
 from rig.kernel import prepare
 from rig.report import html as report_html, terminal as report_terminal
 from rig.core.errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, MissingTool
@@ -18,8 +19,7 @@ _cfg_opt = click.option("--config", "config", multiple=True, type=click.Path(pat
                         help="extra Kconfig fragment (repeatable), checked after olddefconfig")
 
 
-def _say(msg: str) -> None:
-    click.echo(f"kproto: {msg}", err=True)
+_say = progress.for_stderr("kproto: ")   # one line per message; a live line on a terminal
 
 
 @click.command("test")

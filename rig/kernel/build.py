@@ -4,6 +4,12 @@ One object tree per (source tree, config); a patched build is an incremental bui
 object tree (~25 s), never a fresh full build. Finished kernels are copied into
 $KPROTO_CACHE/kernels/<key>/ through a temp dir + rename, so the cache never holds half a kernel,
 and a failed build writes nothing.
+
+Progress: make's output is read as it runs (and copied whole to the build log); every line of kbuild's
+quiet output (`  CC      fs/overlayfs/file.o`, `  AS`, `  LD`, `  AR`, `  HOSTCC` ...) counts as one
+object. The count and duration of each build are kept in the object tree (kproto.build-stats.json), and
+those of full builds per config in $KPROTO_CACHE/build/kproto.build-stats.json, so the next full build
+of the same config shows objects done / expected and an ETA (rig/core/progress.py renders them).
 """
 from __future__ import annotations
 
@@ -11,14 +17,17 @@ import hashlib
 import json
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable
 
 from rig.core import cache
+from rig.core import progress as progressmod
 from rig.kernel import kconfig
 from rig.machine import arch
 from rig.core.errors import BuildError, InfraError, MissingTool
@@ -29,6 +38,45 @@ from rig.kernel.tree import SourceTree
 
 REQUIRED_TOOLS = {"gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc"}
 _ERROR_LINE = re.compile(r"(error:|Error \d+|undefined reference|\*\*\*)")
+# kbuild's quiet output: two spaces, an upper-case command tag (CC, AS, LD, AR, HOSTCC, CC [M], ...)
+# padded to eight columns, the target
+_KBUILD_LINE = re.compile(rb"^  ([A-Z][A-Z0-9_-]*(?: \[M\])?) +(\S+)\s*$")
+STATS = "kproto.build-stats.json"
+TICK_S = 1.0          # how often a running build refreshes its progress when make prints nothing
+
+
+class ObjectCounter:
+    """Counts the objects kbuild announces in make's output, fed in chunks as they come."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+        self.last = ""              # the last target announced
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._rest + chunk).split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._rest:
+            self._line(self._rest)
+            self._rest = b""
+
+    def _line(self, line: bytes) -> None:
+        m = _KBUILD_LINE.match(line.rstrip(b"\r"))
+        if m:
+            self.objects += 1
+            self.last = m.group(2).decode(errors="replace")
+
+
+def count_objects(output: str | bytes) -> int:
+    """The number of objects in a captured make output."""
+    c = ObjectCounter()
+    c.feed(output.encode() if isinstance(output, str) else output)
+    c.close()
+    return c.objects
 
 
 @dataclass
@@ -65,22 +113,59 @@ def _jobs() -> int:
     return (os.cpu_count() or 1) + 1
 
 
-def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: float = 3600) -> None:
+def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: float = 3600,
+          counter: ObjectCounter | None = None, tick: Callable[[], None] | None = None) -> None:
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
     env = {**os.environ, "CCACHE_DIR": str(cache_dir() / "ccache"), "CCACHE_BASEDIR": str(tree.path),
            "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto"}
     cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]
-    with open(log, "a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
+    with open(log, "ab") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n".encode())
         fh.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise InfraError(f"kernel build timed out after {timeout:.0f} s (log: {log})")
+            timed_out = _pump(proc, fh, counter or ObjectCounter(), tick, time.monotonic() + timeout)
+        except BaseException:          # interrupted: no make left behind
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+    if timed_out:
+        raise InfraError(f"kernel build timed out after {timeout:.0f} s (log: {log})")
     if proc.returncode != 0:
         text = log.read_text(errors="replace").splitlines()
         errors = [l for l in text if _ERROR_LINE.search(l)][:12] or text[-12:]
         raise BuildError(f"kernel build failed ({' '.join(targets)}); log: {log}", "\n".join(errors))
+
+
+def _pump(proc: subprocess.Popen, log: IO[bytes], counter: ObjectCounter, tick: Callable[[], None] | None,
+          deadline: float) -> bool:
+    """Copy make's output to the log as it comes, counting objects, calling TICK at least every TICK_S;
+    True (make killed) when the deadline passed first."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                return True
+            if sel.select(min(left, TICK_S)):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                counter.feed(chunk)
+            if tick is not None:
+                tick()
+    counter.close()
+    proc.wait()
+    return False
 
 
 def _configure(tree: SourceTree, objdir: Path, want: kconfig.Kconfig, log: Path) -> None:
@@ -114,7 +199,7 @@ def cached(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, .
 
 
 def build(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, ...] = (),
-          progress=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
+          progress: progressmod.ProgressFn = lambda msg: print(msg, file=sys.stderr)) -> Kernel:
     """Return the kernel for tree + patches + config, building it (incrementally) when not cached."""
     want = kconfig.requested(user_fragments)
     key = cache_key(tree, patches, want)
@@ -133,23 +218,102 @@ def build(tree: SourceTree, patches: list[Patch], user_fragments: tuple[Path, ..
         t0 = time.monotonic()
         objdir.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
+        machine = arch.load()
         with tree.applied(patches):
             digest = objdir / "kproto.config-digest"
+            kind = "incremental" if (objdir / machine.kernel_image).is_file() else "resumed"
             if not (digest.is_file() and digest.read_text() == want.digest() and (objdir / ".config").is_file()):
                 progress(f"configuring {kconfig.BASE_TARGET} + kproto fragment in {objdir}")
                 _configure(tree, objdir, want, log)
+                kind = "full"
             what = "patched" if patches else "baseline"
-            machine = arch.load()
-            progress(f"building {what} kernel (make -j{_jobs()} {machine.make_target}, log {log})")
-            _make(tree, objdir, machine.make_target, log=log)
+            objects = _make_image(tree, objdir, machine.make_target, log, what, kind,
+                                  _stats_key(want, machine.make_target), progressmod.reporter_for(progress))
             release = (objdir / "include/config/kernel.release").read_text().strip()
             built = objdir / machine.kernel_image
             elapsed = time.monotonic() - t0
             _store(key, built, objdir / ".config", {
                 "version": release, "base": tree.base, "source": tree.origin,
                 "patches": [p.as_json() for p in patches], "config_digest": want.digest(),
-                "build_s": round(elapsed, 1), "built_at": time.time()})
+                "build_s": round(elapsed, 1), "built_at": time.time(), "objects": objects,
+                "build_kind": kind})
     return Kernel(cache_dir() / "kernels" / key / "bzImage", release, key, elapsed, False, patches)
+
+
+# ---------------------------------------------------------------- the image build, with progress
+
+def _make_image(tree: SourceTree, objdir: Path, target: str, log: Path, what: str, kind: str,
+                stats_key: str, rep: progressmod.Reporter) -> int:
+    """make TARGET with objects done / expected and an ETA; records the count and duration; returns the count.
+    KIND: full (a freshly configured object tree), incremental (the tree holds a built image), resumed
+    (an earlier build of the tree did not finish)."""
+    expected, expected_s = _expected(objdir, stats_key, kind)
+    cmd = f"make -j{_jobs()} {target}"
+    if kind == "incremental":
+        note = f"{cmd}, incremental in the existing object tree" + \
+            (f", last one took {progressmod.fmt_duration(expected_s)}" if expected_s else "")
+    elif kind == "resumed":
+        note = f"{cmd}, finishing an earlier build of this object tree that did not complete"
+    elif expected:
+        note = f"{cmd}, full build of ~{expected} objects" + \
+            (f", last one took {progressmod.fmt_duration(expected_s)}" if expected_s else "")
+    else:
+        note = f"{cmd}, full build, the first of this config: no object count to expect yet"
+    counter = ObjectCounter()
+    rep.stage(f"building {what} kernel", expected, unit="objects", expected_s=expected_s, note=f"{note}; log {log}")
+    t0 = time.monotonic()
+    try:
+        _make(tree, objdir, target, log=log, counter=counter, tick=lambda: rep.update(counter.objects))
+    except BaseException:
+        rep.done("")
+        raise
+    seconds = time.monotonic() - t0
+    rep.done(f"built {what} kernel: {counter.objects} objects in {progressmod.fmt_duration(seconds)}"
+             + ("" if kind == "full" else f" ({kind})"))
+    if kind != "resumed":       # a resumed build's count says nothing about the next one
+        _record(objdir, stats_key, kind, counter.objects, seconds)
+    return counter.objects
+
+
+def _stats_key(want: kconfig.Kconfig, target: str) -> str:
+    return f"{want.digest()} {target}"
+
+
+def _global_stats() -> Path:
+    return cache_dir() / "build" / STATS
+
+
+def _read_stats(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _expected(objdir: Path, stats_key: str, kind: str) -> tuple[int | None, float | None]:
+    """(objects, seconds) of the last build of this kind in this object tree; for a full build with none,
+    the last full build of the same config elsewhere. Incremental builds have no expected count (it
+    depends on what the patch touches), only the last one's duration; resumed builds neither."""
+    last = _read_stats(objdir / STATS).get(kind)
+    if kind == "full" and not isinstance(last, dict):
+        last = _read_stats(_global_stats()).get(stats_key)
+    if not isinstance(last, dict):
+        return None, None
+    objects, seconds = last.get("objects"), last.get("seconds")
+    return (objects if kind == "full" and isinstance(objects, int) and objects > 0 else None,
+            float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None)
+
+
+def _record(objdir: Path, stats_key: str, kind: str, objects: int, seconds: float) -> None:
+    entry = {"objects": objects, "seconds": round(seconds, 1), "at": time.time()}
+    local = _read_stats(objdir / STATS)
+    local[kind] = entry
+    cache.atomic_write(objdir / STATS, json.dumps(local, indent=1))
+    if kind == "full":
+        glob = _read_stats(_global_stats())
+        glob[stats_key] = entry
+        cache.atomic_write(_global_stats(), json.dumps(glob, indent=1))
 
 
 def _store(key: str, bzimage: Path, config: Path, meta: dict) -> None:

@@ -25,6 +25,7 @@ timing.py (the waits).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,7 @@ from typing import Callable
 from rig.analysis import splats as splatmod
 from rig.core.errors import BootError
 from rig.kernel.build import Kernel
+from rig.machine.qemu import READY_MARKER
 from rig.suite.machine import Machine, MachineFactory, QemuMachine
 from rig.suite.results import KernelRun, error_result
 from rig.suite.session import BootSession, HangTracker
@@ -70,9 +72,12 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
         run.boots += 1
         machine = factory(f"{run.label}-{first_boot + run.boots - 1}")
         run.console_logs.append(machine.console_log)
+        done = len(names) - len(remaining)
+        progress(f"[{run.label}] boot {machine.name}: booting" +
+                 (f" ({done}/{len(names)} tests done, {len(remaining)} to go)" if done else ""))
         try:
             try:
-                boot_s = machine.boot(boot_timeout)
+                boot_s = _boot(machine, boot_timeout, progress, run.label)
             except BootError as e:
                 if run.boots == 1:
                     e.console = machine.console_since(0)     # type: ignore[attr-defined]  # for the report
@@ -84,7 +89,7 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
             if run.boots == 1:
                 run.boot_s = boot_s
             progress(f"[{run.label}] boot {machine.name}: SSH ready after {boot_s:.1f} s ({machine.accel}); "
-                     f"running {len(remaining)} test(s)")
+                     f"running {len(remaining)} test(s)" + (f" ({done}/{len(names)} done)" if done else ""))
             remaining = BootSession(machine, run, remaining, timeouts, progress, timing, hangs).run()
         finally:
             machine.stop()
@@ -108,3 +113,27 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
     run.console = "".join(consoles)
     run.splats = splatmod.scan_text(run.console)
     return run
+
+
+def _boot(machine: Machine, timeout: float, progress: Callable[[str], None], label: str) -> float:
+    """machine.boot(); on a QEMU machine, say when the guest's init is up (its marker on the console)
+    while the boot goes on waiting for SSH."""
+    if not isinstance(machine, QemuMachine):
+        return machine.boot(timeout)
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            if READY_MARKER in machine.console_since(0):
+                progress(f"[{label}] boot {machine.name}: init ready after {time.monotonic() - t0:.1f} s; "
+                         "waiting for SSH")
+                return
+
+    watcher = threading.Thread(target=watch, name=f"boot-{machine.name}", daemon=True)
+    watcher.start()
+    try:
+        return machine.boot(timeout)
+    finally:
+        stop.set()
+        watcher.join()          # its line comes before the caller's "SSH ready"

@@ -57,6 +57,11 @@ class BootSession:
         self.offset = 0
         self.state_before: dict = {}
         self.done: list[str] = []
+        # n/N in the progress lines: tests of this kernel run with a result / all of them
+        self.total = len(run.results) + len([n for n in names if n not in run.results])
+
+    def count(self, extra: int = 0) -> str:
+        return f"{len(self.run_.results) + extra}/{self.total}"
 
     def rest(self) -> list[str]:
         return [n for n in self.names if n not in self.run_.results]
@@ -128,7 +133,7 @@ class BootSession:
         status = ev.get("status")
         if status == "timeout":
             return self._hung_reported(name, ev)
-        self.say(f"[{self.run_.label}] {name}: {status}" + (f"  ({'; '.join(reasons)})" if reasons else ""))
+        self.say(f"[{self.run_.label}] {self.count()} {name}: {status}" + (f"  ({'; '.join(reasons)})" if reasons else ""))
         if reasons:
             ev["kernel_events"] = reasons
             if self.rest():
@@ -156,7 +161,7 @@ class BootSession:
     def _hung_reported(self, name: str, res: dict) -> bool:
         """The harness killed the program after its timeout: the kernel may be wedged. Collect the
         blocked tasks, reboot for the rest."""
-        self.say(f"[{self.run_.label}] {name}: timed out; collecting blocked tasks (sysrq-w) before the next boot")
+        self.say(f"[{self.run_.label}] {self.count()} {name}: timed out; collecting blocked tasks (sysrq-w) before the next boot")
         dump = self.m.blocked_tasks() if self.m.alive() else ""
         found = splatmod.scan_text(self.m.console_since(self.offset))
         self.run_.test_splats[name] = found
@@ -170,7 +175,7 @@ class BootSession:
     def _hung_silent(self, limit: float) -> list[str]:
         name = self.current
         assert name is not None
-        self.say(f"[{self.run_.label}] {name}: no result after {limit:.0f} s, collecting blocked tasks "
+        self.say(f"[{self.run_.label}] {self.count(1)} {name}: no result after {limit:.0f} s, collecting blocked tasks "
                  "(sysrq-w) and killing the VM")
         dump = self.m.blocked_tasks() if self.m.alive() else ""
         found = splatmod.scan_text(self.m.console_since(self.offset))
@@ -219,7 +224,7 @@ class BootSession:
         res = error_result(cur, "error", reason + (f"; splats: {'; '.join(s.title for s in found)}" if found else ""))
         res["boot"] = self.m.name
         self.run_.results[cur] = res
-        self.say(f"[{self.run_.label}] {cur}: error ({reason})")
+        self.say(f"[{self.run_.label}] {self.count()} {cur}: error ({reason})")
         self.run_.events.append(f"{cur}: {reason}")
         self.current = None
         return self.rest()
