@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import pyfuse3
 import trio
@@ -42,7 +42,7 @@ class _NeedThread(Exception):
 
 class Node:
     __slots__ = ("ino", "path", "parent", "kind", "upper", "lowers", "nlookup", "aliases",
-                 "unlinked", "fd", "fd_upper", "old_fds", "opens", "lock", "copying",
+                 "unlinked", "fd", "fd_upper", "fd_mem", "old_fds", "opens", "lock", "copying",
                  "atime_ns", "lower_key")
 
     def __init__(self, ino: int, path: bytes, parent: int, kind: int, upper: bool,
@@ -58,6 +58,7 @@ class Node:
         self.unlinked = False
         self.fd: Optional[int] = None        # real fd on the current backing file
         self.fd_upper = False
+        self.fd_mem = False                  # fd is on a memory filesystem (tmpfs): never blocks
         self.old_fds: list[int] = []         # fds on stale backing files, closed on last release
         self.opens = 0
         self.lock = threading.Lock()
@@ -134,12 +135,23 @@ class OverlayBase(pyfuse3.Operations):
         self.inline = cfg.inline
         self._inline_ident: Optional[int] = None
         self.nursery: Optional[trio.Nursery] = None
+        self.after_init: Optional[Callable[[], None]] = None    # set by the daemon
         self._trio_token: Optional[trio.lowlevel.TrioToken] = None
         root = Node(pyfuse3.ROOT_INODE, b"", pyfuse3.ROOT_INODE, DIR, True,
                     [(i, b"") for i in range(len(self.lower_roots))])
         root.nlookup = 1
         self.nodes[root.ino] = root
         self.by_path[b""] = root.ino
+
+    def init(self) -> None:
+        """FUSE INIT.  pyfuse3 calls this before libfuse sends the INIT reply, whose
+        processing by the kernel (max_readahead) would override settings made now: run
+        ``after_init`` from an event-loop task, which runs once this request is answered."""
+        cb = self.after_init
+        if cb is not None and self.nursery is not None:
+            async def _after_init() -> None:
+                cb()
+            self.nursery.start_soon(_after_init)
 
     # ------------------------------------------------------------------ running requests
 

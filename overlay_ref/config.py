@@ -19,6 +19,7 @@ KNOWN_OPTIONS = {
     "debug",             # log every request to the log file
     "inline",            # on (default): cheap metadata ops on the event loop; off: all in threads
     "dirfd_cache",       # how many O_PATH directory fds the daemon keeps (default 256)
+    "read_ahead_kb",     # the FUSE mount's readahead (default 1024; "kernel": leave it)
 }
 
 #: options of kernel overlayfs / mount(8) accepted and ignored (they do not change the
@@ -78,6 +79,7 @@ class OverlayConfig:
     debug: bool = False
     inline: bool = True
     dirfd_cache: int = 256              # O_PATH directory fds kept by the daemon
+    read_ahead_kb: int | None = 1024    # readahead of the FUSE mount (None: the kernel's)
     fuse_extra: list[str] = field(default_factory=list)
 
     @property
@@ -128,6 +130,16 @@ class OverlayConfig:
                     cfg.dirfd_cache = 0
                 if cfg.dirfd_cache < 1:
                     raise BadInput(f"bad value for option dirfd_cache: {v!r}")
+            elif k == "read_ahead_kb":
+                if str(v).lower() in ("kernel", "default"):
+                    cfg.read_ahead_kb = None
+                else:
+                    try:
+                        cfg.read_ahead_kb = int(v)
+                    except ValueError:
+                        cfg.read_ahead_kb = -1
+                    if cfg.read_ahead_kb < 0:
+                        raise BadInput(f"bad value for option read_ahead_kb: {v!r}")
             elif k == "debug":
                 cfg.debug = _truthy(v, k)
             elif k in FUSE_PASSTHROUGH:

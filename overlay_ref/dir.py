@@ -13,6 +13,7 @@ import pyfuse3
 from .base import DIR, LNK, REG, S_IFMT, Handle, Node, _err, _join
 from .copy_up import CopyUp
 from .dirfds import UPPER
+from .file import _on_mem_fs
 from .readdir import ReaddirOps
 
 
@@ -145,6 +146,7 @@ class DirOps(CopyUp, ReaddirOps):
                     os.unlink(tgt.name, dir_fd=tgt.dfd)
                     raise
             node = self._new_upper_node(parent, name, REG)
+            node.fd_mem = _on_mem_fs(fd)
             node.fd = fd
             node.fd_upper = True
             node.nlookup += 1

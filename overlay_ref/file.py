@@ -21,6 +21,36 @@ from .util import _O_NOATIME, LayerAccess
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _PREFETCH = 4 << 20
 _DAY_NS = 24 * 3600 * 10**9
+# statfs f_type of filesystems whose reads are copies from memory (no I/O to wait for);
+# tmpfs answers RWF_NOWAIT reads with EOPNOTSUPP, so they are recognised by type instead
+_MEM_FS = {0x01021994, 0x858458f6}      # TMPFS_MAGIC, RAMFS_MAGIC
+
+_mem_dev: dict[int, bool] = {}           # st_dev -> on a memory filesystem
+_libc = None
+
+
+def _fstatfs_type(fd: int) -> int:
+    """The f_type of fstatfs(fd) (-1 if it cannot be had)."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        import ctypes.util
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    buf = ctypes.create_string_buffer(256)       # struct statfs: f_type first (a long)
+    if _libc.fstatfs(fd, buf) != 0:
+        return -1
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def _on_mem_fs(fd: int) -> bool:
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError:
+        return False
+    mem = _mem_dev.get(dev)
+    if mem is None:
+        mem = _mem_dev[dev] = (_fstatfs_type(fd) & 0xFFFFFFFF) in _MEM_FS
+    return mem
 
 
 class FileOps(LayerAccess):
@@ -55,6 +85,7 @@ class FileOps(LayerAccess):
                         fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME, dir_fd=d)
                     except PermissionError:
                         fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=d)
+            node.fd_mem = _on_mem_fs(fd)
             node.fd = fd
             node.fd_upper = node.upper
             return fd
@@ -104,22 +135,33 @@ class FileOps(LayerAccess):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh, off, size):
-        # Fast path without a thread hop: data already in the backing file's page cache
-        # (RWF_NOWAIT never blocks: it fails with EAGAIN instead).
+        # Fast path without a thread hop, on the current real fd (the same check as
+        # _get_fd's): data already in the backing file's page cache (RWF_NOWAIT never blocks:
+        # it fails with EAGAIN instead), or any read of a file on a memory filesystem (tmpfs
+        # refuses RWF_NOWAIT, and a read there is a copy from memory).  pyfuse3 takes any
+        # buffer: the bytearray is handed over as it is.
         h = self.handles.get(fh)
-        if h is not None and _RWF_NOWAIT:
+        if h is not None:
             node = h.node
             fd = node.fd
             if fd is not None and (node.fd_upper or not node.upper):
-                buf = bytearray(size)
-                try:
-                    n = os.preadv(fd, [buf], off, _RWF_NOWAIT)
-                except OSError:
-                    n = -1
-                if n == size:
+                data: bytes | bytearray | None = None
+                if node.fd_mem:
+                    try:
+                        data = os.pread(fd, size, off)
+                    except OSError:
+                        pass                  # the thread path reports the error
+                elif _RWF_NOWAIT:
+                    buf = bytearray(size)
+                    try:
+                        if os.preadv(fd, [buf], off, _RWF_NOWAIT) == size:
+                            data = buf
+                    except OSError:
+                        pass                  # EAGAIN: not all in the page cache
+                if data is not None:
                     if not node.upper:
                         self._touch_atime(node, fd)
-                    return bytes(buf)
+                    return data
         return await self._run(self._read_op, fh, off, size)
 
     def _touch_atime(self, node: Node, fd: int) -> None:

@@ -71,5 +71,6 @@ class OverlayFS(DirOps, RenameOps, XattrOps, CopyUp, ReaddirOps, NodeTable, Inod
     # fuse_ops.fallocate (a patched build or a newer release); then define
     # ``async def fallocate(self, fh, mode, off, length)`` copying up like write() and calling
     # fallocate on the upper fd.  tests/overlay_ref/test_ovlref_semantics.py::
-    # test_fallocate_syscall is a strict xfail that turns red when that becomes possible.
+    # test_fallocate_syscall is a strict xfail that turns red when that becomes possible
+    # (overlay_ref/README.md, "fallocate", says what users see).
     enable_writeback_cache = False

@@ -1,6 +1,8 @@
 """Rename (the kernel's dir.c, ovl_rename): ``RenameOps``, rename with RENAME_NOREPLACE (a
 whiteout left behind where a lower entry would show; merged/lower directories only with
-``redirect_dir``, then with an absolute ``overlay.redirect``) and RENAME_EXCHANGE."""
+``redirect_dir``, then with an absolute ``overlay.redirect``), RENAME_WHITEOUT (the same rename,
+and a whiteout left behind in the upper layer whatever the lower layers hold) and
+RENAME_EXCHANGE."""
 
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ class RenameOps(CopyUp, ReaddirOps):
     def _rename_op(self, pold, nold, pnew, nnew, flags):
         if flags == RENAME_EXCHANGE:
             return self._exchange_op(pold, nold, pnew, nnew)
-        if flags & ~RENAME_NOREPLACE:
-            raise _err(errno.EINVAL)     # RENAME_WHITEOUT, or EXCHANGE combined with NOREPLACE
+        if flags & ~(RENAME_NOREPLACE | RENAME_WHITEOUT):
+            raise _err(errno.EINVAL)     # EXCHANGE combined with NOREPLACE or WHITEOUT
         with self.lock:
             op = self._node(pold)
             np_ = self._node(pnew)
@@ -78,7 +80,10 @@ class RenameOps(CopyUp, ReaddirOps):
             self.copy_up(src)
             if dst is not None:
                 self._pin_fd(dst)        # an open file replaced by the rename stays readable
-            src_wh = self._lower_positive(op, nold)
+            # RENAME_WHITEOUT: as on tmpfs/ext4 the source name is replaced by a whiteout
+            # (0/0 char device) -- here in the upper layer, where the overlay keeps its
+            # whiteouts, so the name reads as absent in the merged view as after any rename
+            src_wh = bool(flags & RENAME_WHITEOUT) or self._lower_positive(op, nold)
             dst_lower = self._lower_positive(np_, nnew)
             moves_dir = src.kind == DIR
             with self._at(UPPER, old_path) as up_src, self._at(UPPER, new_path) as up_dst:

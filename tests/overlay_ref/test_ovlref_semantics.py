@@ -448,8 +448,9 @@ def test_fallocate(std):
 
 
 @pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="pyfuse3 has no fallocate handler (FUSE_FALLOCATE gets ENOSYS -> "
-                          "EOPNOTSUPP); see the comment on OverlayFS in overlay_ref/fs.py")
+                   reason="pyfuse3 3.x wires no fallocate member into its fuse_lowlevel_ops "
+                          "(init_fuse_ops), so libfuse answers FUSE_FALLOCATE with ENOSYS and "
+                          "the kernel gives EOPNOTSUPP; see 'fallocate' in overlay_ref/README.md")
 def test_fallocate_syscall(std):
     layers, m = std
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
