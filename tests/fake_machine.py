@@ -16,6 +16,10 @@ from typing import Callable
 
 from rig.core.errors import BootError
 from rig.machine.ssh import ChannelClosed
+from rig.suite.timing import Timing
+
+# the runner's waits at a small scale, for the fake machine
+FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
 
 LOGS = Path(__file__).resolve().parent / "data" / "logs"
 

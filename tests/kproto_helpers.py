@@ -24,3 +24,22 @@ def make_patch(tree: Path, edit, subject: str, out: Path) -> Path:
                                    capture_output=True, env=env).stdout)
     shutil.rmtree(work)
     return out
+
+
+def res(status="ok", exit_code=0, signal=None, upper=None, lower_modified=False, **obs) -> dict:
+    """One harness result, as the guest harness reports it, with observations OBS."""
+    return {"status": status, "observations": {k: str(v) for k, v in obs.items()}, "exit_code": exit_code,
+            "signal": signal, "upper": upper or {}, "stderr": "", "duration_s": 0.1,
+            "error": None if status == "ok" else f"{status}!", "lower_modified": lower_modified}
+
+
+def five_verdicts(known):
+    """reference / baseline / patched results giving one test of each status: match, fixed, regressed,
+    a known divergence (mmap_known) and an error (e_error)."""
+    from rig.analysis import compare
+    good, bad, timeout = res(data="NEW"), res(data="old"), res(status="timeout")
+    return compare.compare_run(
+        {"a_match": good, "b_fixed": good, "c_regressed": good, "mmap_known": res(map_a="NEW"), "e_error": good},
+        {"a_match": good, "b_fixed": bad, "c_regressed": good, "mmap_known": res(map_a="old"), "e_error": good},
+        {"a_match": good, "b_fixed": good, "c_regressed": bad, "mmap_known": res(map_a="old"), "e_error": timeout},
+        known)

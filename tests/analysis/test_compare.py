@@ -7,12 +7,7 @@ import pytest
 from rig.analysis import compare
 from rig.analysis.compare import TestVerdict
 from rig.analysis.known import Known, KnownEntry
-
-
-def res(status="ok", exit_code=0, signal=None, upper=None, lower_modified=False, **obs) -> dict:
-    return {"status": status, "observations": {k: str(v) for k, v in obs.items()}, "exit_code": exit_code,
-            "signal": signal, "upper": upper or {}, "stderr": "", "duration_s": 0.1,
-            "error": None if status == "ok" else f"{status}!", "lower_modified": lower_modified}
+from kproto_helpers import five_verdicts, res
 
 
 GOOD = res(data="NEW")
@@ -201,11 +196,7 @@ def test_known_qualifies_diverges_and_fixed_still_reported():
 
 
 def _verdicts():
-    return compare.compare_run(
-        {"a_match": GOOD, "b_fixed": GOOD, "c_regressed": GOOD, "mmap_known": res(map_a="NEW"), "e_error": GOOD},
-        {"a_match": GOOD, "b_fixed": BAD, "c_regressed": GOOD, "mmap_known": res(map_a="old"), "e_error": GOOD},
-        {"a_match": GOOD, "b_fixed": GOOD, "c_regressed": BAD, "mmap_known": res(map_a="old"), "e_error": TIMEOUT},
-        KNOWN)
+    return five_verdicts(KNOWN)
 
 
 def test_as_json_contract():

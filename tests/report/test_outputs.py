@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from kproto_helpers import five_verdicts, res
 from rig.analysis import compare
 from rig.analysis.known import Known, KnownEntry
 from rig.report import junit, ktap, terminal
-
-
-def res(status="ok", exit_code=0, **obs) -> dict:
-    return {"status": status, "observations": {k: str(v) for k, v in obs.items()}, "exit_code": exit_code,
-            "signal": None, "upper": {}, "stderr": "", "duration_s": 0.1,
-            "error": None if status == "ok" else f"{status}!", "lower_modified": False}
 
 
 GOOD, BAD, TIMEOUT = res(data="NEW"), res(data="old"), res(status="timeout")
@@ -20,11 +15,7 @@ KNOWN = Known([KnownEntry(tests=("mmap_*",), keys=("map_*", "upper:*"), doc="ove
 
 
 def _verdicts():
-    return compare.compare_run(
-        {"a_match": GOOD, "b_fixed": GOOD, "c_regressed": GOOD, "mmap_known": res(map_a="NEW"), "e_error": GOOD},
-        {"a_match": GOOD, "b_fixed": BAD, "c_regressed": GOOD, "mmap_known": res(map_a="old"), "e_error": GOOD},
-        {"a_match": GOOD, "b_fixed": GOOD, "c_regressed": BAD, "mmap_known": res(map_a="old"), "e_error": TIMEOUT},
-        KNOWN)
+    return five_verdicts(KNOWN)
 
 
 def test_format_table_shows_differing_observations():

@@ -18,25 +18,13 @@ from click.testing import CliRunner
 from fake_machine import FakeKernel, FakeTest, log
 from kproto_helpers import DATA, FAKE_KERNEL
 from rig.core.errors import BadInput, PatchError
-from rig.suite import bisect, runner, testrun
-from rig.suite.timing import Timing
+from rig.suite import bisect
 
 SUITE = DATA / "fake_suite"
 SERIES = DATA / "patches" / "bisect"
 WARN = log("warn-on-6.12.log")
 WARN_SIG = "warning:ovl_copy_up_one@fs/overlayfs/copy_up.c"
-FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
-
-
-@pytest.fixture(autouse=True)
-def fast_runner(monkeypatch):
-    monkeypatch.setattr(runner, "TIMING", FAST)
-    orig = runner.run_kernel_suite
-
-    def fast(*a, **kw):
-        kw["timing"] = FAST
-        return orig(*a, **kw)
-    monkeypatch.setattr(testrun, "run_kernel_suite", fast)
+pytestmark = pytest.mark.usefixtures("fast_runner")
 
 
 def patches(*numbers: int) -> list[Path]:

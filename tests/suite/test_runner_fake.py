@@ -6,12 +6,10 @@ import pytest
 
 from rig.suite import runner
 from rig.suite.results import KernelRun, hang_signature
-from rig.suite.timing import Timing
 from rig.core.errors import BootError
 
-from fake_machine import FakeKernel, FakeTest, log
+from fake_machine import FAST, FakeKernel, FakeTest, log
 
-FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
 LOCKDEP = log("lockdep-abba-6.12.log")
 PANIC = log("real-oops-null-6.12.log")
 HUNG = log("hung-task-6.12.log")

@@ -11,24 +11,12 @@ import pytest
 from fake_machine import FakeKernel, FakeTest, log
 from kproto_helpers import DATA, FAKE_KERNEL, make_patch
 from rig.suite import runner
-from rig.suite.timing import Timing
 from rig.suite import results_cache, testrun
 
 SUITE = DATA / "fake_suite"
 LOCKDEP = log("lockdep-abba-6.12.log")
 WARN = log("warn-on-6.12.log")
-FAST = Timing(hang_margin=1.5, idle_limit=10.0, barrier_max=3.0, quiet=0.02, poll=0.02, death_grace=0.3)
-
-
-@pytest.fixture(autouse=True)
-def fast_runner(monkeypatch):
-    monkeypatch.setattr(runner, "TIMING", FAST)
-    orig = runner.run_kernel_suite
-
-    def fast(*a, **kw):
-        kw["timing"] = FAST
-        return orig(*a, **kw)
-    monkeypatch.setattr(testrun, "run_kernel_suite", fast)
+pytestmark = pytest.mark.usefixtures("fast_runner")
 
 
 @pytest.fixture
