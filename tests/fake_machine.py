@@ -81,7 +81,7 @@ class FakeMachine:
         self._pending: list[tuple[float, str, str]] = []     # (when, "console"|"line"|"close", text)
 
     # -- Machine protocol
-    def boot(self, timeout: float) -> float:
+    def boot(self, timeout: float, on_init: Callable[[float], None] | None = None) -> float:
         if self.k.boot_fails:
             self.console = "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n"
             raise BootError(f"QEMU exited before init was ready; console tail:\n{self.console}")

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 from rig.core.errors import BootError, InfraError, MissingTool
@@ -171,8 +172,9 @@ class VM:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout: float = 120.0) -> float:
+    def wait_ready(self, timeout: float = 120.0, on_init: Callable[[float], None] | None = None) -> float:
         """Wait for the init's ready marker, then for SSH; return seconds from QEMU start to first command.
+        ON_INIT(seconds) is called when the marker shows (init is up, SSH not yet).
         BootError with the console tail when the kernel dies, never gets to init, or SSH never answers."""
         deadline = self._t0 + timeout
         while READY_MARKER not in self.console_text():
@@ -181,6 +183,8 @@ class VM:
                 self.stop()
                 raise BootError(f"guest did not reach init within {timeout:.0f} s; console tail:\n{self.console_tail()}")
             time.sleep(0.1)
+        if on_init is not None:
+            on_init(time.monotonic() - self._t0)
         known_hosts = self.run_dir / "ssh" / "known_hosts"
         sshmod.write_known_hosts(self.run_dir / "ssh", self.port)
         self.ssh = sshmod.GuestSSH(port=self.port, key=self.run_dir / "ssh" / "client_ed25519",

@@ -29,7 +29,8 @@ class Machine(Protocol):
     @property
     def console_log(self) -> Path: ...
 
-    def boot(self, timeout: float) -> float: ...            # seconds to the first command; BootError
+    def boot(self, timeout: float, on_init: Callable[[float], None] | None = None) -> float: ...
+    # boot: seconds to the first command; BootError. on_init(s): the guest's init is up (when the machine knows)
     def console_size(self) -> int: ...
     def console_since(self, offset: int) -> str: ...
     def console_tail(self) -> str: ...
@@ -54,9 +55,9 @@ class QemuMachine:
     def accel(self) -> str:
         return self.vm.accel
 
-    def boot(self, timeout: float) -> float:
+    def boot(self, timeout: float, on_init: Callable[[float], None] | None = None) -> float:
         self.vm.start()
-        return self.vm.wait_ready(timeout)
+        return self.vm.wait_ready(timeout, on_init)
 
     def console_size(self) -> int:
         return len(self.vm.console_text())

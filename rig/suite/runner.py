@@ -25,7 +25,6 @@ timing.py (the waits).
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,7 +32,6 @@ from typing import Callable
 from rig.analysis import splats as splatmod
 from rig.core.errors import BootError
 from rig.kernel.build import Kernel
-from rig.machine.qemu import READY_MARKER
 from rig.suite.machine import Machine, MachineFactory, QemuMachine
 from rig.suite.results import KernelRun, error_result
 from rig.suite.session import BootSession, HangTracker
@@ -77,7 +75,7 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
                  (f" ({done}/{len(names)} tests done, {len(remaining)} to go)" if done else ""))
         try:
             try:
-                boot_s = _boot(machine, boot_timeout, progress, run.label)
+                boot_s = machine.boot(boot_timeout, on_init=_init_ready(progress, run.label, machine.name))
             except BootError as e:
                 if run.boots == 1:
                     e.console = machine.console_since(0)     # type: ignore[attr-defined]  # for the report
@@ -115,25 +113,8 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
     return run
 
 
-def _boot(machine: Machine, timeout: float, progress: Callable[[str], None], label: str) -> float:
-    """machine.boot(); on a QEMU machine, say when the guest's init is up (its marker on the console)
-    while the boot goes on waiting for SSH."""
-    if not isinstance(machine, QemuMachine):
-        return machine.boot(timeout)
-    stop = threading.Event()
-    t0 = time.monotonic()
-
-    def watch() -> None:
-        while not stop.wait(0.25):
-            if READY_MARKER in machine.console_since(0):
-                progress(f"[{label}] boot {machine.name}: init ready after {time.monotonic() - t0:.1f} s; "
-                         "waiting for SSH")
-                return
-
-    watcher = threading.Thread(target=watch, name=f"boot-{machine.name}", daemon=True)
-    watcher.start()
-    try:
-        return machine.boot(timeout)
-    finally:
-        stop.set()
-        watcher.join()          # its line comes before the caller's "SSH ready"
+def _init_ready(progress: Callable[[str], None], label: str, name: str) -> Callable[[float], None]:
+    """The boot's stage line for when the guest's init is up (SSH comes next)."""
+    def say(seconds: float) -> None:
+        progress(f"[{label}] boot {name}: init ready after {seconds:.1f} s; waiting for SSH")
+    return say
