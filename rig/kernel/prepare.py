@@ -52,10 +52,10 @@ def baseline(spec: KernelSpec, progress: Progress, tree: SourceTree | None = Non
 
 def patched(spec: KernelSpec, series: list[Patch], progress: Progress,
             tree: SourceTree | None = None) -> tuple[SourceTree, Kernel]:
-    """SPEC with SERIES applied (the tree is restored afterwards, whatever happens); TREE if already open."""
+    """SPEC with SERIES applied (the tree is restored afterwards, whatever happens); TREE if already open.
+    A patch that does not apply is PatchError (exit 2) from the build's own apply; callers that want it
+    before a long baseline build check first (testrun, bisect)."""
     tree = tree or open_tree(spec)
-    if series and not buildmod.cached(tree, series, tuple(spec.fragments)):
-        tree.check_applies(series)      # exit 2 now, before taking the build lock
     return tree, buildmod.build(tree, series, tuple(spec.fragments), progress=progress)
 
 
