@@ -90,10 +90,10 @@ def _kernels(patches: Sequence[Path], kernel_src: str | None, config: Sequence[P
     spec = prepare.KernelSpec(source=kernel_src, fragments=tuple(config))
     series = prepare.open_series(patches)
     tree, base_k = prepare.baseline(spec, _say)
-    _say(f"baseline kernel {base_k.version}: " + ("cached" if base_k.cached else f"built in {base_k.build_s:.0f} s"))
+    _say(f"baseline kernel {base_k.version}: " + base_k.outcome())
     if series:
         _, pat_k = prepare.patched(spec, series, _say, tree=tree)
-        _say("patched kernel: " + ("cached" if pat_k.cached else f"built in {pat_k.build_s:.0f} s"))
+        _say("patched kernel: " + pat_k.outcome())
     else:
         pat_k = base_k
     return modes.kernels(base_k, pat_k, series, tree.origin, bins, run_root, opts, _say)

@@ -160,7 +160,7 @@ def _fuzz_kernel(patches: tuple[Path, ...], kernel_src: str | None, config: tupl
     from rig.suite.testrun import new_run_dir
 
     _, kernel = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)
-    _say(f"kernel {kernel.version}: " + ("cached" if kernel.cached else f"built in {kernel.build_s:.0f} s"))
+    _say(f"kernel {kernel.version}: " + kernel.outcome())
     run_dir = new_run_dir(keep)
     try:
         with VM(bzimage=kernel.bzimage, run_dir=run_dir, name="fuzz") as vm:

@@ -77,7 +77,7 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
 def build_cmd(patches, kernel_src, config):
     """Build the base kernel with PATCH... applied (cached) and print the bzImage path."""
     k = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)[1]
-    _say(f"linux {k.version}: " + ("cached" if k.cached else f"built in {k.build_s:.0f} s"))
+    _say(f"linux {k.version}: " + k.outcome())
     click.echo(str(k.bzimage))
 
 

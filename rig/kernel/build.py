@@ -92,6 +92,12 @@ class Kernel:
     def config(self) -> Path:
         return self.bzimage.parent / "config"
 
+    def outcome(self, incremental: bool = False) -> str:
+        """How this run got the kernel, for progress lines: "cached", or "built in N s" (+ " (incremental)")."""
+        if self.cached:
+            return "cached"
+        return f"built in {self.build_s:.0f} s" + (" (incremental)" if incremental else "")
+
 
 def cache_key(tree: SourceTree, patches: list[Patch], want: kconfig.Kconfig) -> str:
     h = hashlib.sha256()

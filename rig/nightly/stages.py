@@ -69,7 +69,7 @@ def _keep_build_log(k: KernelCfg, tree: SourceTree, kern: Kernel) -> None:
 def _baseline(k: KernelCfg, say: Say) -> tuple[dict, SourceTree, Kernel]:
     tree, kern = prepare.baseline(k.spec, say)
     say(f"kernel {k.name}: linux {tree.version()} at {tree.base[:12]} ({tree.origin})")
-    say(f"kernel {k.name}: baseline " + ("cached" if kern.cached else f"built in {kern.build_s:.0f} s"))
+    say(f"kernel {k.name}: baseline " + kern.outcome())
     return {"source": tree.origin, "version": kern.version, "commit_id": tree.base}, tree, kern
 
 
@@ -122,7 +122,7 @@ def s_patched(p: dict, say: Say) -> dict:
         _, kern = prepare.patched(k.spec, series, say)
         if not kern.cached:
             _keep_build_log(k, tree, kern)
-        say("patched kernel: " + ("cached" if kern.cached else f"built in {kern.build_s:.0f} s (incremental)"))
+        say("patched kernel: " + kern.outcome(incremental=True))
         man = artifacts.snapshot(kern.key, p["where"])
         if shared is not None:
             artifacts.publish(man, shared)

@@ -170,11 +170,11 @@ def run(opts: TestOptions) -> Report:
     t = time.monotonic()
     base_kernel = prepare.baseline(spec, say, tree)[1]
     timings["build_baseline_s"] = round(time.monotonic() - t, 1)
-    say(f"baseline kernel {base_kernel.version}: " + ("cached" if base_kernel.cached else f"built in {base_kernel.build_s:.0f} s"))
+    say(f"baseline kernel {base_kernel.version}: " + base_kernel.outcome())
     t = time.monotonic()
     patched_kernel = prepare.patched(spec, series, say, tree)[1]
     timings["build_patched_s"] = round(time.monotonic() - t, 1)
-    say("patched kernel: " + ("cached" if patched_kernel.cached else f"built in {patched_kernel.build_s:.0f} s (incremental)"))
+    say("patched kernel: " + patched_kernel.outcome(incremental=True))
     timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
 
     suite = Path(opts.suite)

@@ -282,8 +282,9 @@ def test_bench_command_prepares_kernels_through_the_kernel_stage(tmp_path, monke
 
     from rig.cli import cmd_bench
     from rig.kernel import prepare
-    base = SimpleNamespace(version="6.12.0", cached=True, build_s=0.0)
-    pat = SimpleNamespace(version="6.12.0", cached=False, build_s=12.0)
+    from rig.kernel.build import Kernel
+    base = Kernel(tmp_path / "b", "6.12.0", "kb", build_s=0.0, cached=True, patches=[])
+    pat = Kernel(tmp_path / "p", "6.12.0", "kp", build_s=12.0, cached=False, patches=[])
     tree = SimpleNamespace(origin="src")
     calls = []
     monkeypatch.setattr(prepare, "open_series", lambda ps: calls.append(("series", list(ps))) or list(ps))

@@ -86,7 +86,7 @@ class _FakeVM:
 def test_kernel_target_prepares_the_patched_kernel_and_fuzzes_in_the_vm(tmp_path, monkeypatch):
     """--target kernel without a build or a boot: the kernel comes from rig.kernel.prepare (spec from
     --kernel-src/--config, series from PATCH...), sequences run in the (fake) VM, findings are emitted."""
-    from types import SimpleNamespace
+    from rig.kernel.build import Kernel
 
     from click.testing import CliRunner
 
@@ -103,7 +103,7 @@ def test_kernel_target_prepares_the_patched_kernel_and_fuzzes_in_the_vm(tmp_path
 
     def patched(spec, series, progress):
         calls["patched"] = (spec, series)
-        return None, SimpleNamespace(version="6.12-fake", cached=True, build_s=0.0, bzimage=tmp_path / "bzImage")
+        return None, Kernel(tmp_path / "bzImage", "6.12-fake", "k", build_s=0.0, cached=True, patches=[])
     monkeypatch.setattr(prepare, "open_series", lambda ps: [("series", tuple(ps))])
     monkeypatch.setattr(prepare, "patched", patched)
     monkeypatch.setattr(qemu, "VM", _FakeVM)
