@@ -4,11 +4,11 @@ builds reads them from here; nothing else in kproto names an architecture."""
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from rig.core.datafile import load_toml
 from rig.core.errors import BadInput
 
 ARCH_DIR = Path(__file__).resolve().parent / "arch"
@@ -56,8 +56,8 @@ def load(name: str | None = None) -> Arch:
     if not path.is_file():
         raise BadInput(f"no machine data for architecture {name!r} (have: {', '.join(available())}; "
                        f"add {path} or set KPROTO_ARCH to one of them)")
+    raw = load_toml(path, f"machine data for {name}")
     try:
-        raw = tomllib.loads(path.read_text())
         accel = raw["accel"]
         boot = raw["boot"]
         return Arch(name=name, qemu=str(raw["qemu"]), package=str(raw["package"]),
@@ -65,5 +65,5 @@ def load(name: str | None = None) -> Arch:
                     machine=_strs(raw.get("machine", []), f"{path}: machine"),
                     accel={k: _strs(v, f"{path}: accel.{k}") for k, v in accel.items()},
                     cmdline=str(boot["cmdline"]), devices=_strs(boot["devices"], f"{path}: boot.devices"))
-    except (tomllib.TOMLDecodeError, KeyError, AttributeError, TypeError) as e:
+    except (KeyError, AttributeError, TypeError) as e:
         raise BadInput(f"{path}: bad machine data ({type(e).__name__}: {e}); compare with {DEFAULT}.toml") from None

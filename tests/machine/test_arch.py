@@ -1,0 +1,56 @@
+"""rig/machine/arch.py: the QEMU machine as data (arch/<name>.toml), and its one-line errors."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from rig.core.errors import BadInput
+from rig.machine import arch
+
+
+@pytest.fixture
+def arch_dir(tmp_path, monkeypatch):
+    """A copy of the arch data directory the loader reads (and a fresh loader cache)."""
+    d = tmp_path / "arch"
+    shutil.copytree(arch.ARCH_DIR, d)
+    monkeypatch.setattr(arch, "ARCH_DIR", d)
+    arch.load.cache_clear()
+    yield d
+    arch.load.cache_clear()
+
+
+def test_x86_64_is_the_default_and_fills_in_the_boot_values(monkeypatch):
+    monkeypatch.delenv("KPROTO_ARCH", raising=False)
+    a = arch.load()
+    assert (a.name, a.qemu, a.make_target, a.kernel_image) == \
+        ("x86_64", "qemu-system-x86_64", "bzImage", "arch/x86/boot/bzImage")
+    args = a.qemu_args("tcg", init="/r/init", run_dir="/r", console_log="/r/c.log", monitor_sock="/r/m.sock",
+                       scratch_tag="kproto", port=2222)
+    assert args[:4] == ["-accel", "tcg", "-cpu", "max"]
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in " ".join(args) and "file,id=con,path=/r/c.log" in args
+    assert "{" not in " ".join(args)
+    assert "init=/r/init" in a.boot_cmdline(init="/r/init") and "console=ttyS0" in a.boot_cmdline(init="/x")
+
+
+def test_an_unknown_accelerator_names_the_file_and_what_it_has():
+    with pytest.raises(BadInput, match=r"no accelerator 'hvf'.*x86_64\.toml.*kvm, tcg"):
+        arch.load("x86_64").qemu_args("hvf")
+
+
+def test_an_unknown_architecture_names_the_ones_there_are(arch_dir):
+    with pytest.raises(BadInput, match=r"no machine data for architecture 'riscv64' \(have: x86_64; add .*riscv64\.toml"):
+        arch.load("riscv64")
+
+
+def test_a_row_missing_a_key_or_bad_toml_is_one_line_naming_the_file(arch_dir):
+    (arch_dir / "broken.toml").write_text((arch_dir / "x86_64.toml").read_text().replace('qemu = "', 'qemux = "'))
+    with pytest.raises(BadInput, match=r"broken\.toml: bad machine data \(KeyError: 'qemu'\)"):
+        arch.load("broken")
+    (arch_dir / "garbled.toml").write_text("qemu = [\n")
+    with pytest.raises(BadInput, match=r"garbled\.toml: not valid TOML"):
+        arch.load("garbled")
+    (arch_dir / "devs.toml").write_text((arch_dir / "x86_64.toml").read_text().replace(
+        "devices = [", "devices = [1, "))
+    with pytest.raises(BadInput, match=r"devs\.toml: boot\.devices: expected a list of strings"):
+        arch.load("devs")
