@@ -1,5 +1,6 @@
-"""QEMU guests: host root over virtio-9p (read-only), a writable per-run share, console to a file,
-user-mode networking with one hostfwd on 127.0.0.1, KVM only when it really works.
+"""QEMU guests: a curated root and the host's /usr over virtio-9p (read-only; rig/machine/guestroot.py),
+a writable per-run share, console to a file, user-mode networking with one hostfwd on 127.0.0.1, KVM only
+when it really works.
 
 Every VM started here is reaped on every path: context manager exit, exceptions, KeyboardInterrupt,
 atexit, and PR_SET_PDEATHSIG so even a SIGKILLed kproto takes its QEMU down with it.
@@ -23,6 +24,7 @@ from typing import Callable
 from rig.core.errors import BootError, InfraError, MissingTool
 from rig.core import templates
 from rig.machine import arch
+from rig.machine import guestroot
 from rig.machine import ssh as sshmod
 
 READY_MARKER = "KPROTO-GUEST-READY"
@@ -113,6 +115,7 @@ class VM:
     accel: str = ""
     boot_s: float = 0.0
     ssh: "sshmod.GuestSSH | None" = None
+    guest_root: Path | None = None  # the curated root (guestroot.ensure()), set by _prepare
     _t0: float = 0.0
     _log_offset: int = 0
 
@@ -130,6 +133,7 @@ class VM:
         if shutil.which(a.qemu) is None:
             raise MissingTool(f"{a.qemu} is not installed (apt-get install {a.package})")
         server = ssh_server()
+        self.guest_root = guestroot.ensure()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
         sshdir = self.run_dir / "ssh"
@@ -148,9 +152,13 @@ class VM:
 
     def command(self) -> list[str]:
         a = arch.load()
-        fill = dict(init=self.run_dir / "init", run_dir=self.run_dir, console_log=self.console_log,
-                    monitor_sock=self.monitor_sock, scratch_tag=SCRATCH_TAG, port=self.port)
-        cmdline = f"{a.boot_cmdline(**fill)} {self.extra_cmdline}".strip()
+        if self.guest_root is None:
+            self.guest_root = guestroot.ensure()
+        fill = dict(init=guestroot.INIT, guest_root=self.guest_root, run_dir=self.run_dir,
+                    console_log=self.console_log, monitor_sock=self.monitor_sock, scratch_tag=SCRATCH_TAG,
+                    port=self.port)
+        # after "--": the stage-1 init's arguments (rig/machine/init/init.c), the run share's tag and mount point
+        cmdline = " ".join(p for p in (a.boot_cmdline(**fill), self.extra_cmdline, "--", SCRATCH_TAG, SCRATCH_MNT) if p)
         return [a.qemu, "-nodefaults", "-display", "none", "-no-reboot",
                 "-smp", str(self.smp), "-m", str(self.memory_mb),
                 "-kernel", str(self.bzimage), "-append", cmdline, *a.qemu_args(self.accel or "tcg", **fill)]

@@ -25,11 +25,15 @@ def test_x86_64_is_the_default_and_fills_in_the_boot_values(monkeypatch):
     a = arch.load()
     assert (a.name, a.qemu, a.make_target, a.kernel_image) == \
         ("x86_64", "qemu-system-x86_64", "bzImage", "arch/x86/boot/bzImage")
-    args = a.qemu_args("tcg", init="/r/init", run_dir="/r", console_log="/r/c.log", monitor_sock="/r/m.sock",
-                       scratch_tag="kproto", port=2222)
+    args = a.qemu_args("tcg", init="/init", guest_root="/g", run_dir="/r", console_log="/r/c.log",
+                       monitor_sock="/r/m.sock", scratch_tag="kproto", port=2222)
     assert args[:4] == ["-accel", "tcg", "-cpu", "max"]
     assert "hostfwd=tcp:127.0.0.1:2222-:22" in " ".join(args) and "file,id=con,path=/r/c.log" in args
     assert "{" not in " ".join(args)
+    # the guest's root is the curated tree, its /usr the host's; the host's "/" is never exported
+    paths = [x.split("path=")[1].split(",")[0] for x in args if x.startswith("local,")]
+    assert paths == ["/g", "/usr", "/r"]
+    assert all(x.endswith("readonly=on,multidevs=remap") for x in args if x.startswith("local,id=root") or x.startswith("local,id=usr"))
     assert "init=/r/init" in a.boot_cmdline(init="/r/init") and "console=ttyS0" in a.boot_cmdline(init="/x")
 
 

@@ -63,6 +63,38 @@ def test_boot_ssh_and_isolation(baseline_kernel, run_dir):
     assert oct((keys / "client_ed25519").stat().st_mode & 0o777) == "0o600"
 
 
+def test_guest_cannot_read_a_planted_host_secret(baseline_kernel, run_dir):
+    """The kernel under test and every guest program see the curated root and /usr, not the host's /:
+    secrets planted in /root, /etc, /home and /var/tmp, the host's /etc/shadow and ssh host keys stay out."""
+    import secrets
+    token = f"kproto-planted-{secrets.token_hex(8)}"
+    planted = [Path("/root") / f".{token}", Path("/etc") / token, Path("/home") / token / "token",
+               Path("/var/tmp") / token]
+    try:
+        for p in planted:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(token + "\n")
+        with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="secret") as vm:
+            vm.wait_ready(120)
+            for p in planted:
+                rc, out, _ = vm.ssh.run(f"cat {p}", timeout=30)
+                assert rc != 0 and token not in out, f"the guest read {p}"
+            rc, out, _ = vm.ssh.run("ls -A / /etc /root /home; cat /etc/passwd", timeout=30)
+            assert rc == 0 and token not in out
+            assert "shadow" not in out.split() and "ssh" not in out.split()
+            assert sorted(out.split("\n\n")[0].split("\n")[1:]) == \
+                ["bin", "dev", "etc", "home", "init", "lib", "lib64", "mnt", "proc", "root", "run", "sbin", "sys",
+                 "tmp", "usr", "var"]
+            # what the guest does need still works: the host's programs through /usr, names, the loader
+            rc, out, _ = vm.ssh.run("python3 -c 'import pwd; print(pwd.getpwuid(0).pw_name)' && awk 'BEGIN{print 6*7}'",
+                                    timeout=60)
+            assert rc == 0 and out.split() == ["root", "42"]
+    finally:
+        for p in planted:
+            p.unlink(missing_ok=True)
+        (Path("/home") / token).rmdir() if (Path("/home") / token).is_dir() else None
+
+
 def test_kernel_that_never_reaches_init_is_a_boot_error_with_console_tail(baseline_kernel, run_dir):
     guest = vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="noinit",
                      extra_cmdline="init=/nonexistent/init")
