@@ -24,7 +24,7 @@ ENV = jinja2.Environment(loader=jinja2.FileSystemLoader([str(d) for d in TEMPLAT
 
 
 def path(name: str) -> Path:
-    """The file behind template NAME (for files copied verbatim, e.g. ip.batch)."""
+    """The file behind template NAME (for files copied verbatim)."""
     for d in TEMPLATE_DIRS:
         if (d / name).is_file():
             return d / name

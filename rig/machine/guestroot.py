@@ -2,7 +2,7 @@
 
 QEMU exports two read-only 9p shares to a guest: this root (mount tag /dev/root, the kernel mounts it as
 "/") and the host's /usr (tag "usr"). The root holds the stage-1 init (init/init.c, a static binary: it
-mounts /usr and the run's share, then execs the rendered init.sh), mount points, the merged-/usr symlinks
+mounts /usr and the run's share, then carries out the rendered boot.plan), mount points, the merged-/usr symlinks
 (bin -> usr/bin ...) and a generated /etc: passwd/group/hosts... from templates/etc/ plus the few host
 /etc entries guestroot.toml names (the loader's cache, Debian's alternatives, ...). Nothing else of the
 host is visible: not /root, /home, /etc/shadow, ssh host keys, tokens, other checkouts.

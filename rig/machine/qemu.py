@@ -142,13 +142,9 @@ class VM:
         if server == "dropbear" and not (sshdir / "host_ed25519.dropbear").exists():
             sshmod.dropbear_host_key(sshdir)
         (sshdir / "sshd_config").write_text(templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
-        init = self.run_dir / "init"
-        init.write_text(templates.render("init.sh.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT, run_dir=self.run_dir,
-                                ready_marker=READY_MARKER, hung_task_timeout=self.hung_task_timeout,
-                                ssh_server=server))
-        (self.run_dir / "fstab").write_text(templates.render("fstab.j2", scratch_tag=SCRATCH_TAG, scratch_mnt=SCRATCH_MNT))
-        shutil.copy2(templates.path("ip.batch"), self.run_dir / "ip.batch")
-        os.chmod(init, 0o755)
+        (self.run_dir / "boot.plan").write_text(templates.render(
+            "boot.plan.j2", scratch_mnt=SCRATCH_MNT, ready_marker=READY_MARKER,
+            hung_task_timeout=self.hung_task_timeout, ssh_server=server))
 
     def command(self) -> list[str]:
         a = arch.load()
@@ -208,7 +204,7 @@ class VM:
                     self.stop()
                     raise BootError(f"SSH to the guest never answered within {timeout:.0f} s ({e}); "
                                     f"console tail:\n{self.console_tail()}")
-                time.sleep(0.2)
+                time.sleep(0.05)                # the server is starting: slirp refused at once, retry soon
         self.boot_s = time.monotonic() - self._t0
         return self.boot_s
 

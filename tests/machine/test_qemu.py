@@ -95,6 +95,27 @@ def test_guest_cannot_read_a_planted_host_secret(baseline_kernel, run_dir):
         (Path("/home") / token).rmdir() if (Path("/home") / token).is_dir() else None
 
 
+def test_a_failing_boot_plan_step_is_named_on_the_console_and_the_boot_goes_on(baseline_kernel, run_dir, monkeypatch):
+    render = vmmod.templates.render
+
+    def with_bad_steps(name, **kw):
+        text = render(name, **kw)
+        if name == "boot.plan.j2":   # before the ready marker: one mount that fails, one unknown step
+            text = text.replace("\nready ", "\nmount none /mnt/x nosuchfs -\nfrobnicate now\nready ")
+        return text
+
+    monkeypatch.setattr(vmmod.templates, "render", with_bad_steps)
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="plan") as vm:
+        vm.wait_ready(120)
+        assert vm.ssh.run("true", timeout=30)[0] == 0
+        console = vm.console_text()
+    lines = (run_dir / "boot.plan").read_text().splitlines()
+    bad_mount = lines.index("mount none /mnt/x nosuchfs -") + 1
+    assert f"kproto-init: boot.plan line {bad_mount} (mount): No such device" in console
+    assert f"kproto-init: boot.plan line {bad_mount + 1} (frobnicate): unknown step" in console
+    assert "kproto-init: 2 step(s) of /mnt/kproto/boot.plan failed" in console
+
+
 def test_kernel_that_never_reaches_init_is_a_boot_error_with_console_tail(baseline_kernel, run_dir):
     guest = vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="noinit",
                      extra_cmdline="init=/nonexistent/init")

@@ -123,7 +123,7 @@ def test_cache_keys_cover_the_analysis_code_and_the_suite(tmp_path, monkeypatch)
     monkeypatch.setattr(results_cache, "RIG", fake_rig)
     same = results_cache.analysis_fingerprint(suite)
     for changed in (fake_rig / "suite" / "runner.py", fake_rig / "guest" / "harness.py",
-                    fake_rig / "machine" / "templates" / "init.sh.j2", fake_rig / "machine" / "arch" / "x86_64.toml"):
+                    fake_rig / "machine" / "templates" / "boot.plan.j2", fake_rig / "machine" / "arch" / "x86_64.toml"):
         changed.write_text(changed.read_text() + "\n# changed\n")
         assert results_cache.analysis_fingerprint(suite) != same, changed
         same = results_cache.analysis_fingerprint(suite)
