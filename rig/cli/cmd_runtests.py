@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from rig.core import progress
 from rig.suite import runtests
 
 
@@ -25,5 +26,6 @@ def command(target: str, pattern: str | None, json_path: Path | None, junit_path
 
     Exit 0: every test matches or is a known divergence; 1: unexplained divergences; 3: infrastructure error.
     """
-    code = runtests.run(target, pattern, json_path, junit_path, ktap, timeout, echo=click.echo)
+    code = runtests.run(target, pattern, json_path, junit_path, ktap, timeout, echo=click.echo,
+                        progress=progress.for_stderr("kproto: "))
     sys.exit(code)

@@ -40,8 +40,11 @@ _say = progress.for_stderr("kproto: ")   # one line per message; a live line on 
               help="extra fresh boots of each kernel for tests whose outcome can vary (splat, hang, error, "
                    "concurrent) and differs between the kernels")
 @click.option("--allow-flaky", is_flag=True, help="a test whose outcome varies across boots does not make the verdict exit 1")
+@click.option("-v", "--verbose", is_flag=True,
+              help="list every test and splat in the report (default: the tests that do not match the reference, "
+                   "a count of those that do, and the new splats)")
 def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, no_checks,
-             rerun_baseline, confirm, allow_flaky):
+             rerun_baseline, confirm, allow_flaky, verbose):
     """Build PATCH... on the base kernel, boot baseline and patched kernels, run the guest tests,
     compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
 
@@ -59,7 +62,7 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
             e.report.write_json(json_out)
             _say(f"partial results written to {json_out}")
         raise
-    click.echo(report_terminal.render(rep))
+    click.echo(report_terminal.render(rep, verbose=verbose))
     if json_out:
         rep.write_json(json_out)
     if junit_out:
@@ -77,7 +80,8 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
 def build_cmd(patches, kernel_src, config):
     """Build the base kernel with PATCH... applied (cached) and print the bzImage path."""
     k = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)[1]
-    _say(f"linux {k.version}: " + k.outcome())
+    if k.cached:            # a build has said "built ... kernel: N objects in T" itself: one line per kernel
+        _say(f"linux {k.version}: " + k.outcome())
     click.echo(str(k.bzimage))
 
 

@@ -31,6 +31,21 @@ CLEAR = "\r\x1b[K"      # back to column 0, erase to the end of the line
 
 # ---------------------------------------------------------------- arithmetic (pure)
 
+def singular(noun: str) -> str:
+    """The singular of a plural English NOUN as progress lines use them: objects -> object,
+    patches -> patch, boots -> boot (a word that is not a regular plural is returned as is)."""
+    if noun.endswith(("ches", "shes", "sses", "xes")):
+        return noun[:-2]
+    if noun.endswith("s") and not noun.endswith("ss"):
+        return noun[:-1]
+    return noun
+
+
+def plural(n: int, noun: str) -> str:
+    """N and NOUN (given in the plural) agreeing: "1 object", "0 objects", "2 objects"."""
+    return f"{n} {singular(noun) if n == 1 else noun}"
+
+
 def fmt_duration(seconds: float) -> str:
     """45 s, 3 min 05 s, 1 h 02 min."""
     s = max(0, int(round(seconds)))
@@ -82,11 +97,12 @@ class Snapshot:
         parts = []
         if self.total is not None and self.done <= self.total:
             pct = 100 * self.done // self.total if self.total else 100
-            parts.append(f"{self.done}/{self.total} {self.unit} ({pct}%)".replace("  ", " "))
+            unit = singular(self.unit) if self.total == 1 else self.unit     # "1/1 object", "3/36 tests"
+            parts.append(f"{self.done}/{self.total} {unit} ({pct}%)".replace("  ", " "))
         elif self.total is not None:
-            parts.append(f"{self.done} {self.unit} (more than the {self.total} expected)".replace("  ", " "))
+            parts.append(f"{plural(self.done, self.unit)} (more than the {self.total} expected)".replace("  ", " "))
         else:
-            parts.append(f"{self.done} {self.unit}".strip())
+            parts.append(plural(self.done, self.unit).strip())
         left = eta(self.done, self.total, self.elapsed, self.expected_s)
         if left is not None:               # before the rest: what a narrow live line keeps
             parts.append(f"ETA {fmt_duration(left)}")
@@ -174,7 +190,7 @@ class Reporter:
             self._erase()
             self._stage, self._live = None, None
             if summary is None and st is not None:
-                summary = f"{st.name}: {st.done} {st.unit} in {fmt_duration(self.clock() - self._t0)}".replace("  ", " ")
+                summary = f"{st.name}: {plural(st.done, st.unit)} in {fmt_duration(self.clock() - self._t0)}".replace("  ", " ")
             if summary:
                 self._say(summary)
 

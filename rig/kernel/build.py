@@ -261,7 +261,7 @@ def _make_image(tree: SourceTree, objdir: Path, target: str, log: Path, what: st
     elif kind == "resumed":
         note = f"{cmd}, finishing an earlier build of this object tree that did not complete"
     elif expected:
-        note = f"{cmd}, full build of ~{expected} objects" + \
+        note = f"{cmd}, full build of ~{progressmod.plural(expected, 'objects')}" + \
             (f", last one took {progressmod.fmt_duration(expected_s)}" if expected_s else "")
     else:
         note = f"{cmd}, full build, the first of this config: no object count to expect yet"
@@ -274,7 +274,7 @@ def _make_image(tree: SourceTree, objdir: Path, target: str, log: Path, what: st
         rep.done("")
         raise
     seconds = time.monotonic() - t0
-    rep.done(f"built {what} kernel: {counter.objects} objects in {progressmod.fmt_duration(seconds)}"
+    rep.done(f"built {what} kernel: {progressmod.plural(counter.objects, 'objects')} in {progressmod.fmt_duration(seconds)}"
              + ("" if kind == "full" else f" ({kind})"))
     if kind != "resumed":       # a resumed build's count says nothing about the next one
         _record(objdir, stats_key, kind, counter.objects, seconds)

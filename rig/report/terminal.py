@@ -10,6 +10,7 @@ from typing import Sequence
 from rig.analysis import verdict as verdictmod
 from rig.analysis.compare import COLUMNS, TestVerdict, counts
 from rig.analysis.verdict import TestStatus
+from rig.core.progress import plural
 from rig.report.model import Report
 
 PAD = f"  {'':<10}   "        # indent of the lines under a test in the report
@@ -43,7 +44,7 @@ def _test_lines(t: dict, w: int) -> list[str]:
     return lines
 
 
-def _splat_lines(sp: dict) -> list[str]:
+def _splat_lines(sp: dict, verbose: bool = False) -> list[str]:
     lines: list[str] = []
     if sp.get("new"):
         lines.append(f"NEW SPLATS in the patched kernel ({len(sp['new'])}):")
@@ -58,15 +59,18 @@ def _splat_lines(sp: dict) -> list[str]:
             lines.extend(f"      | {ln}" for ln in excerpt)
     else:
         lines.append(f"splats: none new (baseline {len(sp.get('baseline', []))}, patched {len(sp.get('patched', []))})")
-    for s in sp.get("baseline", []):
-        lines.append(f"  (also in baseline) {s['kind']}: {s['title']}")
+    if verbose:
+        for s in sp.get("baseline", []):
+            lines.append(f"  (also in baseline) {s['kind']}: {s['title']}")
+    elif sp.get("new") and sp.get("baseline"):
+        lines.append(f"  ({plural(len(sp['baseline']), 'splats')} in the baseline too; -v lists them)")
     return lines
 
 
 def _check_lines(checks: dict) -> list[str]:
     cp = [p.get("checkpatch") or {} for p in checks.get("patches", [])]
     errs, warns = sum(c.get("errors", 0) for c in cp), sum(c.get("warnings", 0) for c in cp)
-    lines = [f"checkpatch: {errs} error(s), {warns} warning(s) over {len(cp)} patch(es)"
+    lines = [f"checkpatch: {plural(errs, 'errors')}, {plural(warns, 'warnings')} over {plural(len(cp), 'patches')}"
              + ("" if not (errs or warns) else " (kproto check PATCH... for the findings)")]
     if checks.get("to"):
         lines.append(f"To: {', '.join(checks['to'])}")
@@ -75,8 +79,20 @@ def _check_lines(checks: dict) -> list[str]:
     return lines
 
 
-def render(report: Report) -> str:
-    """The whole `kproto test` report as terminal text."""
+def _rest_line(matching: list[dict], shown: int) -> str:
+    """The one line that stands for the matching tests the default report does not list."""
+    n = len(matching)
+    what = (f"all {plural(n, 'tests')}" if not shown and n > 1 else
+            plural(n, "tests") if not shown else f"{n} more {'test' if n == 1 else 'tests'}")
+    odd = sum(1 for t in matching if t.get("side_effects"))
+    return (f"  {what} {'matches' if n == 1 else 'match'} the reference ("
+            + (f"{odd} with side effects; " if odd else "") + f"-v lists {'it' if n == 1 else 'them'})")
+
+
+def render(report: Report, verbose: bool = False) -> str:
+    """The whole `kproto test` report as terminal text. By default the tests that do not match the
+    reference are listed (with what differs) and the matching ones are one count; the new splats are
+    shown, the baseline's only counted. VERBOSE lists every test and every splat."""
     lines: list[str] = []
     k = report.kernel
     names = ", ".join(Path(p["path"]).name for p in report.patches) or "(no patches)"
@@ -86,12 +102,18 @@ def render(report: Report) -> str:
         per[t["status"]] = per.get(t["status"], 0) + 1
     lines.append("tests: " + ", ".join(f"{n} {s}" for s, n in sorted(per.items(), key=lambda x: verdictmod.order(x[0]))))
     lines.append("")
-    w = max([len(t["name"]) for t in report.tests] + [10])
-    lines.append(f"  {'STATUS':<10} {'TEST':<{w}}  reference | baseline | patched")
-    for t in sorted(report.tests, key=lambda t: (verdictmod.order(t["status"]), t["name"])):
-        lines.extend(_test_lines(t, w))
+    ordered = sorted(report.tests, key=lambda t: (verdictmod.order(t["status"]), t["name"]))
+    listed = ordered if verbose else [t for t in ordered if t["status"] != TestStatus.MATCH]
+    matching = [] if verbose else [t for t in ordered if t["status"] == TestStatus.MATCH]
+    if listed:
+        w = max([len(t["name"]) for t in listed] + [10])
+        lines.append(f"  {'STATUS':<10} {'TEST':<{w}}  reference | baseline | patched")
+        for t in listed:
+            lines.extend(_test_lines(t, w))
+    if matching:
+        lines.append(_rest_line(matching, len(listed)))
     lines.append("")
-    lines.extend(_splat_lines(report.splats))
+    lines.extend(_splat_lines(report.splats, verbose))
     if report.checks:
         lines.extend(_check_lines(report.checks))
     lines.append("")
@@ -138,5 +160,5 @@ def format_table(verdicts: list[TestVerdict], columns: Sequence[str] = COLUMNS) 
     summary = ", ".join(f"{n} {s}" for s, n in c.items() if n and s != "known")
     if c["known"]:
         summary += f" ({c['known']} known)"
-    lines.append(f"{len(verdicts)} tests: {summary or 'none'}")
+    lines.append(f"{plural(len(verdicts), 'tests')}: {summary or 'none'}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from rig.analysis.known import load_known
 from rig.report import junit, ktap as report_ktap, terminal as report_terminal
 from rig.guest import programs as guest_build
 from rig.core import paths
+from rig.core.progress import plural
 from rig.core.errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED, InfraError, MissingTool
 from rig.guest import harness
 
@@ -63,6 +64,20 @@ def _check_root() -> None:
         raise InfraError("run-tests mounts overlay and FUSE filesystems: run it as root")
 
 
+def result_lines(label: str, total: int, progress: Callable[[str], None]) -> Callable[[dict], None]:
+    """The harness's event callback for one side of the run: a line per finished test with n/N of the
+    side's tests done, as `kproto test` prints them ("[reference] 3/36 name: status")."""
+    done = 0
+
+    def emit(ev: dict) -> None:
+        nonlocal done
+        if ev.get("event") == "result":
+            done += 1
+            extra = f" ({ev['error']})" if ev.get("error") else ""
+            progress(f"[{label}] {done}/{total} {ev['name']}: {ev['status']}{extra}")
+    return emit
+
+
 def run_suite(target: str, pattern: str | None = None, timeout: float | None = None,
               progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
               tests_dir: Path | None = None, work_root: Path | None = None,
@@ -88,11 +103,9 @@ def run_suite(target: str, pattern: str | None = None, timeout: float | None = N
     try:
         for label, htarget, store in (("reference", "ref", run.reference),
                                       (target, TARGETS[target], run.results)):
-            def emit(ev: dict, label=label) -> None:
-                if ev.get("event") == "result":
-                    extra = f" ({ev['error']})" if ev.get("error") else ""
-                    progress(f"[{label}] {ev['name']}: {ev['status']}{extra}")
-            res = harness.run_tests(bins, tests_dir, work / label, htarget, pattern, timeout, emit, ref_python)
+            progress(f"[{label}] running {plural(len(specs), 'tests')}")
+            res = harness.run_tests(bins, tests_dir, work / label, htarget, pattern, timeout,
+                                    result_lines(label, len(specs), progress), ref_python)
             store.update({r["name"]: r for r in res})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -103,9 +116,10 @@ def run_suite(target: str, pattern: str | None = None, timeout: float | None = N
 
 def run(target: str, pattern: str | None = None, json_path: Path | None = None,
         junit_path: Path | None = None, ktap: bool = False, timeout: float | None = None,
-        echo: Callable[[str], None] = print) -> int:
-    """The whole command: run, print the table (or KTAP), write JSON / JUnit; returns the exit code."""
-    suite = run_suite(target, pattern, timeout)
+        echo: Callable[[str], None] = print, progress: Callable[[str], None] | None = None) -> int:
+    """The whole command: run, print the table (or KTAP), write JSON / JUnit; returns the exit code.
+    PROGRESS: where the per-test lines go (default: stderr, as run_suite's)."""
+    suite = run_suite(target, pattern, timeout, progress=progress or (lambda m: print(m, file=sys.stderr)))
     cols = ("reference", f"patched:{target}")
     if ktap:
         echo(report_ktap.to_ktap(suite.verdicts, columns=("reference", "patched")).rstrip("\n"))

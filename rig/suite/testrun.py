@@ -16,6 +16,7 @@ from typing import Callable
 from rig.kernel import build as buildmod
 from rig.kernel import prepare
 from rig.core import cache
+from rig.core import progress as progressmod
 from rig.analysis import compare
 from rig.analysis.known import load_known
 from rig.analysis import verdict as verdictmod
@@ -167,14 +168,18 @@ def run(opts: TestOptions) -> Report:
         tree.check_applies(series)      # exit 2 now, not after a cold baseline build
     timings: dict[str, float] = {}
 
+    # one line per kernel: a build ends with its own "built ... kernel: N objects in T" line, so only a
+    # cached kernel is announced here
     t = time.monotonic()
     base_kernel = prepare.baseline(spec, say, tree)[1]
     timings["build_baseline_s"] = round(time.monotonic() - t, 1)
-    say(f"baseline kernel {base_kernel.version}: " + base_kernel.outcome())
+    if base_kernel.cached:
+        say(f"baseline kernel {base_kernel.version}: " + base_kernel.outcome())
     t = time.monotonic()
     patched_kernel = prepare.patched(spec, series, say, tree)[1]
     timings["build_patched_s"] = round(time.monotonic() - t, 1)
-    say("patched kernel: " + patched_kernel.outcome(incremental=True))
+    if patched_kernel.cached:
+        say("patched kernel: " + patched_kernel.outcome(incremental=True))
     timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
 
     suite = Path(opts.suite)
@@ -204,7 +209,7 @@ def run(opts: TestOptions) -> Report:
             say(f"reference: results cached ({ref_cache.name})")
             ref_future = pool.submit(timed, lambda: json.loads(ref_cache.read_text()))
         else:
-            say(f"reference: running {len(names)} test(s) on overlay_ref (in the background)")
+            say(f"reference: running {progressmod.plural(len(names), 'tests')} on overlay_ref (in the background)")
             ref_future = pool.submit(timed, run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
         cached = results_cache.baseline_path(suite, base_kernel, bins, names, opts.timeout)
         if cached.is_file() and not opts.rerun_baseline:
@@ -249,7 +254,7 @@ def run(opts: TestOptions) -> Report:
                       and needs_confirmation(evidence[n], n in concurrent)]
             if not wanted:
                 break
-            say(f"confirming {len(wanted)} test(s) on fresh boots of both kernels (round {rnd}/{opts.confirm}): "
+            say(f"confirming {progressmod.plural(len(wanted), 'tests')} on fresh boots of both kernels (round {rnd}/{opts.confirm}): "
                 f"{', '.join(wanted[:4])}{' ...' if len(wanted) > 4 else ''}")
             for label, kernel in (("baseline", base_kernel), ("patched", patched_kernel)):
                 ccache = results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout, extra=f"confirm-{rnd}") \

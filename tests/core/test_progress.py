@@ -119,6 +119,34 @@ def test_a_small_total_gives_at_most_one_line_per_tenth():
     assert [l.split(": ")[1].split(",")[0] for l in out[1:]] == ["1/3 objects (33%)", "2/3 objects (66%)"]
 
 
+@pytest.mark.parametrize("n, noun, want", [
+    (1, "objects", "1 object"), (0, "objects", "0 objects"), (2, "objects", "2 objects"),
+    (1, "tests", "1 test"), (1, "boots", "1 boot"), (1, "splats", "1 splat"), (1, "patches", "1 patch"),
+    (3, "patches", "3 patches"), (1, "errors", "1 error"), (1, "bytes", "1 byte"), (1, "", "1 "),
+])
+def test_plural_agrees_with_the_count(n, noun, want):
+    assert progress.plural(n, noun) == want
+
+
+def test_one_object_is_an_object_in_every_rendering():
+    assert Snapshot("b", "objects", 1, None, 4.0).text().startswith("b: 1 object, ")
+    assert Snapshot("b", "objects", 0, 1, 4.0).text().startswith("b: 0/1 object (0%)")
+    assert Snapshot("b", "objects", 1, 36, 4.0).text().startswith("b: 1/36 objects (2%)")
+    assert Snapshot("b", "objects", 2, 1, 4.0).text().startswith("b: 2 objects (more than the 1 expected)")
+    out: list[str] = []
+    clock = Clock()
+    rep = Reporter(out.append, clock=clock)
+    rep.stage("building patched kernel", unit="objects")
+    clock.t += 3
+    rep.update(1)
+    rep.done()
+    assert out[-1] == "building patched kernel: 1 object in 3 s"
+    rep.stage("s")                                           # no unit: no stray blank
+    rep.update(1)
+    rep.done()
+    assert out[-1] == "s: 1 in 0 s"
+
+
 def test_messages_pass_through_unchanged():
     out: list[str] = []
     rep = Reporter(out.append)

@@ -184,6 +184,27 @@ def test_an_unfinished_build_is_resumed_without_a_made_up_total(src, kcache):
     assert json.loads((_objdir(src) / build.STATS).read_text())["full"]["objects"] == 3   # not overwritten
 
 
+def test_a_build_of_one_object_says_object(src, kcache):
+    build.build(src, [], progress=lambda m: None)
+    shutil.rmtree(kcache / "kernels")
+    (_objdir(src) / "arch/x86/boot/bzImage").unlink()     # only the image to make again: BUILD, one object
+    out: list[str] = []
+    build.build(src, [], progress=out.append)
+    assert re.fullmatch(r"built baseline kernel: 1 object in \d+ s \(resumed\)", out[-1]), out
+
+
+def test_the_expected_count_of_a_full_build_agrees_with_its_noun(src, kcache):
+    build.build(src, [], progress=lambda m: None)
+    shutil.rmtree(kcache / "kernels")
+    shutil.rmtree(_objdir(src))
+    glob = kcache / "build" / build.STATS
+    glob.write_text(json.dumps({k: dict(v, objects=1) for k, v in json.loads(glob.read_text()).items()}))
+    out: list[str] = []
+    build.build(src, [], progress=out.append)
+    stage = next(l for l in out if l.startswith("building baseline kernel ("))
+    assert "full build of ~1 object," in stage, stage
+
+
 def test_live_line_on_a_terminal(src, monkeypatch):
     class TTY(io.StringIO):
         def isatty(self) -> bool:

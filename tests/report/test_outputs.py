@@ -33,6 +33,11 @@ def test_format_table_shows_differing_observations():
     assert "host" in two and "baseline" not in two
 
 
+def test_format_table_of_one_test_says_test():
+    out = terminal.format_table(compare.compare_target({"t": GOOD}, {"t": GOOD}, None))
+    assert out.splitlines()[-1] == "1 test: 1 match"
+
+
 def test_junit_and_ktap():
     vs = _verdicts()
     root = ET.fromstring(junit.to_junit(vs, "suite"))

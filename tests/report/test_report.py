@@ -74,7 +74,7 @@ def test_terminal_summary_puts_regressions_first_with_their_observations():
     fixed = next(i for i, l in enumerate(lines) if "FIXED" in l)
     assert first < fixed
     assert "listing: a,b | a,b | a" in text
-    assert "side effect: src: copied up here" in text
+    assert "side effect: src: copied up here" in terminal.render(_report(), verbose=True)   # a matching test's
     assert "NEW SPLATS in the patched kernel (1):" in text and "possible deadlock in ovl_mmap" in text
     assert lines[-1].startswith("VERDICT: REGRESSED (1 test(s) regressed")
     assert "total 41.5 s" in text
@@ -119,6 +119,73 @@ def test_terminal_shows_the_boot_counts_and_signature_of_a_new_splat():
     assert "possible deadlock in ovl_mmap  [seen in 3/3 patched boots, 0/3 baseline boots]" in out
     assert "signature: lockdep-cycle:&mm->mmap_lock|x" in out
     assert "FLAKY" in out and "patched-2: error" in out
+
+
+def _many(n_match: int, others=("regressed",), baseline_splats=0, new_splat=True) -> report.Report:
+    rep = _report()
+    rep.tests = ([_test(f"other_{i}", st, [("k", "r", "b", "p")]) for i, st in enumerate(others)]
+                 + [_test(f"same_{i:02d}", "match") for i in range(n_match)])
+    base = [dict(SPLAT, kind="warn", title=f"WARNING in base_{i}") for i in range(baseline_splats)]
+    rep.splats = {"baseline": base, "patched": base + ([SPLAT] if new_splat else []),
+                  "new": [SPLAT] if new_splat else []}
+    return rep
+
+
+def test_by_default_the_report_lists_what_does_not_match_and_counts_the_rest():
+    out = terminal.render(_many(34, others=("regressed", "fixed"), baseline_splats=2))
+    lines = out.splitlines()
+    assert any(l.startswith("  REGRESSED") and "other_0" in l for l in lines)
+    assert any(l.startswith("  FIXED") and "other_1" in l for l in lines)
+    assert not [l for l in lines if "same_" in l]                       # no matching test by name
+    assert "  34 more tests match the reference (-v lists them)" in lines
+    assert "tests: 1 regressed, 1 fixed, 34 match" in lines              # the counts line is unchanged
+    assert "NEW SPLATS in the patched kernel (1):" in out and "possible deadlock in ovl_mmap" in out
+    assert "base_0" not in out                                           # the baseline's splats: a count
+    assert "  (2 splats in the baseline too; -v lists them)" in lines
+
+
+def test_verbose_lists_every_test_and_every_splat():
+    out = terminal.render(_many(34, baseline_splats=2), verbose=True)
+    lines = out.splitlines()
+    assert sum(1 for l in lines if l.startswith("  MATCH") and "same_" in l) == 34
+    assert "match the reference" not in out and "-v lists" not in out
+    assert "  (also in baseline) warn: WARNING in base_0" in lines and "  (also in baseline) warn: WARNING in base_1" in lines
+
+
+@pytest.mark.parametrize("n_match, others, line", [
+    (1, ("regressed",), "  1 more test matches the reference (-v lists it)"),
+    (36, (), "  all 36 tests match the reference (-v lists them)"),
+    (1, (), "  1 test matches the reference (-v lists it)"),
+])
+def test_the_count_of_matching_tests_reads_as_english(n_match, others, line):
+    out = terminal.render(_many(n_match, others=others, new_splat=False))
+    assert line in out.splitlines(), out
+    if not others:                                   # nothing to list: no empty table header either
+        assert "STATUS" not in out
+
+
+def test_matching_tests_with_side_effects_are_counted_as_such():
+    rep = _many(3)
+    rep.tests[1]["side_effects"] = ["src: copied up here, not by the reference"]
+    out = terminal.render(rep)
+    assert "  3 more tests match the reference (1 with side effects; -v lists them)" in out.splitlines()
+    assert "side effect: src: copied up here" in terminal.render(rep, verbose=True)
+
+
+def test_no_new_splat_and_baseline_splats_are_one_line_by_default():
+    out = terminal.render(_many(2, baseline_splats=1, new_splat=False))
+    assert "splats: none new (baseline 1, patched 1)" in out and "base_0" not in out
+    assert "(also in baseline) warn: WARNING in base_0" in terminal.render(_many(2, baseline_splats=1, new_splat=False),
+                                                                           verbose=True)
+
+
+def test_counts_in_the_report_agree_with_their_nouns():
+    rep = _many(2)
+    rep.checks = {"patches": [{"checkpatch": {"errors": 1, "warnings": 2}}]}
+    out = terminal.render(rep)
+    assert "checkpatch: 1 error, 2 warnings over 1 patch (kproto check PATCH... for the findings)" in out
+    rep.checks = {"patches": [{"checkpatch": {"errors": 0, "warnings": 1}}, {"checkpatch": {}}]}
+    assert "checkpatch: 0 errors, 1 warning over 2 patches" in terminal.render(rep)
 
 
 def test_json_codec_round_trip(tmp_path):

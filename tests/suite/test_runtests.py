@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from kproto_helpers import res
 from rig.cli import cmd_runtests
+from rig.guest import harness
 from rig.analysis import compare
 from rig.suite import runtests
 from rig.core.errors import InfraError
@@ -38,6 +42,38 @@ def test_command_is_registered():
     assert main.get_command(None, "run-tests") is cmd_runtests.command
     r = CliRunner().invoke(main, ["run-tests", "--target", "nope"])
     assert r.exit_code == 2
+
+
+FAKE_SUITE = Path(__file__).resolve().parents[1] / "data" / "fake_suite"
+
+
+def _fake_harness(monkeypatch, tmp_path, failing=()):
+    """run-tests without programs, mounts or FUSE: the harness replays a result per selected test."""
+    monkeypatch.setattr(runtests, "_check_root", lambda: None)
+    monkeypatch.setattr(runtests.guest_build, "build", lambda d: tmp_path)
+
+    def run_tests(bins, tests, work, target, pattern, timeout, emit, ref_python):
+        out = []
+        for spec in harness.select(harness.load_specs(tests), pattern):
+            emit({"event": "start", "name": spec.name})
+            r = dict(res("error" if (target, spec.name) in failing else "ok", data="x"), event="result", name=spec.name)
+            emit(r)
+            out.append(r)
+        emit({"event": "done"})
+        return out
+    monkeypatch.setattr(runtests.harness, "run_tests", run_tests)
+
+
+def test_run_tests_progress_shows_n_of_n_tests_done(monkeypatch, tmp_path):
+    _fake_harness(monkeypatch, tmp_path, failing={("overlay", "b_read")})
+    out: list[str] = []
+    run = runtests.run_suite("host", progress=out.append, tests_dir=FAKE_SUITE, work_root=tmp_path)
+    assert out == ["[reference] running 2 tests", "[reference] 1/2 a_read: ok", "[reference] 2/2 b_read: ok",
+                   "[host] running 2 tests", "[host] 1/2 a_read: ok", "[host] 2/2 b_read: error (error!)"]
+    assert set(run.results) == {"a_read", "b_read"}
+    one: list[str] = []
+    runtests.run_suite("ref", pattern="a_read", progress=one.append, tests_dir=FAKE_SUITE, work_root=tmp_path)
+    assert one == ["[reference] running 1 test", "[reference] 1/1 a_read: ok", "[ref] running 1 test", "[ref] 1/1 a_read: ok"]
 
 
 def test_unknown_pattern_is_one_line_error():
@@ -80,7 +116,8 @@ def test_run_tests_ref_against_itself_is_clean(tmp_path):
     r = CliRunner().invoke(main, ["run-tests", "--target", "ref", "-k", "rfc,mmap_shared", "--ktap",
                                   "--json", str(tmp_path / "j.json")])
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("KTAP version 1")
+    assert r.stdout.startswith("KTAP version 1")              # the progress lines are on stderr
+    assert re.search(r"^kproto: \[ref\] (\d+)/\1 \w+: ok$", r.stderr, re.M), r.stderr
     data = json.loads((tmp_path / "j.json").read_text())
     assert {t["name"] for t in data["tests"]} >= {"rfc_read_ro_fd_after_copyup", "mmap_shared_ro_after_copyup"}
     assert all(t["status"] == "match" for t in data["tests"])

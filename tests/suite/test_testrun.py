@@ -3,6 +3,7 @@ boots, flaky tests, lockdep's never-a-false-alarm rule, a patched kernel that do
 The reference runs for real (FUSE), on a two-test suite whose programs print the same on every target."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def patch(tmp_path) -> Path:
 
 def _run(tmp_path, fake_tarball, patch, base: FakeKernel, patched: FakeKernel, **kw):
     opts = testrun.TestOptions(patches=[patch], kernel_src=str(fake_tarball), checks=False, suite=SUITE,
-                               progress=lambda m: None,
+                               progress=kw.pop("progress", lambda m: None),
                                machine_factories={"baseline": base.factory(tmp_path), "patched": patched.factory(tmp_path)},
                                **kw)
     return testrun.run(opts)
@@ -99,6 +100,36 @@ def test_patched_kernel_that_does_not_boot_is_the_patchs_regression(tmp_path, kc
     assert "Unable to mount root fs" in rep.reasons[0]
     assert {t["status"] for t in rep.tests} == {"error"}
     assert any(s["kind"] == "panic" for s in rep.splats["new"])
+
+
+def _how_got(lines: list[str], what: str) -> list[str]:
+    """The progress lines that say how the run got its WHAT (baseline/patched) kernel: built or cached."""
+    return [l for l in lines if l.startswith(f"built {what} kernel:")
+            or re.match(rf"{what} kernel( \S+)?: (cached|built)", l)]
+
+
+def test_each_kernel_is_announced_once_built_or_cached(tmp_path, kcache, fake_tarball, patch):
+    out: list[str] = []
+    _run(tmp_path, fake_tarball, patch, FakeKernel(), FakeKernel(), progress=out.append, pattern="a_read")
+    assert [re.sub(r"\d+ s", "T", l) for l in _how_got(out, "baseline")] == ["built baseline kernel: 3 objects in T"], out
+    assert [re.sub(r"\d+ s", "T", l) for l in _how_got(out, "patched")] == \
+        ["built patched kernel: 2 objects in T (incremental)"], out
+    assert "reference: running 1 test on overlay_ref (in the background)" in out, out
+    again: list[str] = []
+    _run(tmp_path, fake_tarball, patch, FakeKernel(), FakeKernel(), progress=again.append)
+    assert _how_got(again, "baseline") == ["baseline kernel 6.12.0-fake: cached"], again
+    assert _how_got(again, "patched") == ["patched kernel: cached"], again
+    assert "reference: running 2 tests on overlay_ref (in the background)" in again, again
+    # the guest runs show n/N of the kernel's tests done
+    assert [l for l in again if l.startswith("[patched] ") and ": ok" in l] == \
+        ["[patched] 1/2 a_read: ok", "[patched] 2/2 b_read: ok"], again
+
+
+def test_the_confirmation_line_counts_its_tests_in_english(tmp_path, kcache, fake_tarball, patch):
+    pat = FakeKernel(lambda name, boot, m: FakeTest(console=WARN) if name == "b_read" else FakeTest())
+    out: list[str] = []
+    _run(tmp_path, fake_tarball, patch, FakeKernel(), pat, progress=out.append, confirm=1)
+    assert any(l.startswith("confirming 1 test on fresh boots of both kernels (round 1/1): b_read") for l in out), out
 
 
 def test_baseline_results_are_cached_and_reused(tmp_path, kcache, fake_tarball, patch):
