@@ -18,11 +18,12 @@ from rig.nightly.stages import LOCAL, prepare_kernel
 
 class Engine:
     def __init__(self, sess: cluster.Session, ccfg: cluster.ClusterCfg, test_fn: Any, kernel_fn: Any, inproc: bool,
-                 refs: dict[str, str | None]):
+                 refs: dict[str, str | None]) -> None:
         self.sess, self.ccfg = sess, ccfg
         self.test_fn, self.kernel_fn = test_fn, kernel_fn
         self.inproc = inproc
         self.test_ref, self.kernel_ref = refs.get("test_fn"), refs.get("kernel_fn")
+        self.bisect_ref = refs.get("bisect_fn")
         self.matrix: Matrix | None = None
 
     def start(self, cfg: NightlyConfig, report_dir: Path, say: Callable[[str], None]) -> Matrix:
@@ -63,18 +64,20 @@ def _ref(fn: Any, what: str, registry: dict[str, object]) -> str | None:
 
 @contextlib.contextmanager
 def engine(cfg: NightlyConfig, say: Callable[[str], None], scheduler: str | None = None, test_fn: Any = None,
-           kernel_fn: Any = None) -> Iterator[Engine]:
-    """Connect to (or embed) the Dask cluster before any work starts. TEST_FN / KERNEL_FN: None (kproto
-    test / the real baseline build), 'module:function' (importable by the workers), or a Python object
-    (in-process stand-ins for tests: run in the thread of the embedded cluster, one at a time)."""
+           kernel_fn: Any = None, bisect_fn: Any = None) -> Iterator[Engine]:
+    """Connect to (or embed) the Dask cluster before any work starts. TEST_FN / KERNEL_FN / BISECT_FN: None
+    (kproto test / the real baseline build / kproto bisect), 'module:function' (importable by the workers),
+    or a Python object (in-process stand-ins for tests: run in the thread of the embedded cluster, one at a
+    time)."""
     if kernel_fn is prepare_kernel:
         kernel_fn = None
-    inproc = any(f is not None and not isinstance(f, str) for f in (test_fn, kernel_fn))
+    inproc = any(f is not None and not isinstance(f, str) for f in (test_fn, kernel_fn, bisect_fn))
     refs: dict[str, str | None] = {}
     tokens: list[str] = []
     try:
         refs["test_fn"] = _ref(test_fn, "test_fn", LOCAL)
         refs["kernel_fn"] = _ref(kernel_fn, "kernel_fn", LOCAL)
+        refs["bisect_fn"] = _ref(bisect_fn, "bisect_fn", LOCAL)
         tokens = [r for r in refs.values() if r and r.startswith("local:")]
         ok = False
         eng = None

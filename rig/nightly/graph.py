@@ -11,7 +11,8 @@ Per (source, config) one baseline; per (kernel x series) cell a chain:
   patched   [cpus=build_cpus, objtree=1] kproto test's apply/checkpatch pass, then the incremental build in the
      |                                   baseline's object tree: only the worker holding it can run it
   test      [cpus=test_cpus (+kvm=1)]    fetch the two kernels if built elsewhere, then kproto test (the
-     |                                   injectable test_fn) with the patched kernel a cache hit
+     |                                   injectable test_fn) with the patched kernel a cache hit; a regressed
+     |                                   series: its first bad patch (kproto bisect, rig/nightly/bisecting.py)
   extra     [cpus=build_cpus (+kvm=1)]   kproto bench / kproto fuzz when configured
 
 Tasks take and return plain data: specs (rig/nightly/specs.py: patch and config-fragment contents, not driver
@@ -170,7 +171,9 @@ def t_test(cspec: dict, up: dict, ctx: dict) -> dict:
             return {"record": {"outcome": patched.get("outcome", "error"), "error": patched.get("error"),
                                "started": started, "finished": now_iso()}}
         fetched = _ensure_kernels(base, patched, ctx, say, "kproto test")
-        out = _call(ctx, "rig.nightly.stages:s_test", {"cspec": cspec, "test_fn": ctx["test_fn"]}, say, where)
+        out = _call(ctx, "rig.nightly.stages:s_test", {"cspec": cspec, "test_fn": ctx["test_fn"],
+                                                        "bisect_fn": ctx.get("bisect_fn"),
+                                                        "bisect": bool(ctx.get("bisect"))}, say, where)
         out["fetched"] = fetched
         return out
     out = _task("test", cspec["label"], ctx, body)

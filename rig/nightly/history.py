@@ -67,15 +67,22 @@ def _by_series(store: Store, series: str, limit: int, as_json: bool) -> str:
                     "series": key[2], "outcome": d["outcome"], "verdict": s.get("verdict"),
                     "tests": d["counts"], "error": s.get("error"),
                     "patches": [Path(p["path"]).name for p in s.get("patches", [])],
-                    "series_hash": (s.get("series_hash") or "")[:12]})
+                    "series_hash": (s.get("series_hash") or "")[:12],
+                    "first_bad": _first_bad(s.get("bisect"))})
     if as_json:
         return json.dumps(out, indent=1) + "\n"
     if not out:
         return f"no series matching {series!r} in the last {limit} runs\n"
     body = [[f"#{o['run']}" + ("" if o["complete"] else "*"), o["started"], o["series"], o["outcome"],
              o["verdict"] or "", ", ".join(f"{n} {s}" for s, n in sorted(o["tests"].items())),
-             o["series_hash"], (o["error"] or "")[:70]] for o in out]
-    return _table(["RUN", "STARTED", "SERIES", "OUTCOME", "VERDICT", "TESTS", "PATCHES", "ERROR"], body)
+             o["series_hash"], o["first_bad"] or "", (o["error"] or "")[:70]] for o in out]
+    return _table(["RUN", "STARTED", "SERIES", "OUTCOME", "VERDICT", "TESTS", "PATCHES", "FIRST BAD", "ERROR"], body)
+
+
+def _first_bad(b: dict | None) -> str | None:
+    """The file name of a series' first bad patch (rig/nightly/bisecting.py), if one was named."""
+    fb = (b or {}).get("first_bad")
+    return Path(fb["path"]).name if fb else None
 
 
 def _by_run(store: Store, runs: list[dict], as_json: bool) -> str:

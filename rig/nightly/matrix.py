@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 PRIO_BASELINE, PRIO_BUILD, PRIO_TEST = 3_000_000, 2_000_000, 1_000_000
 POLL_S = 2.0
 _RECORD_FIELDS = ("outcome", "verdict", "error", "kernel_version", "tests", "splats", "timings", "notes",
-                  "started", "finished", "bench", "findings")
+                  "started", "finished", "bench", "findings", "bisect")
 
 
 @dataclass
@@ -51,6 +51,10 @@ class Matrix:
         self.ctx: dict[str, Any] = {
             "token": token, "topic": f"kproto-nightly-{token}", "inproc": eng.inproc, "code": CODE,
             "test_fn": eng.test_ref, "kernel_fn": eng.kernel_ref, "real": self.real,
+            # a regressed series of several patches is bisected with real kernels and kproto test, or with
+            # the run's stand-in bisect_fn; never with stand-in kernels or tests (they would build real ones)
+            "bisect_fn": eng.bisect_ref,
+            "bisect": eng.bisect_ref is not None or (self.real and eng.test_ref is None),
             "shared": str(eng.ccfg.artifacts) if eng.ccfg.artifacts else None,
             "objtree": {gid: f"objtree-{token}-{gid}" for gid in groups}}
         self.placements: list[dict] = []

@@ -43,6 +43,9 @@ class SeriesRecord:
     bench: list[dict] = field(default_factory=list)        # kproto bench --json "metrics" entries
     findings: list[dict] = field(default_factory=list)     # kproto fuzz --json "findings" entries
     notes: list[str] = field(default_factory=list)
+    # the first bad patch of a regressed series (rig/nightly/bisecting.py: kproto bisect's --json + "bisected",
+    # "evidence"); None when the series did not regress or was not bisected
+    bisect: dict | None = None
     started: str | None = None
     finished: str | None = None
     verdicts: list = field(default_factory=list, repr=False, compare=False)   # compare.TestVerdict (JUnit), not stored

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from rig.analysis.compare import TestVerdict
 from rig.core import templates
 from rig.report import junit
 from rig.nightly.record import SeriesRecord
 from rig.nightly.store import Store
-from rig.nightly.summary import SEVERITY_ORDER, change_text, series_line, text_summary
+from rig.nightly.summary import SEVERITY_ORDER, bisect_line, change_text, series_line, text_summary
 
 if TYPE_CHECKING:
     from rig.nightly.config import NightlyConfig
@@ -34,7 +34,8 @@ def record_json(r: SeriesRecord) -> dict:
     return {"kernel": r.kernel, "name": r.name, "outcome": r.outcome, "stages": r.stages(), "verdict": r.verdict,
             "error": r.error, "notes": r.notes, "kernel_version": r.kernel_version, "patches": r.patches,
             "series_hash": r.series_hash, "tests": r.tests, "splats": r.splats, "timings": r.timings,
-            "bench": r.bench, "findings": r.findings, "started": r.started, "finished": r.finished}
+            "bench": r.bench, "findings": r.findings, "bisect": r.bisect, "started": r.started,
+            "finished": r.finished}
 
 
 def report_json(run_row: dict, prev: dict | None, kernels: list[dict], records: list[SeriesRecord],
@@ -135,7 +136,8 @@ def _bench_charts(recs: list[SeriesRecord | None]) -> list[dict]:
     return charts
 
 
-_HTML_FILTERS = {"change_text": change_text, "short": lambda s, n=12: (s or "")[:n]}
+_HTML_FILTERS: dict[str, Callable[..., Any]] = {"change_text": change_text, "short": lambda s, n=12: (s or "")[:n],
+                                               "bisect_line": bisect_line}
 
 
 def render_html(ctx: dict) -> str:

@@ -58,15 +58,19 @@ class NightlyResult:
 
 
 def run(cfg: NightlyConfig, say: Say | None = None, test_fn: Callable | str | None = None,
-        kernel_fn: Callable | str | None = None, scheduler: str | None = None) -> NightlyResult:
-    """One nightly run under the lock. TEST_FN (kproto test's run) and KERNEL_FN (kernel name/version/commit
-    and baseline build) are replaceable for tests without a VM: Python objects run in-process (embedded
-    cluster only), 'module:function' strings wherever the Dask workers can import them. SCHEDULER (or the
-    config's [cluster] scheduler): a Dask scheduler to run the matrix on instead of the embedded cluster."""
+        kernel_fn: Callable | str | None = None, scheduler: str | None = None,
+        bisect_fn: Callable | str | None = None) -> NightlyResult:
+    """One nightly run under the lock. TEST_FN (kproto test's run), KERNEL_FN (kernel name/version/commit
+    and baseline build) and BISECT_FN (kproto bisect's run, for a regressed series of several patches) are
+    replaceable for tests without a VM: Python objects run in-process (embedded cluster only),
+    'module:function' strings wherever the Dask workers can import them. With a stand-in TEST_FN or
+    KERNEL_FN and no BISECT_FN, series are not bisected (a one-patch series still names its patch).
+    SCHEDULER (or the config's [cluster] scheduler): a Dask scheduler to run the matrix on instead of the
+    embedded cluster."""
     out: Say = say or (lambda m: print(f"kproto nightly: {m}", file=sys.stderr))
     with nightly_lock(cfg.lock_path):
         # the cluster is up, or an unreachable scheduler has failed the run (exit 3), before anything is written
-        with engine(cfg, out, scheduler=scheduler, test_fn=test_fn, kernel_fn=kernel_fn) as eng:
+        with engine(cfg, out, scheduler=scheduler, test_fn=test_fn, kernel_fn=kernel_fn, bisect_fn=bisect_fn) as eng:
             store = Store.open(cfg.db)
             try:
                 return _run_locked(cfg, store, out, eng)

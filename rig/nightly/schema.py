@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2     # 2: splats.signature
+SCHEMA_VERSION = 3     # 2: splats.signature; 3: series.bisect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS series (
     kernel_version TEXT,
     started      TEXT,
     finished     TEXT,
+    bisect       TEXT,                       -- JSON: first bad patch of a regressed series (nightly/bisecting.py)
     UNIQUE (run_id, kernel, name)
 );
 CREATE TABLE IF NOT EXISTS test_results (
@@ -122,3 +123,6 @@ def migrate(conn: sqlite3.Connection) -> None:
     cols = {r[1] for r in conn.execute("PRAGMA table_info(splats)")}
     if "signature" not in cols:
         conn.execute("ALTER TABLE splats ADD COLUMN signature TEXT")
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(series)")}
+    if "bisect" not in cols:
+        conn.execute("ALTER TABLE series ADD COLUMN bisect TEXT")

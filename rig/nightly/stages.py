@@ -5,7 +5,9 @@ rig/nightly/children.py, or in the thread of the embedded cluster for in-process
   s_baseline   prepare the baseline kernel (rig.kernel.prepare.baseline), or the stand-in kernel_fn
   s_patched    kproto test's pre-build pass (apply + checkpatch, cached) and the patched build
                (rig.kernel.prepare.patched) in the baseline's object tree
-  s_test       kproto test (run_series: the outcome from the exception it raises)
+  s_test       kproto test (run_series: the outcome from the exception it raises); for a regressed series,
+               its first bad patch (rig/nightly/bisecting.py: kproto bisect, reusing this run's kernels
+               and report)
   s_extra      kproto bench / kproto fuzz (rig/nightly/subcommands.py)
 """
 from __future__ import annotations
@@ -22,11 +24,12 @@ from rig.kernel import artifacts, prepare
 from rig.kernel.build import Kernel
 from rig.kernel.patches import Patch, series_digest
 from rig.kernel.tree import SourceTree
-from rig.nightly import cluster, subcommands
+from rig.nightly import bisecting, cluster, subcommands
 from rig.nightly.children import resolve
 from rig.nightly.config import KernelCfg, SeriesCfg
 from rig.nightly.record import SeriesRecord, now_iso
 from rig.nightly.specs import kernel_cfg, record_to_dict, series_cfg
+from rig.report.model import Report
 
 Say = Callable[[str], None]
 
@@ -145,13 +148,20 @@ def s_patched(p: dict, say: Say) -> dict:
 def run_series(kernel: KernelCfg, s: SeriesCfg, timeout: float | None, say: Say,
                test_fn: Callable | None = None) -> SeriesRecord:
     """kproto test for one series on one kernel; the failure stage from the exception kproto test raises."""
+    return _run_series(kernel, s, timeout, say, test_fn)[0]
+
+
+def _run_series(kernel: KernelCfg, s: SeriesCfg, timeout: float | None, say: Say,
+                test_fn: Callable | None = None) -> tuple[SeriesRecord, Report | None]:
+    """run_series, and the kproto test report when there is one (the whole-series step of a bisection)."""
     from rig.suite import testrun
     test_fn = test_fn or testrun.run
     rec = blank_record(kernel.name, s)
+    rep: Report | None = None
     opts = testrun.TestOptions(patches=list(s.paths), kernel_src=kernel.source, config=kernel.config,
                                pattern=s.tests, timeout=timeout, progress=say)
     try:
-        rep = test_fn(opts)
+        got = test_fn(opts)
     except PatchError as e:
         rec.outcome, rec.error = "apply-failed", one_line(e)
     except BuildError as e:
@@ -164,24 +174,35 @@ def run_series(kernel: KernelCfg, s: SeriesCfg, timeout: float | None, say: Say,
         rec.outcome, rec.error = "error", one_line(e)
         say("internal error:\n" + traceback.format_exc())
     else:
-        j = rep.as_json()
+        rep = got if isinstance(got, Report) else None
+        j = got.as_json()
         rec.outcome, rec.verdict = "tested", j["verdict"]
         rec.kernel_version = (j.get("kernel") or {}).get("version")
         rec.tests, rec.splats, rec.timings = j["tests"], j["splats"], j["timings"]
-        rec.verdicts = rep.verdicts    # for JUnit
+        rec.verdicts = got.verdicts    # for JUnit
         if rec.verdict == "error":
             rec.error = "; ".join(j.get("reasons") or []) or None
     if rec.error:
         say(f"{rec.outcome}: {rec.error}")
     rec.finished = now_iso()
-    return rec
+    return rec, rep
 
 
 def s_test(p: dict, say: Say) -> dict:
-    """kproto test for the cell (or the stand-in test_fn)."""
+    """kproto test for the cell (or the stand-in test_fn); a regressed series gets its first bad patch."""
     k = kernel_cfg(p["cspec"]["kspec"], p["inproc"])
     s = series_cfg(p["cspec"], p["inproc"])
-    rec = run_series(k, s, p["cspec"]["timeout"], say, _fn(p["test_fn"]))
+    timeout = p["cspec"]["timeout"]
+    rec, rep = _run_series(k, s, timeout, say, _fn(p["test_fn"]))
+    if bisecting.needs_bisect(rec.outcome, rec.verdict):
+        bisect_fn = _fn(p.get("bisect_fn"))
+        rec.bisect = bisecting.first_bad(list(s.paths), k.source, k.config, timeout, rec.tests, rec.splats, rep,
+                                         say, enabled=bool(p.get("bisect")), bisect_fn=bisect_fn)
+        if rec.bisect is not None:
+            say(bisecting.text(rec.bisect))
+            if rec.bisect["result"] == "error":
+                rec.notes.append(rec.bisect["message"])
+        rec.finished = now_iso()
     return {"record": record_to_dict(rec), "accel": cluster.accel_here()}
 
 

@@ -112,10 +112,12 @@ class Store:
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO series(run_id, kernel, name, patches, series_hash, outcome, applies, builds, boots, tested,"
-                " verdict, error, notes, kernel_version, started, finished) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " verdict, error, notes, kernel_version, started, finished, bisect)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, rec.kernel, rec.name, json.dumps(rec.patches), rec.series_hash, rec.outcome,
                  st["applies"], st["builds"], st["boots"], st["tested"], rec.verdict, rec.error, json.dumps(rec.notes),
-                 rec.kernel_version, rec.started, rec.finished or now_iso()))
+                 rec.kernel_version, rec.started, rec.finished or now_iso(),
+                 json.dumps(rec.bisect, sort_keys=True) if rec.bisect is not None else None))
             sid = int(cur.lastrowid or 0)
             for t in rec.tests:
                 self.conn.execute("INSERT INTO test_results(series_id, name, status, known, observations) VALUES (?,?,?,?,?)",
@@ -199,6 +201,7 @@ class Store:
             d = dict(r)
             d["patches"] = json.loads(d["patches"])
             d["notes"] = json.loads(d["notes"] or "[]")
+            d["bisect"] = json.loads(d["bisect"]) if d.get("bisect") else None
             out.append(d)
         return out
 
@@ -229,7 +232,7 @@ class Store:
                                     outcome=row["outcome"], series_hash=row["series_hash"], verdict=row["verdict"],
                                     error=row["error"], kernel_version=row["kernel_version"], tests=tests,
                                     splats=splats, timings=timings, bench=bench, findings=findings, notes=row["notes"],
-                                    started=row["started"], finished=row["finished"]))
+                                    bisect=row["bisect"], started=row["started"], finished=row["finished"]))
         return out
 
     def changes(self, run_id: int) -> list[dict]:

@@ -45,6 +45,18 @@ def change_text(c: dict, with_kernel: bool = False) -> str:
     return text
 
 
+def bisect_line(b: dict) -> str:
+    """A series' first-bad-patch entry (rig/nightly/bisecting.py) as the summary and the HTML report say it:
+    "first bad patch: 0003-foo.patch (evidence ...)"."""
+    fb = b.get("first_bad")
+    if fb:
+        return f"first bad patch: {Path(fb['path']).name} ({b.get('evidence') or b.get('message') or ''})"
+    if b.get("candidates"):
+        names = ", ".join(Path(c["path"]).name for c in b["candidates"])
+        return f"first bad patch: one of {names} ({b.get('message') or ''})"
+    return f"bisect: {b.get('result')}: {b.get('message') or ''}"
+
+
 def duration(a: str | None, b: str | None) -> str:
     if not a or not b:
         return "?"
@@ -97,6 +109,8 @@ def text_summary(run_row: dict, prev: dict | None, kernels: list[dict], records:
     for r in records:
         kn = f" [{r.kernel}]" if len(kernels) > 1 else ""
         L.append(f"  {r.name:<{w}}{kn}  {series_line(r)}")
+        if r.bisect:
+            L.append(f"  {'':<{w}}  {bisect_line(r.bisect)}")
         for n in r.notes:
             L.append(f"  {'':<{w}}  note: {n}")
     for e in kernel_errors:

@@ -20,6 +20,10 @@ is `flaky` and counts as good unless `--flaky-bad`, so one unlucky boot cannot m
 that does not build (for `--test`/`--splat`) is `skip`ped, as `git bisect skip` would; when only skipped
 prefixes are left the answer is the range of candidates.
 
+A caller that already ran `kproto test` on the whole series (the nightly) passes that report as
+BisectOptions.whole: the whole-series step and the baseline's judgement come from it instead of a second
+run, and its kernels (baseline and whole series) are the build cache's hits.
+
 The result names the first bad patch with every step's evidence (docs/design.md §4: exit 1 when a first
 bad patch or range was named, 0 when the series does not regress, 2 bad input, 3 infrastructure).
 """
@@ -81,6 +85,8 @@ class BisectOptions:
     suite: Path = GUEST_TESTS
     keep: bool = False
     machines: Machines | None = None
+    # the whole series' kproto test report when the caller already has it (the nightly): not run again
+    whole: Report | None = None
     progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
 
 
@@ -167,7 +173,8 @@ class _Bisector:
             return None, Step(k, "skip", "does not build: cannot be tested (skipped)", ev)
         return kernel, None
 
-    def step(self, k: int) -> tuple[Step, Report | None]:
+    def step(self, k: int, report: Report | None = None) -> tuple[Step, Report | None]:
+        """Prefix K's verdict; REPORT: its kproto test report when the caller already ran it (not run again)."""
         kernel, failed = self.build(k)
         if failed is not None:
             return failed, None
@@ -175,10 +182,12 @@ class _Bisector:
         built = {"ok": True, "cached": kernel.cached, "build_s": round(kernel.build_s, 1)}
         if self.crit.kind == "build":
             return Step(k, "good", "builds", {"build": built}), None
-        rep = self._run(k, kernel)
+        rep = report if report is not None else self._run(k, kernel)
         verdict, reason, ev = (self._judge_test if self.crit.kind == "test" else self._judge_splat)(rep)
         ev["build"] = built
         ev["report"] = {"verdict": str(rep.verdict), "reasons": rep.reasons}
+        if report is not None:
+            ev["report"]["reused"] = True        # the caller's own run of the whole series
         return Step(k, verdict, reason, ev), rep
 
     def _run(self, k: int, kernel: Kernel) -> Report:
@@ -278,7 +287,7 @@ def run(opts: BisectOptions) -> BisectResult:
         return BisectResult(crit, series, result, message, steps=steps, **kw)
 
     # the endpoints: the baseline must be good, the whole series bad
-    last, rep = b.step(n)
+    last, rep = b.step(n, opts.whole)
     b.say(f"whole series ({n}/{n}): {last.verdict}: {last.reason}")
     steps.append(_baseline_step(crit, rep, last))
     if steps[0].verdict == "bad":

@@ -174,7 +174,7 @@ def test_old_database_gets_the_signature_column(tmp_path):
         assert s.load_series(r2)[0].splats["patched"] == [sp]
     with Store.open(path) as s:        # opening again does not try to add it twice
         assert [r[1] for r in s.conn.execute("PRAGMA table_info(splats)")].count("signature") == 1
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_changes_and_test_history(store):
@@ -200,3 +200,41 @@ def test_finding_key_stable():
     f = {"ops": ["open f w", "pread f 0 3"], "first_difference": {"op_index": 1, "reference": "bar", "target": "foo"}}
     assert finding_key(f) == "pread|bar|foo"
     assert finding_key({}) == "?|None|None"
+
+
+BISECT = {"criterion": {"kind": "test", "value": "a_read"}, "result": "found", "message": "first bad patch: 0003 x",
+          "first_bad": {"index": 3, "path": "/p/0003-x.patch", "subject": "x", "sha256": "ef" * 32},
+          "candidates": [], "series": [], "steps": [{"prefix": 3, "verdict": "bad"}], "bisected": True,
+          "evidence": "a_read regressed"}
+
+
+def test_bisect_entry_roundtrip_and_none_when_not_bisected(store):
+    rid = store.begin_run("h")
+    store.add_series(rid, rec("bad", bisect=BISECT))
+    store.add_series(rid, rec("clean"))
+    bad, clean = store.load_series(rid)
+    assert bad.bisect == BISECT and clean.bisect is None
+    rows = {r["name"]: r for r in store.series_rows(rid)}
+    assert rows["bad"]["bisect"]["first_bad"]["index"] == 3 and rows["clean"]["bisect"] is None
+
+
+def test_schema_2_database_gets_the_bisect_column(tmp_path):
+    """A history written before series.bisect existed: opened, migrated once, its rows read back as unbisected."""
+    path = tmp_path / "h.sqlite"
+    with Store.open(path) as s:
+        rid = s.begin_run("h")
+        s.add_series(rid, rec())
+        s.finish_run(rid, 0)
+    conn = sqlite3.connect(path)
+    conn.executescript("ALTER TABLE series DROP COLUMN bisect; PRAGMA user_version = 2;")
+    conn.close()
+    with Store.open(path) as s:
+        assert "bisect" in [r[1] for r in s.conn.execute("PRAGMA table_info(series)")]
+        [old] = s.load_series(rid)
+        assert old.bisect is None
+        r2 = s.begin_run("h")
+        s.add_series(r2, rec(bisect=BISECT))
+        assert s.load_series(r2)[0].bisect == BISECT
+    with Store.open(path) as s:
+        assert [r[1] for r in s.conn.execute("PRAGMA table_info(series)")].count("bisect") == 1
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

@@ -237,3 +237,27 @@ def test_cli(tmp_path, kcache, fake_tarball):
         r = cli.invoke(main, ["bisect", *args, "--kernel-src", str(fake_tarball), str(series[0])])
         assert r.exit_code == 2, (args, r.output)
         assert "kproto: error: " in r.output
+
+
+def test_a_whole_series_report_the_caller_has_is_not_run_again(tmp_path, kcache, fake_tarball):
+    """The nightly hands bisect the series' own kproto test report: the whole series is not booted again,
+    its kernel is a cache hit, and the answer is the same."""
+    from rig.kernel import prepare
+    from rig.suite import testrun
+    m = Machines(tmp_path)
+    prep = prepare.prepare(prepare.KernelSpec(str(fake_tarball)), [SERIES], lambda msg: None)
+    whole = testrun.run(testrun.TestOptions(
+        patches=[SERIES], kernel_src=str(fake_tarball), suite=SUITE, checks=False, allow_flaky=True,
+        machine_factories={"baseline": m(prep.baseline, "baseline"), "patched": m(prep.patched, "patched")},
+        progress=lambda msg: None))
+    assert whole.verdict == "regressed"
+    booted = len(m.booted)
+    res = _bisect(tmp_path, fake_tarball, [SERIES], bisect.Criterion("test", "a_read"), m, whole=whole)
+    assert res.result == "found" and res.first_bad == 3
+    assert prefixes(res) == [(0, "good"), (4, "bad"), (2, "good"), (3, "bad")]
+    four = next(s for s in res.steps if s.prefix == 4)
+    assert four.evidence["report"]["reused"] is True and four.evidence["build"]["cached"] is True
+    assert four.evidence["test"]["status"] == "regressed"
+    # only prefixes 2 and 3 were booted (a baseline and a patched machine each): not the whole series again
+    assert len(m.booted) - booted == 4
+    assert [t for lab, k in m.booted[booted:] if lab == "patched" for _, t in k.ran] == ["a_read", "a_read"]
