@@ -115,9 +115,13 @@ class LocalDask:
         assert sf.is_file(), (d / "scheduler.log").read_text()
         time.sleep(0.2)
         self.address = json.loads(sf.read_text())["address"]
-        for name, wenv, extra in workers:
-            self.add_worker(name, wenv, extra)
-        self.wait_workers(len(workers))
+        try:
+            for name, wenv, extra in workers:
+                self.add_worker(name, wenv, extra)
+            self.wait_workers(len(workers))
+        except BaseException:
+            self.stop()                 # the caller never gets the object: stop what was started here
+            raise
 
     def add_worker(self, name: str, wenv: dict, extra: list[str]) -> None:
         cache = self.caches[name] = self.d / f"cache-{name}"
