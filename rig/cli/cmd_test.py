@@ -40,11 +40,14 @@ _say = progress.for_stderr("kproto: ")   # one line per message; a live line on 
               help="extra fresh boots of each kernel for tests whose outcome can vary (splat, hang, error, "
                    "concurrent) and differs between the kernels")
 @click.option("--allow-flaky", is_flag=True, help="a test whose outcome varies across boots does not make the verdict exit 1")
+@click.option("--repro", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="write a reproducer bundle per finding under DIR/<test>/ (run it with its reproduce.sh or "
+                   "kproto reproduce DIR/<test>)")
 @click.option("-v", "--verbose", is_flag=True,
               help="list every test and splat in the report (default: the tests that do not match the reference, "
                    "a count of those that do, and the new splats)")
 def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, no_checks,
-             rerun_baseline, confirm, allow_flaky, verbose):
+             rerun_baseline, confirm, allow_flaky, repro, verbose):
     """Build PATCH... on the base kernel, boot baseline and patched kernels, run the guest tests,
     compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
 
@@ -53,7 +56,7 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
     from rig.suite import testrun
     opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
                                pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline, checks=not no_checks,
-                               confirm=confirm, allow_flaky=allow_flaky,
+                               confirm=confirm, allow_flaky=allow_flaky, repro=repro,
                                progress=_say, **({"suite": suite} if suite else {}))
     try:
         rep = testrun.run(opts)

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from rig.cli import cmd_bench, cmd_bisect, cmd_check, cmd_fuzz, cmd_nightly, cmd_ref, cmd_runtests, cmd_scan, cmd_test
+from rig.cli import (cmd_bench, cmd_bisect, cmd_check, cmd_fuzz, cmd_nightly, cmd_ref, cmd_reproduce, cmd_runtests,
+                     cmd_scan, cmd_test)
 from rig.core.errors import EXIT_INFRA, KprotoError
 
 COMMANDS: list[click.Command] = [
@@ -25,6 +26,7 @@ COMMANDS: list[click.Command] = [
     cmd_nightly.history_cmd,      # kproto history
     cmd_fuzz.command,             # kproto fuzz
     cmd_bisect.bisect_cmd,        # kproto bisect
+    cmd_reproduce.reproduce_cmd,  # kproto reproduce
 ]
 
 

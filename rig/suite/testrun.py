@@ -34,6 +34,7 @@ from rig.suite import results_cache
 from rig.suite.results import KernelRun
 from rig.suite.runner import run_kernel_suite
 from rig.machine.qemu import kvm_works
+from rig.suite import repro as repromod
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TestOptions:
     confirm: int = 2                   # extra boots per kernel for tests whose outcome can vary
     allow_flaky: bool = False          # a flaky test alone does not make the verdict need attention
     machine_factories: dict | None = None   # label -> runner.MachineFactory (tests: a fake machine)
+    repro: Path | None = None          # --repro DIR: a reproducer bundle per finding (rig/suite/repro.py)
     progress: Callable[[str], None] = field(default=lambda m: print(f"kproto: {m}", file=sys.stderr))
 
 
@@ -160,6 +162,8 @@ def run(opts: TestOptions) -> Report:
     t0 = time.monotonic()
     say = opts.progress
     spec = prepare.KernelSpec(opts.kernel_src, tuple(opts.config))
+    if opts.repro is not None:
+        repromod.check_destination(opts.repro)     # exit 2 now, not after the run
     series = prepare.open_series(opts.patches)
     tree = prepare.open_tree(spec)
     say(f"source: linux {tree.version()} at {tree.base[:12]} ({tree.origin})")
@@ -192,9 +196,19 @@ def run(opts: TestOptions) -> Report:
     evidence: dict[str, Evidence] = {}
     base_run: KernelRun | None = None
 
+    # --repro: the patched boots are recorded (command line, boot files) while the run dir still exists
+    recorder = repromod.BootRecorder() if opts.repro is not None else None
+    patched_runs: list[KernelRun] = []          # the main run first, then each confirmation run
+
     def kernel_run(kernel, label: str, wanted: list[str], first_boot: int = 1) -> KernelRun:
-        return run_kernel_suite(kernel, label, run_dir, wanted, timeouts, say,
-                                machine_factory=factories.get(label), first_boot=first_boot)
+        factory = factories.get(label)
+        if factory is None and recorder is not None and label == "patched":
+            factory = recorder.factory(kernel, run_dir)
+        r = run_kernel_suite(kernel, label, run_dir, wanted, timeouts, say,
+                             machine_factory=factory, first_boot=first_boot)
+        if label == "patched":
+            patched_runs.append(r)
+        return r
 
     try:
         guest_build.stage(run_dir, suite, bins)
@@ -335,6 +349,14 @@ def run(opts: TestOptions) -> Report:
                 "new": [dict(s.as_json(), boots=_seen(s, evidence)) for s in new]},
         timings=timings, reasons=reasons, notes=notes, checks=checks)
     rep.verdicts = verdicts
+    if opts.repro is not None and recorder is not None:
+        bundles = repromod.write_findings(opts.repro, spec=spec, tree=tree, series=series, kernel=patched_kernel,
+                                          runs=patched_runs, tests=tests, new_signatures={s.signature for s in new},
+                                          boots=recorder.boots, suite=suite, timeouts=timeouts, progress=say)
+        if bundles:
+            rep.notes.append("reproducers: " + ", ".join(map(str, bundles)))
+        else:
+            rep.notes.append(f"reproducers: none written to {opts.repro} (no finding)")
     return rep
 
 
