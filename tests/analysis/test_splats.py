@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from rig.analysis import splats
 from rig.analysis.splats import FORMATS, FormatError, Splat, find_reports, format_table, is_fatal, load_formats, \
     new_splats, scan_file, scan_text
+from rig.analysis.splats import frames
+from rig.analysis.splats.demangle import demangle
 from rig.analysis.splats.table import TABLE, parse_template
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
@@ -144,6 +146,7 @@ def test_a_minimal_table_loads():
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\nneeds = ["what"]\nelse_title = "BUG: x"'), "needs: a list of"),
     (('stack = ["call-trace"]', 'stack = ["call-trace"]\npick = "last"'), "pick: 'last' is not one of"),
     (('stack = ["call-trace"]', 'stack = ["after-mark"]'), "mark: a `mark` goes with"),
+    (('stack = ["call-trace"]', 'stack = ["call-trace"]\ninside_lines = 40'), "inside_lines: a number of lines, with"),
 ])
 def test_a_bad_row_is_an_error_naming_the_row(change, complaint):
     bad = _ROW.replace(*change)
@@ -797,3 +800,74 @@ def test_cli_scan_json_gives_where_and_corrupted_per_splat_of_every_input(tmp_pa
                    [("possible deadlock in lock_rename", "possible deadlock in ovl_copy_up_one", False)]]
     r = CliRunner().invoke(_cli(), ["scan", str(OLD_CYCLE)])
     assert "possible deadlock in lock_rename" in r.output and "where: possible deadlock in ovl_copy_up_one" in r.output
+
+
+# ---------------------------------------------------------------------------------------------- demangling
+
+@pytest.mark.parametrize("symbol, name", [
+    # Rust v0: inherent impl, trait impl, backreferences, generic arguments of a type
+    ("_RNvMs0_NtCs4tNsw1ydMx2_6kpdemo5queueNtB5_5Queue7release", "<kpdemo::queue::Queue>::release"),
+    ("_RNvXs_Cs4tNsw1ydMx2_6kpdemoNtB4_6KpDemoNtNtCs7yT2kDq0wZb_6kernel10miscdevice10MiscDevice5ioctl",
+     "<kpdemo::KpDemo as kernel::miscdevice::MiscDevice>::ioctl"),
+    ("_RNvCs5qRr2w0Klpd_7___rustc17rust_begin_unwind", "__rustc::rust_begin_unwind"),
+    ("_RNvMs1_NtCs7yT2kDq0wZb_6kernel10miscdeviceINtB5_22MiscDeviceRegistrationNtCs4tNsw1ydMx2_6kpdemo6KpDemoE5ioctlB7_",
+     "<kernel::miscdevice::MiscDeviceRegistration<kpdemo::KpDemo>>::ioctl"),
+    ("_RINvNtCs1_4core3mem4swapjEB2_", "core::mem::swap::<usize>"),
+    # C++ and Rust's legacy scheme: parameters and the hash dropped
+    ("_Z8kpd_pokei", "kpd_poke"),
+    ("_ZN5kpcxx6Device5flushEv", "kpcxx::Device::flush"),
+    ("_ZN4core9panicking9panic_fmt17h0123456789abcdefE", "core::panicking::panic_fmt"),
+    # anything else as it is: C names, and symbols this reader does not understand
+    ("ovl_copy_up_one", "ovl_copy_up_one"), ("_RNvMs0_Nt", "_RNvMs0_Nt"), ("_ZSt4cout", "_ZSt4cout"),
+])
+def test_rust_and_cxx_symbols_are_demangled_without_parameters(symbol, name):
+    assert demangle(symbol) == name
+
+
+def test_frames_are_demangled_after_their_compiler_suffix_is_dropped():
+    assert frames.fn_name("_RNvCs5qRr2w0Klpd_7___rustc17rust_begin_unwind.llvm.1234") == "__rustc::rust_begin_unwind"
+    assert frames.fn_name("ovl_lookup.cold") == "ovl_lookup"
+
+
+# ---------------------------------------------------------------------------------------------- interleaving
+
+def test_a_header_in_the_middle_of_a_line_starts_a_report():
+    # another printk without its newline before the header, with or without a timestamp between
+    for cut in ("overlayfs: index verify failed (-2)", "overlayfs: index verify failed (-2)[  101.200100] "):
+        (s,) = scan_text(f"[  101.200000] {cut}general protection fault: 0000 [#1] SMP KASAN\n"
+                         "[  101.200200] RIP: 0010:ovl_verify_index+0x2e1/0x5a0\n"
+                         "[  101.200300] Call Trace:\n[  101.200400]  ovl_indexdir_cleanup+0x2a6/0x4f0\n")
+        assert (s.kind, s.title) == ("gpf", "general protection fault in ovl_verify_index")
+
+
+def test_a_header_word_in_the_middle_of_an_ordinary_line_is_not_a_report():
+    text = ("[   44.102311] traps: t_mmap[1733] general protection fault ip:4012f6 sp:7ffd4c1e8a10 error:0 in "
+            "t_mmap[401000+2000]\n"
+            "[   44.102400] overlayfs: option \"WARNING: at\" is unknown\n"
+            "[   44.102500] ---[ end Kernel panic - not syncing: Fatal exception ]---\n")
+    assert scan_text(text) == []
+
+
+def test_slub_tracking_lines_belong_to_their_report():
+    # "INFO: Allocated in"/"INFO: Freed in" come after stacks, far below the SLUB header: still one report
+    found = find_reports((LOGS / "slub-double-free-4.14.log").read_text())
+    assert [(r.format.id, r.splat.title) for r in found] == [("slub-already-free", "BUG: Object already free")]
+
+
+def test_tool_messages_are_their_own_kind_and_never_fatal():
+    assert "tool" in splats.KINDS and "tool" not in splats.FATAL_KINDS
+    # in a log with console prefixes, a userspace line does not start a report
+    assert scan_text("[    5.000000] init: started\nSYZFAIL: wrong response packet\n") == []
+
+
+def test_the_union_prefilter_finds_the_rows_the_rows_find():
+    # Formats.match tries one union of all headers before the rows; it must never hide a row's match
+    lines = [t for log in FIXTURES for t in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines += ["syzkaller login: Unable to handle kernel paging request at virtual address fc14ef08",
+              "  WARNING: CPU: 0 PID: 1 at fs/overlayfs/util.c:9 0xffffffff8123a5c5"]
+    for raw in lines:
+        t = re.sub(r"^\[[^\]]*\](?:\[[^\]]*\])?\s?", "", raw)
+        for cut in (t, t[t.find(":") - 7:] if ":" in t else t):
+            slow = next(((r.id, m.group(0)) for r in FORMATS.rows if (m := r.header.search(cut.lstrip()))), None)
+            hit = FORMATS.match(cut)
+            assert ((hit[0].id, hit[1].group(0)) if hit else None) == slow, cut

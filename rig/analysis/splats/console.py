@@ -87,6 +87,7 @@ class Stream:
     lines: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     kernel: list[bool] = field(default_factory=list)
+    tag: str = ""            # the caller tag ("T123", "C1"), "" in a log without them
 
 
 def streams(text: str) -> list[Stream]:
@@ -96,7 +97,7 @@ def streams(text: str) -> list[Stream]:
     prefixed_log = any(k for _, _, _, k in logical)
     by_tag: dict[str, Stream] = {}
     for pos, tag, t, k in logical:
-        s = by_tag.setdefault(tag, Stream())
+        s = by_tag.setdefault(tag, Stream(tag=tag))
         s.lines.append(t)
         s.positions.append(pos)
         s.kernel.append(k or not prefixed_log)

@@ -4,12 +4,16 @@ interrupted code; pick the first function that is not skipped.
 These are the readers behind the formats table's `stack` sources (see titles.py for which source uses
 which reader, formats.toml for which row uses which source).  A frame is ``func+0x1a/0x40`` with or
 without an address before it (``[<ffffffff8129f652>] func+0x..``, 4.x), or an inline frame ``func
-fs/x.c:12 [inline]``; ``? func+0x..`` marks it unreliable (left out).  Compiler suffixes (``.isra.0``,
-``.constprop.0``, ``.cold``) are dropped from function names.
+fs/x.c:12 [inline]``; ``? func+0x..`` marks it unreliable (left out; syzkaller's reading, `stack_to_head`,
+also leaves out powerpc's ``func+0x.. (unreliable)``, which our own keeps: it is the caller of a bad call,
+the LR).  Compiler suffixes (``.isra.0``, ``.constprop.0``, ``.cold``) are dropped from function names, Rust
+and C++ names are demangled (demangle.py).
 """
 from __future__ import annotations
 
 import re
+
+from rig.analysis.splats.demangle import demangle
 
 FN = r"[A-Za-z_$][\w.$]*"       # a kernel symbol as %pS prints it (the {{FUNC}} of formats.toml)
 
@@ -18,8 +22,10 @@ FRAME_RE = re.compile(r"^\s*(?:\[<?(?:0x)?[0-9a-f]+>?\]\s*){0,2}(?:\d+:)?\s*(\?\
 INLINE_FRAME_RE = re.compile(r"^\s*(\?\s+)?(" + FN + r")\s+[\w./-]+\.[chS]:\d+(?::\d+)?\s*\[inline\]")
 ANY_FRAME_RE = re.compile(FN + r"\+0x[0-9a-f]+/0x[0-9a-f]+")
 AT_RE = re.compile(r"\bat:\s*(?:\[<[0-9a-f]+>\]\s*)?(" + FN + r")\+0x[0-9a-f]+")
-RIP_RE = re.compile(r"^\s*(?:RIP|NIP|EIP|IP|pc|PC is at)\s*:?\s*(?:[0-9a-f]{4}:)?(?:\[<[0-9a-f]+>\]\s*)*(" +
-                    FN + r")\+0x[0-9a-f]+")
+# the faulting instruction: x86 RIP/EIP/IP, powerpc NIP (or, in a powerpc trace, "--- interrupt: 700 at F"),
+# arm/arm64 pc / "PC is at", riscv epc
+RIP_RE = re.compile(r"^\s*(?:RIP|NIP|EIP|IP|e?pc|PC is at|--- interrupt: \d+ at)\s*:?\s*(?:[0-9a-f]{4}:)?"
+                    r"(?:\[<?(?:0x)?[0-9a-f]+>?\]\s*)*(" + FN + r")\+0x[0-9a-f]+")
 TRACE_MARK = re.compile(r"^\s*</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>\s*$")
 REG_LINE = re.compile(r"^\s*(?:RIP|RSP|RAX|RBX|RCX|RDX|RSI|RDI|RBP|R\d+|FS|GS|CS|DS|ES|CR\d|DR\d|Code|PKRU|"
                       r"EFLAGS|ORIG_RAX|pc|lr|sp|x\d+|pstate|NIP|LR|CTR|MSR|GPR\d+|EIP|EAX|ESI|ESP)\s*:")
@@ -28,9 +34,14 @@ STACK_HEAD = re.compile(r"Call Trace:|^\s*(?:Call trace|Backtrace):|^(?:Allocate
 _IRQ_END = re.compile(r"^\s*</IRQ>")
 
 
+_UNRELIABLE_SUFFIX = " (unreliable)"     # powerpc's mark of an unreliable frame (syzkaller's reading)
+
+
 def fn_name(name: str) -> str:
-    """Drop compiler suffixes: __mutex_lock.constprop.0 -> __mutex_lock, foo.cold -> foo."""
-    return name.split(".")[0] or name
+    """Drop compiler suffixes: __mutex_lock.constprop.0 -> __mutex_lock, foo.cold -> foo; a Rust or C++
+    symbol is demangled, without parameters (demangle.py)."""
+    base = name.split(".")[0] or name
+    return demangle(base) if base.startswith(("_R", "_Z")) else base
 
 
 def parse_frame(line: str) -> tuple[str, bool] | None:
@@ -134,7 +145,8 @@ _IRQ_ENTRY = re.compile(r"apic_timer_interrupt|Exception stack|el1h_64_irq")
 
 def stack_to_head(lines: list[str], i: int) -> list[str]:
     """Reliable frames from lines[i] on, up to the next stack's opening line (Call Trace:, Allocated by task
-    N:, ...): all of them, whatever is printed between (syzkaller reads a stack this way)."""
+    N:, ...): all of them, whatever is printed between (syzkaller reads a stack this way).  Inline frames
+    (``f fs/x.c:12 [inline]``, no offset) are not among them: syzkaller's frame has an offset."""
     out: list[str] = []
     for t in lines[i:]:
         if STACK_HEAD.search(t):
@@ -143,9 +155,9 @@ def stack_to_head(lines: list[str], i: int) -> list[str]:
         if arm:
             out += [fn_name(arm.group(1)), fn_name(arm.group(2))]
             continue
-        fr = parse_frame(t)
-        if fr and fr[1]:
-            out.append(fr[0])
+        m = FRAME_RE.match(t)
+        if m and not m.group(1) and not t.endswith(_UNRELIABLE_SUFFIX):
+            out.append(fn_name(m.group(2)))
     return out
 
 

@@ -6,7 +6,8 @@ console) and runs to the next header in its stream, an ``---[ end ...`` marker, 
 closes it (the row's `end`), or the point where report-like lines (frames, registers, lockdep text) give
 way to ordinary output.  A header that the kernel prints *inside* another report (the row's `inside`:
 ``Oops: 0000 [#1]`` after ``BUG: kernel NULL pointer dereference``, ``kernel BUG at lib/list_debug.c``
-after ``list_del corruption``) is part of that report, not a new one; a fatal one (``Kernel panic - not
+after ``list_del corruption``; with `inside_lines`, anywhere in its first N lines: SLUB's ``INFO: Freed in``
+after its allocation stack) is part of that report, not a new one; a fatal one (``Kernel panic - not
 syncing``) always starts its own.  A row with `confirm` (generic ``BUG: ...``) starts a report only if the
 kernel's CPU/stack lines follow.  The excerpt also takes the ``=====`` or ``cut here`` line just before
 the header.  titles.py gives each report its title and signature; `scan_text` merges reports with the
@@ -14,6 +15,7 @@ same signature into one splat with a count.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from rig.analysis.splats.titles import describe
 ABSORB_LINES = 15      # a header printed inside the previous report comes within this many lines of its header
 CONFIRM_LINES = 25     # a `confirm` row's header needs the kernel's CPU/stack lines within this many lines
 MAX_LINES = 1000       # no report is longer
+TAGGED_MIN_LINES = 22  # with caller tags, a panic this many lines after a header ends the title's reading
 GAP = 12               # ordinary lines that end a report once a frame was seen (twice as many before)
 
 # Only report-ish lines may continue a report; see _extent.
@@ -49,6 +52,7 @@ _SEP = re.compile(r"^\s*={20,}\s*$")
 _PRE_SEP = re.compile(r"^\s*(?:={20,}|-{12}\[ cut here \]-{12})\s*$")
 _CONFIRM = re.compile(r"Call Trace:|^CPU: \d+ (?:UID: \d+ )?PID: \d+|^\s*(?:\[<[0-9a-f]+>\]\s*)?" + frames.FN +
                       r"\+0x[0-9a-f]+/0x[0-9a-f]+")
+_TAGGED_STOP = re.compile(r"Kernel panic - not syncing|WARNING: possible circular locking dependency detected")
 _LOCKDEP_OFF = re.compile(r"INFO: lockdep is turned off|turning off the locking correctness validator")
 
 
@@ -116,23 +120,66 @@ def _starts(stream: Stream) -> list[tuple[int, Format, re.Match[str]]]:
             continue
         if starts and row.inside:
             pj, prev, _ = starts[-1]
-            if ("*" in row.inside or prev.id in row.inside) and j - pj <= ABSORB_LINES and not prev.fatal \
-                    and not any(frames.parse_frame(x) for x in lines[pj + 1:j]):
+            if ("*" in row.inside or prev.id in row.inside) and not prev.fatal and (
+                    j - pj <= row.inside_lines if row.inside_lines else
+                    j - pj <= ABSORB_LINES and not any(frames.parse_frame(x) for x in lines[pj + 1:j])):
                 continue
         starts.append((j, row, m))
     return starts
 
 
+def _split_midline(stream: Stream) -> Stream:
+    """The stream with each line that has a report header in its middle (formats.toml [console] midline)
+    split there: the header's part becomes a line of its own, at the same position, as much a kernel line
+    as the line was.  A line whose start a row matches is left whole, and so is the ``---[ end Kernel panic
+    - not syncing: ... ]---`` trailer."""
+    rx = FORMATS.midline
+    if rx is None:
+        return stream
+    out: Stream | None = None
+    for j, t in enumerate(stream.lines):
+        pieces: list[str] = []
+        rest = t
+        while not _END_MARK.match(t.lstrip()):
+            m = rx.search(rest, len(rest) - len(rest.lstrip()) + 1)
+            if m is None or not FORMATS.match(rest[m.start():]) or (not pieces and FORMATS.match(rest)):
+                break
+            pieces.append(rest[:m.start()])
+            rest = rest[m.start():]
+        if not pieces:
+            if out is not None:
+                out.lines.append(t)
+                out.positions.append(stream.positions[j])
+                out.kernel.append(stream.kernel[j])
+            continue
+        if out is None:
+            out = Stream(stream.lines[:j], stream.positions[:j], stream.kernel[:j], stream.tag)
+        for piece in pieces + [rest]:
+            out.lines.append(piece)
+            out.positions.append(stream.positions[j])
+            out.kernel.append(stream.kernel[j])
+    return stream if out is None else out
+
+
 def _scan_stream(stream: Stream) -> list[Report]:
+    stream = _split_midline(stream)
     lines = stream.lines
     starts = _starts(stream)
     found = []
+    stops = [k for k, t in enumerate(lines) if _TAGGED_STOP.search(t)] if stream.tag and starts else []
     for n, (j, row, m) in enumerate(starts):
         hard_end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
         end = _extent(lines, j, hard_end, row.end)
         first = j - 1 if j > 0 and _PRE_SEP.match(lines[j - 1]) else j
-        # syzkaller reads on for the title, through the headers it does not take for a new report
-        t_end = next((s for s, r, _ in starts[n + 1:] if not r.transparent), len(lines))
+        # syzkaller reads on for the title, through the headers it does not take for a new report; in a log
+        # with caller tags, through every later report of the same caller (up to a panic or a lockdep
+        # cycle report printed after the report's first lines; we stop MAX_LINES on, where no report's own
+        # stack is, so that a log of many stackless reports is not read to its end for each)
+        if stream.tag:
+            k = bisect.bisect_left(stops, j + TAGGED_MIN_LINES)
+            t_end = min(stops[k] if k < len(stops) else len(lines), j + MAX_LINES)
+        else:
+            t_end = next((s for s, r, _ in starts[n + 1:] if not r.transparent), len(lines))
         d = describe(row, m, lines[j:end], lines[j:t_end])
         log = "\n".join(lines[first:end]).strip("\n")
         found.append(Report(stream.positions[j], row, Splat(kind=row.kind.value, title=d.title, log=log,

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from functools import cached_property
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from rig.analysis.splats.frames import FN
 from rig.analysis.splats.templates import _NAME, Template, parse_template
@@ -47,6 +48,7 @@ class Kind(StrEnum):
     UBSAN = "ubsan"
     KFENCE = "kfence"
     LIST_CORRUPTION = "list_corruption"
+    TOOL = "tool"                   # a userspace tool's failure that syzkaller titles (SYZFAIL, Go runtime)
 
 
 class Source(StrEnum):
@@ -117,6 +119,7 @@ class Format:
     fatal: bool
     confirm: bool
     inside: frozenset[str]                     # row ids (or "*") whose report this header may be printed in
+    inside_lines: int                          # 0: right after that header, before any frame; N: within N lines
     end: End
 
 
@@ -126,15 +129,31 @@ class Formats:
     strip_prefixes: tuple[str, ...] = ()                     # [frames] strip: syscall prefixes dropped
     stall_anchors: re.Pattern[str] | None = None             # [anchors] stall
     hung_anchors: tuple[tuple[re.Pattern[str], str], ...] = ()   # [anchors] hung: (pattern, replacement)
+    midline: re.Pattern[str] | None = None                   # [console] midline: headers looked for mid-line
 
     def match(self, line: str) -> tuple[Format, re.Match[str]] | None:
         """The first row whose header matches the line (leading blanks ignored), with the match."""
         t = line.lstrip()
+        if not self._any(t):
+            return None
         for row in self.rows:
             m = row.header.search(t)
             if m:
                 return row, m
         return None
+
+    @cached_property
+    def _any(self) -> Callable[[str], re.Match[str] | None]:
+        """Does any row's header match?  One regex, the union of the headers (named groups unnamed), tried
+        before the rows one by one: nearly every console line is no header.  Headers anchored at the start
+        of the line (all of formats.toml's) are tried there only."""
+        pats = [r.header.pattern for r in self.rows]
+        try:
+            union = re.compile("|".join(f"(?:{re.sub(r'[(][?]P<[A-Za-z_][A-Za-z0-9_]*>', '(?:', p)})" for p in pats))
+        except re.error:         # a header the union cannot hold (a backreference, a global flag): no prefilter
+            return lambda t: re.match("", t)
+        anchored = all(re.match(r"(?:[(][?]P<\w+>)?\^", p) for p in pats)
+        return union.match if anchored else union.search
 
     @property
     def fatal_kinds(self) -> frozenset[str]:
@@ -142,8 +161,8 @@ class Formats:
 
 
 _KEYS = {"id", "header", "kind", "title", "stack", "skip", "site", "site_lines", "fields", "locks",
-         "lock_markers", "signature", "fatal", "confirm", "inside", "end", "where", "where_stack", "where_skip",
-         "mark", "pick", "corrupted", "reboot",
+         "lock_markers", "signature", "fatal", "confirm", "inside", "inside_lines", "end", "where", "where_stack",
+         "where_skip", "mark", "pick", "corrupted", "reboot",
          "transparent", "needs", "else_title"}
 _REQUIRED = {"id", "header", "kind", "title"}
 
@@ -235,6 +254,9 @@ def _row(raw: dict[str, Any], skip_sets: dict[str, str], macros: dict[str, str])
     fatal = _get(raw, "fatal", bool, False)
     if fatal and inside:
         raise ValueError("inside: a fatal report always starts its own splat")
+    inside_lines = _get(raw, "inside_lines", int, 0)
+    if inside_lines < 0 or (inside_lines and not inside):
+        raise ValueError("inside_lines: a number of lines, with `inside`")
     return Format(
         id=_get(raw, "id", str, ""), header=header, kind=kind, title=title, stack=stack, skip=skip,
         where=where, where_stack=where_stack, where_skip=where_skip,
@@ -244,7 +266,7 @@ def _row(raw: dict[str, Any], skip_sets: dict[str, str], macros: dict[str, str])
         needs=needs, else_title=else_title,
         site=_compile(site_rx, "site", {}) if site_rx else None, site_lines=_get(raw, "site_lines", int, 8),
         fields=tuple(fields), locks=locks, lock_markers=markers, signature=signature, fatal=fatal,
-        confirm=_get(raw, "confirm", bool, False), inside=inside, end=end)
+        confirm=_get(raw, "confirm", bool, False), inside=inside, inside_lines=inside_lines, end=end)
 
 
 def _stack(raw: dict[str, Any], key: str) -> tuple[tuple[Source, ...], ...]:
@@ -275,7 +297,7 @@ def load_formats(text: str, origin: str = "formats.toml") -> Formats:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise FormatError(f"{origin}: {e}") from None
-    unknown = set(doc) - {"macros", "skip", "format", "frames", "anchors"}
+    unknown = set(doc) - {"macros", "skip", "format", "frames", "anchors", "console"}
     if unknown:
         raise FormatError(f"{origin}: unknown table(s) {', '.join(sorted(unknown))}")
     if not (isinstance(doc.get("macros", {}), dict) and isinstance(doc.get("skip", {}), dict)
@@ -322,10 +344,12 @@ def load_formats(text: str, origin: str = "formats.toml") -> Formats:
         hung = anchors.get("hung", [])
         if not all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in hung):
             raise ValueError("hung: expected a list of [regex, name] pairs")
+        midline = _get(doc.get("console", {}), "midline", list, [])
         return Formats(tuple(rows), strip, re.compile("|".join(f"(?:{p})" for p in stall)) if stall else None,
-                       tuple((re.compile(k), v) for k, v in hung))
+                       tuple((re.compile(k), v) for k, v in hung),
+                       re.compile("|".join(f"(?:{p})" for p in midline)) if midline else None)
     except (ValueError, re.error) as e:
-        raise FormatError(f"{origin}: [frames]/[anchors]: {e}") from None
+        raise FormatError(f"{origin}: [frames]/[anchors]/[console]: {e}") from None
 
 
 TABLE = Path(__file__).with_name("formats.toml")
