@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Protocol, Sequence
 
 from rig.core.errors import EXIT_CLEAN, EXIT_INFRA, EXIT_REGRESSED
+from rig.core.progress import plural
 
 
 class TestStatus(StrEnum):
@@ -92,11 +93,11 @@ def verdict_of(tests: list[dict], new_splats: Sequence[Titled], base: KernelOutc
     reasons: list[str] = []
     ref_failed = sorted(n for n, r in (reference or {}).items() if r.get("status") != "ok")
     if ref_failed:
-        return Verdict.ERROR, [f"the reference overlay failed on {len(ref_failed)} test(s): {', '.join(ref_failed[:5])} "
+        return Verdict.ERROR, [f"the reference overlay failed on {plural(len(ref_failed), 'tests')}: {', '.join(ref_failed[:5])} "
                          f"({(reference or {})[ref_failed[0]].get('error')})"]
     regressed = [t["name"] for t in tests if t["status"] == TestStatus.REGRESSED]
     if regressed:
-        reasons.append(f"{len(regressed)} test(s) regressed: {', '.join(regressed[:5])}")
+        reasons.append(f"{plural(len(regressed), 'tests')} regressed: {', '.join(regressed[:5])}")
     pres = patched.results if patched else {}
     bres = base.results if base else {}
     new_errors = [t["name"] for t in tests if t["status"] == TestStatus.ERROR
@@ -104,17 +105,17 @@ def verdict_of(tests: list[dict], new_splats: Sequence[Titled], base: KernelOutc
                   and bres.get(t["name"], {}).get("status") == "ok"]
     dl = patched.deadlock if patched else None
     if dl:
-        reasons.append(f"{len(dl['hung'])} test(s) hung with the same blocked tasks ({dl['signature']}): "
+        reasons.append(f"{plural(len(dl['hung']), 'tests')} hung with the same blocked tasks ({dl['signature']}): "
                        f"{', '.join(dl['hung'][:5])}" + (f"; {len(dl['not_run'])} not run" if dl["not_run"] else ""))
         new_errors = [n for n in new_errors if n not in dl["hung"] and n not in dl["not_run"]]
     if new_errors:
-        reasons.append(f"{len(new_errors)} test(s) fail only on the patched kernel: {', '.join(new_errors[:5])}")
+        reasons.append(f"{plural(len(new_errors), 'tests')} {'fails' if len(new_errors) == 1 else 'fail'} only on the patched kernel: {', '.join(new_errors[:5])}")
     if new_splats:
-        reasons.append(f"{len(new_splats)} new splat(s): {'; '.join(s.title for s in new_splats[:3])}")
+        reasons.append(f"{len(new_splats)} new {'splat' if len(new_splats) == 1 else 'splats'}: {'; '.join(s.title for s in new_splats[:3])}")
     if reasons:
         return Verdict.REGRESSED, reasons
     flaky = [t["name"] for t in tests if t["status"] == TestStatus.FLAKY]
     if flaky and not allow_flaky:
-        return Verdict.FLAKY, [f"{len(flaky)} test(s) flaky (outcome varies across boots): {', '.join(flaky[:5])}; "
+        return Verdict.FLAKY, [f"{plural(len(flaky), 'tests')} flaky (outcome varies across boots): {', '.join(flaky[:5])}; "
                          "--allow-flaky to accept"]
     return Verdict.CLEAN, []

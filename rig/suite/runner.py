@@ -31,6 +31,7 @@ from typing import Callable
 
 from rig.analysis import splats as splatmod
 from rig.core.errors import BootError
+from rig.core.progress import plural
 from rig.kernel.build import Kernel
 from rig.suite.machine import Machine, MachineFactory, QemuMachine
 from rig.suite.results import KernelRun, error_result
@@ -87,7 +88,7 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
             if run.boots == 1:
                 run.boot_s = boot_s
             progress(f"[{run.label}] boot {machine.name}: SSH ready after {boot_s:.1f} s ({machine.accel}); "
-                     f"running {len(remaining)} test(s)" + (f" ({done}/{len(names)} done)" if done else ""))
+                     f"running {plural(len(remaining), 'tests')}" + (f" ({done}/{len(names)} done)" if done else ""))
             remaining = BootSession(machine, run, remaining, timeouts, progress, timing, hangs).run()
         finally:
             machine.stop()
@@ -99,7 +100,7 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
             msg = (f"{MAX_SAME_HANGS} tests hung with the same blocked tasks ({hangs.signature}: "
                    f"{', '.join(hangs.tests)})")
             if remaining:
-                msg += f"; stopped: {len(remaining)} test(s) not run: same deadlock as {first}"
+                msg += f"; stopped: {plural(len(remaining), 'tests')} not run: same deadlock as {first}"
             run.events.append(msg)
             run.deadlock = {"signature": hangs.signature, "hung": hangs.tests, "not_run": list(remaining)}
             progress(f"[{run.label}] {msg}")
