@@ -58,25 +58,49 @@ def _by_series(store: Store, series: str, limit: int, as_json: bool) -> str:
         d = per.setdefault((r["run_id"], r["kernel"], r["series"]), {**r, "counts": {}})
         if r["test"]:
             d["counts"][r["status"]] = d["counts"].get(r["status"], 0) + 1
-    srows = {(r["run_id"], r["kernel"], r["name"]): r for rid in {k[0] for k in per}
-             for r in store.series_rows(rid)}
+    rids = {k[0] for k in per}
+    srows = {(r["run_id"], r["kernel"], r["name"]): r for rid in rids for r in store.series_rows(rid)}
+    places: dict[int, list[dict]] = {}          # series id -> its tasks' placement rows (schema 4)
+    for rid in rids:
+        for p in store.placement(rid):
+            if p["series_id"] is not None:
+                places.setdefault(p["series_id"], []).append(p)
     out = []
     for key, d in sorted(per.items(), reverse=True):
         s = srows.get(key, {})
+        where = places.get(s["id"], []) if s else []
+        ran = _ran_on(where, d["outcome"])
         out.append({"run": key[0], "started": d["started"], "complete": bool(d["complete"]), "kernel": key[1],
                     "series": key[2], "outcome": d["outcome"], "verdict": s.get("verdict"),
                     "tests": d["counts"], "error": s.get("error"),
                     "patches": [Path(p["path"]).name for p in s.get("patches", [])],
                     "series_hash": (s.get("series_hash") or "")[:12],
-                    "first_bad": _first_bad(s.get("bisect"))})
+                    "first_bad": _first_bad(s.get("bisect")),
+                    "worker": ran.get("worker"), "accel": ran.get("accel"),
+                    "placement": [{k: p[k] for k in _PLACEMENT_KEYS if p.get(k) not in (None, [])} for p in where],
+                    "reproducers": s.get("reproducers") or []})
     if as_json:
         return json.dumps(out, indent=1) + "\n"
     if not out:
         return f"no series matching {series!r} in the last {limit} runs\n"
     body = [[f"#{o['run']}" + ("" if o["complete"] else "*"), o["started"], o["series"], o["outcome"],
              o["verdict"] or "", ", ".join(f"{n} {s}" for s, n in sorted(o["tests"].items())),
-             o["series_hash"], o["first_bad"] or "", (o["error"] or "")[:70]] for o in out]
-    return _table(["RUN", "STARTED", "SERIES", "OUTCOME", "VERDICT", "TESTS", "PATCHES", "FIRST BAD", "ERROR"], body)
+             o["series_hash"], o["first_bad"] or "", o["worker"] or "", o["accel"] or "",
+             (o["error"] or "")[:70]] for o in out]
+    return _table(["RUN", "STARTED", "SERIES", "OUTCOME", "VERDICT", "TESTS", "PATCHES", "FIRST BAD", "WORKER",
+                   "ACCEL", "ERROR"], body)
+
+
+_PLACEMENT_KEYS = ("stage", "worker", "host", "address", "accel", "took_s", "cached", "kernel_key", "digest", "fetched")
+
+
+def _ran_on(places: list[dict], outcome: str | None) -> dict:
+    """The placement row that says where a series ran: its patched build when it stopped there
+    (apply-failed, build-failed), else its kproto test task, else its last task; {} for runs recorded
+    before schema 4 (and cells that ran nowhere)."""
+    pick = [p for p in places if p["stage"] == "patched"] if outcome in ("apply-failed", "build-failed") else []
+    pick = pick or [p for p in places if p["stage"] == "test"]
+    return (pick or places or [{}])[-1]
 
 
 def _first_bad(b: dict | None) -> str | None:

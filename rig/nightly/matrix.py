@@ -58,6 +58,7 @@ class Matrix:
             "shared": str(eng.ccfg.artifacts) if eng.ccfg.artifacts else None,
             "objtree": {gid: f"objtree-{token}-{gid}" for gid in groups}}
         self.placements: list[dict] = []
+        self._placements_taken = 0              # how many of them the driver has stored (new_placements)
         self._kinfo: dict[str, dict] = {}
         self.live: dict[str, Any] = {}          # futures this driver still holds (cancelled on interrupt)
         self.client.subscribe_topic(self.ctx["topic"], self._on_event)
@@ -208,6 +209,7 @@ class Matrix:
             rec.error = test.get("error") or "the cell produced no result"
             rec.finished = now_iso()
             self.say(f"[{cell.spec['label']}] error: {rec.error}")
+        rec.reproducers = self._reproducers(k, s, test)
         if extra is not None and not extra.get("skipped"):
             if extra.get("error"):
                 rec.notes.append(f"bench/fuzz: {extra['error']}")
@@ -225,6 +227,36 @@ class Matrix:
 
     def took(self, k: KernelCfg, s: SeriesCfg) -> float:
         return self.cells[(k.name, s.name)].took
+
+    def new_placements(self) -> list[dict]:
+        """The placement records (report.json's cluster.placement entries) added since the last call: the
+        driver stores them in the history with the kernel or the cell it just recorded."""
+        out = self.placements[self._placements_taken:]
+        self._placements_taken = len(self.placements)
+        return out
+
+    def _reproducers(self, k: KernelCfg, s: SeriesCfg, test: dict) -> list[str]:
+        """A regressed series' reproducer bundles (kproto test --repro, returned by the test stage as file
+        contents) into REPORT_DIR/repro/<kernel>--<series>/<test>/, each reproduce.sh executable; their
+        directories."""
+        files = test.get("repro_files") or {}
+        if not files:
+            return []
+        dest = self.report_dir / "repro" / file_stem(k.name, s.name)
+        bundles: list[str] = []
+        for rel, data in sorted(files.items()):
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts or len(parts) < 2:
+                continue                       # only DIR/<test>/... of the stage's own --repro directory
+            p = dest / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+            if p.name == "reproduce.sh":
+                p.chmod(0o755)
+            bundle = str(dest / parts[0])
+            if bundle not in bundles:
+                bundles.append(bundle)
+        return bundles
 
     def _findings(self, k: KernelCfg, s: SeriesCfg, extra: dict) -> list[dict]:
         """The cell's fuzz reproducers into the report directory, the findings' paths pointing there."""

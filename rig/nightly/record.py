@@ -46,6 +46,9 @@ class SeriesRecord:
     # the first bad patch of a regressed series (rig/nightly/bisecting.py: kproto bisect's --json + "bisected",
     # "evidence"); None when the series did not regress or was not bisected
     bisect: dict | None = None
+    # the reproducer bundles (rig/suite/repro.py) of a regressed series, as the driver wrote them under
+    # REPORT_DIR/repro/<kernel>--<series>/<test>/ (rig/nightly/matrix.py); empty for any other series
+    reproducers: list[str] = field(default_factory=list)
     started: str | None = None
     finished: str | None = None
     verdicts: list = field(default_factory=list, repr=False, compare=False)   # compare.TestVerdict (JUnit), not stored

@@ -4,6 +4,7 @@ junit/<kernel>--<series>.xml (through the JUnit writer of rig/report/junit.py)."
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
@@ -34,8 +35,8 @@ def record_json(r: SeriesRecord) -> dict:
     return {"kernel": r.kernel, "name": r.name, "outcome": r.outcome, "stages": r.stages(), "verdict": r.verdict,
             "error": r.error, "notes": r.notes, "kernel_version": r.kernel_version, "patches": r.patches,
             "series_hash": r.series_hash, "tests": r.tests, "splats": r.splats, "timings": r.timings,
-            "bench": r.bench, "findings": r.findings, "bisect": r.bisect, "started": r.started,
-            "finished": r.finished}
+            "bench": r.bench, "findings": r.findings, "bisect": r.bisect, "reproducers": r.reproducers,
+            "started": r.started, "finished": r.finished}
 
 
 def report_json(run_row: dict, prev: dict | None, kernels: list[dict], records: list[SeriesRecord],
@@ -136,8 +137,13 @@ def _bench_charts(recs: list[SeriesRecord | None]) -> list[dict]:
     return charts
 
 
+def relto(path: str, base: Path | str) -> str:
+    """PATH relative to BASE (a link from report.html to a file of its report directory)."""
+    return os.path.relpath(path, base)
+
+
 _HTML_FILTERS: dict[str, Callable[..., Any]] = {"change_text": change_text, "short": lambda s, n=12: (s or "")[:n],
-                                               "bisect_line": bisect_line}
+                                               "bisect_line": bisect_line, "relto": relto}
 
 
 def render_html(ctx: dict) -> str:
@@ -159,6 +165,7 @@ def write_reports(report_dir: Path, store: Store, cfg: NightlyConfig, run_row: d
         (jd / f"{file_stem(r.kernel, r.name)}.xml").write_text(junit_for(r))
     ordered = sorted(changes, key=lambda c: SEVERITY_ORDER.get(c["severity"], 9))
     html = render_html({"run": run_row, "prev": prev, "kernels": kernels, "series": records, "changes": ordered,
+                        "report_dir": str(report_dir),
                         "summary": summary, "history": history_view(store, run_row, cfg.history),
                         "kernel_errors": kernel_errors, "series_line": series_line,
                         "counts": {s: sum(c["severity"] == s for c in changes) for s in SEVERITY_ORDER}})

@@ -136,7 +136,8 @@ def _run_locked(cfg: NightlyConfig, store: Store, say: Say, eng: Engine) -> Nigh
 def _collect(cfg: NightlyConfig, store: Store, run_id: int, eng: Engine, report_dir: Path,
              log_say: Say) -> tuple[list[SeriesRecord], list[dict], list[str]]:
     """Submit the whole matrix to the cluster, then wait for it in matrix order, storing each kernel and series
-    as it comes (this process alone writes the history). Returns (records, kernels, kernel errors)."""
+    as it comes, with where their tasks ran (this process alone writes the history). Returns (records,
+    kernels, kernel errors)."""
     records: list[SeriesRecord] = []
     kernel_errors: list[str] = []
     kernels_info: list[dict] = []
@@ -148,6 +149,7 @@ def _collect(cfg: NightlyConfig, store: Store, run_id: int, eng: Engine, report_
         except KeyboardInterrupt:
             raise
         except Exception as e:
+            store.add_placement(run_id, matrix.new_placements())       # where its baseline failed
             msg = one_line(e)
             kernel_errors.append(f"kernel {k.name}: {msg}")
             store.add_kernel(run_id, k.name, k.source or "default", error=msg)
@@ -159,12 +161,14 @@ def _collect(cfg: NightlyConfig, store: Store, run_id: int, eng: Engine, report_
                 records.append(rec)
             continue
         store.add_kernel(run_id, k.name, info.get("source"), info.get("version"), info.get("commit_id"))
+        store.add_placement(run_id, matrix.new_placements())           # its baseline build (once per shared baseline)
         kernels_info.append({"name": k.name, **info})
         for s in series:
             log_say(f"series {s.name} on {k.name}: {len(s.paths)} path(s), tests {s.tests or '(all)'}")
             rec = matrix.series(k, s)        # kproto test, then bench / fuzz when configured
             rec.kernel_version = rec.kernel_version or info.get("version")
-            store.add_series(run_id, rec)
+            sid = store.add_series(run_id, rec)
+            store.add_placement(run_id, matrix.new_placements(), series_id=sid)   # its patched/test/extra tasks
             records.append(rec)
             log_say(f"series {s.name}: {rec.outcome}" + (f" ({rec.verdict})" if rec.verdict else "")
                     + f" in {matrix.took(k, s):.0f} s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3     # 2: splats.signature; 3: series.bisect
+SCHEMA_VERSION = 4     # 2: splats.signature; 3: series.bisect; 4: the placement table, series.reproducers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS series (
     started      TEXT,
     finished     TEXT,
     bisect       TEXT,                       -- JSON: first bad patch of a regressed series (nightly/bisecting.py)
+    reproducers  TEXT,                       -- JSON [path]: reproducer bundles of a regressed series (v4; NULL before)
     UNIQUE (run_id, kernel, name)
 );
 CREATE TABLE IF NOT EXISTS test_results (
@@ -109,7 +110,26 @@ CREATE TABLE IF NOT EXISTS changes (
     after       TEXT,
     detail      TEXT
 );
+CREATE TABLE IF NOT EXISTS placement (        -- v4: which worker ran which task of the matrix (report.json's cluster.placement)
+    id          INTEGER PRIMARY KEY,
+    run_id      INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    series_id   INTEGER REFERENCES series(id) ON DELETE CASCADE,   -- NULL for a baseline build
+    kernel      TEXT,                        -- a baseline shared by several kernels: their names joined by +
+    series      TEXT,                        -- NULL for a baseline build
+    stage       TEXT NOT NULL,               -- baseline | patched | test | bench/fuzz
+    worker      TEXT,                        -- the Dask worker's name ("embedded" on the embedded cluster)
+    host        TEXT,
+    address     TEXT,
+    accel       TEXT,                        -- kvm | tcg, for the test and bench/fuzz stages
+    took_s      REAL,
+    cached      INTEGER,                     -- baseline / patched: 1 the kernel was a cache hit
+    kernel_key  TEXT,                        -- baseline / patched: the kernel built (or found)
+    digest      TEXT,
+    fetched     TEXT                         -- JSON [{"key", "digest", "how", "from", "bytes", "why"}]: kernels moved
+);
 CREATE INDEX IF NOT EXISTS series_run ON series(run_id);
+CREATE INDEX IF NOT EXISTS placement_run ON placement(run_id);
+CREATE INDEX IF NOT EXISTS placement_series ON placement(series_id);
 CREATE INDEX IF NOT EXISTS series_name ON series(name);
 CREATE INDEX IF NOT EXISTS test_series ON test_results(series_id);
 CREATE INDEX IF NOT EXISTS test_name ON test_results(name);
@@ -126,3 +146,6 @@ def migrate(conn: sqlite3.Connection) -> None:
     cols = {r[1] for r in conn.execute("PRAGMA table_info(series)")}
     if "bisect" not in cols:
         conn.execute("ALTER TABLE series ADD COLUMN bisect TEXT")
+    if "reproducers" not in cols:
+        conn.execute("ALTER TABLE series ADD COLUMN reproducers TEXT")
+    # 4: the placement table is new (CREATE TABLE IF NOT EXISTS in SCHEMA); older runs have no rows there

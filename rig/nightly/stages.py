@@ -5,9 +5,10 @@ rig/nightly/children.py, or in the thread of the embedded cluster for in-process
   s_baseline   prepare the baseline kernel (rig.kernel.prepare.baseline), or the stand-in kernel_fn
   s_patched    kproto test's pre-build pass (apply + checkpatch, cached) and the patched build
                (rig.kernel.prepare.patched) in the baseline's object tree
-  s_test       kproto test (run_series: the outcome from the exception it raises); for a regressed series,
-               its first bad patch (rig/nightly/bisecting.py: kproto bisect, reusing this run's kernels
-               and report)
+  s_test       kproto test (run_series: the outcome from the exception it raises) with --repro into a temp
+               dir; for a regressed series, its reproducer bundles (as file contents, for the driver to
+               write) and its first bad patch (rig/nightly/bisecting.py: kproto bisect, reusing this run's
+               kernels and report)
   s_extra      kproto bench / kproto fuzz (rig/nightly/subcommands.py)
 """
 from __future__ import annotations
@@ -152,14 +153,15 @@ def run_series(kernel: KernelCfg, s: SeriesCfg, timeout: float | None, say: Say,
 
 
 def _run_series(kernel: KernelCfg, s: SeriesCfg, timeout: float | None, say: Say,
-                test_fn: Callable | None = None) -> tuple[SeriesRecord, Report | None]:
-    """run_series, and the kproto test report when there is one (the whole-series step of a bisection)."""
+                test_fn: Callable | None = None, repro: Path | None = None) -> tuple[SeriesRecord, Report | None]:
+    """run_series, and the kproto test report when there is one (the whole-series step of a bisection).
+    REPRO: kproto test's --repro DIR (a reproducer bundle per finding, rig/suite/repro.py)."""
     from rig.suite import testrun
     test_fn = test_fn or testrun.run
     rec = blank_record(kernel.name, s)
     rep: Report | None = None
     opts = testrun.TestOptions(patches=list(s.paths), kernel_src=kernel.source, config=kernel.config,
-                               pattern=s.tests, timeout=timeout, progress=say)
+                               pattern=s.tests, timeout=timeout, progress=say, repro=repro)
     try:
         got = test_fn(opts)
     except PatchError as e:
@@ -188,12 +190,40 @@ def _run_series(kernel: KernelCfg, s: SeriesCfg, timeout: float | None, say: Say
     return rec, rep
 
 
+REPRO_MAX_BYTES = 64 << 20      # what a test stage hands back of its reproducer bundles, at most
+
+
+def repro_files(d: Path, say: Say) -> dict[str, bytes]:
+    """The reproducer bundles kproto test wrote to D (D/<test>/, each with its bundle.json) as file contents
+    by path relative to D: the report directory is on the driver's machine. A bundle that would take the
+    total past REPRO_MAX_BYTES is left out whole (said through SAY)."""
+    out: dict[str, bytes] = {}
+    total = 0
+    for b in sorted(x for x in d.iterdir() if x.is_dir() and (x / "bundle.json").is_file()):
+        files = {str(f.relative_to(d)): f.read_bytes() for f in sorted(b.rglob("*")) if f.is_file()}
+        size = sum(len(v) for v in files.values())
+        if total + size > REPRO_MAX_BYTES:
+            say(f"reproducer {b.name}: {size} bytes would exceed the nightly's {REPRO_MAX_BYTES >> 20} MiB; left out")
+            continue
+        total += size
+        out.update(files)
+    return out
+
+
 def s_test(p: dict, say: Say) -> dict:
-    """kproto test for the cell (or the stand-in test_fn); a regressed series gets its first bad patch."""
+    """kproto test for the cell (or the stand-in test_fn), with --repro into a temp dir; a regressed series
+    gets its first bad patch, and its reproducer bundles come back as file contents ("repro_files")."""
     k = kernel_cfg(p["cspec"]["kspec"], p["inproc"])
     s = series_cfg(p["cspec"], p["inproc"])
     timeout = p["cspec"]["timeout"]
-    rec, rep = _run_series(k, s, timeout, say, _fn(p["test_fn"]))
+    d = Path(tempfile.mkdtemp(prefix="kproto-nightly-repro-"))
+    files: dict[str, bytes] = {}
+    try:
+        rec, rep = _run_series(k, s, timeout, say, _fn(p["test_fn"]), repro=d)
+        if rec.outcome == "tested" and rec.verdict == "regressed":
+            files = repro_files(d, say)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
     if bisecting.needs_bisect(rec.outcome, rec.verdict):
         bisect_fn = _fn(p.get("bisect_fn"))
         rec.bisect = bisecting.first_bad(list(s.paths), k.source, k.config, timeout, rec.tests, rec.splats, rep,
@@ -203,7 +233,7 @@ def s_test(p: dict, say: Say) -> dict:
             if rec.bisect["result"] == "error":
                 rec.notes.append(rec.bisect["message"])
         rec.finished = now_iso()
-    return {"record": record_to_dict(rec), "accel": cluster.accel_here()}
+    return {"record": record_to_dict(rec), "accel": cluster.accel_here(), "repro_files": files}
 
 
 def s_extra(p: dict, say: Say) -> dict:

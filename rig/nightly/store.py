@@ -1,6 +1,6 @@
 """Nightly history in SQLite: runs, per-series outcomes, per-test results, splats, timings, bench figures,
-fuzz findings and the changes found against the previous complete run. The schema is rig/nightly/schema.py,
-the records it keeps rig/nightly/record.py.
+fuzz findings, where each task of the matrix ran (placement) and the changes found against the previous
+complete run. The schema is rig/nightly/schema.py, the records it keeps rig/nightly/record.py.
 
 A run row is written (and committed) before anything else happens and marked complete only at the very
 end, so a run that dies halfway stays in the database as incomplete with its error. Series rows are
@@ -112,12 +112,13 @@ class Store:
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO series(run_id, kernel, name, patches, series_hash, outcome, applies, builds, boots, tested,"
-                " verdict, error, notes, kernel_version, started, finished, bisect)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " verdict, error, notes, kernel_version, started, finished, bisect, reproducers)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, rec.kernel, rec.name, json.dumps(rec.patches), rec.series_hash, rec.outcome,
                  st["applies"], st["builds"], st["boots"], st["tested"], rec.verdict, rec.error, json.dumps(rec.notes),
                  rec.kernel_version, rec.started, rec.finished or now_iso(),
-                 json.dumps(rec.bisect, sort_keys=True) if rec.bisect is not None else None))
+                 json.dumps(rec.bisect, sort_keys=True) if rec.bisect is not None else None,
+                 json.dumps(rec.reproducers)))
             sid = int(cur.lastrowid or 0)
             for t in rec.tests:
                 self.conn.execute("INSERT INTO test_results(series_id, name, status, known, observations) VALUES (?,?,?,?,?)",
@@ -144,6 +145,20 @@ class Store:
                 self.conn.execute("INSERT INTO findings(series_id, source, key, detail) VALUES (?,?,?,?)",
                                   (sid, "fuzz", finding_key(f), json.dumps(f, sort_keys=True)))
         return sid
+
+    def add_placement(self, run_id: int, places: Iterable[dict], series_id: int | None = None) -> None:
+        """Where tasks of the run's matrix ran (rig/nightly/placement.py place(): report.json's
+        cluster.placement entries), in the order given: a cell's with SERIES_ID, a baseline's without."""
+        with self.conn:
+            for p in places:
+                fetched = p.get("fetched")
+                self.conn.execute(
+                    "INSERT INTO placement(run_id, series_id, kernel, series, stage, worker, host, address, accel,"
+                    " took_s, cached, kernel_key, digest, fetched) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (run_id, series_id, p.get("kernel"), p.get("series"), p.get("stage") or "?", p.get("worker"),
+                     p.get("host"), p.get("address"), p.get("accel"), p.get("took_s"),
+                     None if p.get("cached") is None else int(bool(p["cached"])), p.get("kernel_key"),
+                     p.get("digest"), json.dumps(fetched, sort_keys=True) if fetched else None))
 
     def add_changes(self, run_id: int, changes: Iterable[dict]) -> None:
         with self.conn:
@@ -202,6 +217,18 @@ class Store:
             d["patches"] = json.loads(d["patches"])
             d["notes"] = json.loads(d["notes"] or "[]")
             d["bisect"] = json.loads(d["bisect"]) if d.get("bisect") else None
+            d["reproducers"] = json.loads(d["reproducers"]) if d.get("reproducers") else []
+            out.append(d)
+        return out
+
+    def placement(self, run_id: int) -> list[dict]:
+        """The run's placement rows in the order the driver recorded them (baselines with series_id NULL);
+        none for runs recorded before schema 4."""
+        out = []
+        for r in self.conn.execute("SELECT * FROM placement WHERE run_id = ? ORDER BY id", (run_id,)):
+            d = dict(r)
+            d["fetched"] = json.loads(d["fetched"]) if d.get("fetched") else []
+            d["cached"] = None if d["cached"] is None else bool(d["cached"])
             out.append(d)
         return out
 
@@ -232,7 +259,8 @@ class Store:
                                     outcome=row["outcome"], series_hash=row["series_hash"], verdict=row["verdict"],
                                     error=row["error"], kernel_version=row["kernel_version"], tests=tests,
                                     splats=splats, timings=timings, bench=bench, findings=findings, notes=row["notes"],
-                                    bisect=row["bisect"], started=row["started"], finished=row["finished"]))
+                                    bisect=row["bisect"], reproducers=row["reproducers"], started=row["started"],
+                                    finished=row["finished"]))
         return out
 
     def changes(self, run_id: int) -> list[dict]:

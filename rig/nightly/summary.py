@@ -111,6 +111,8 @@ def text_summary(run_row: dict, prev: dict | None, kernels: list[dict], records:
         L.append(f"  {r.name:<{w}}{kn}  {series_line(r)}")
         if r.bisect:
             L.append(f"  {'':<{w}}  {bisect_line(r.bisect)}")
+        for path in r.reproducers:
+            L.append(f"  {'':<{w}}  reproducer: {path}")
         for n in r.notes:
             L.append(f"  {'':<{w}}  note: {n}")
     for e in kernel_errors:

@@ -34,8 +34,10 @@ from rig.kernel import artifacts
 from rig.cli.main import main
 from rig.core.errors import BadInput
 from rig.nightly.config import load_config
+from rig.nightly.history import history_text
 from rig.nightly.run import NightlyResult
 from rig.nightly.run import run as nightly_run
+from rig.nightly.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -391,6 +393,27 @@ def test_cluster_run_matches_embedded_run_placement_and_artifacts(tmp_path, fake
         assert tests[(k, "s3")]["worker"] == "kvm-worker" and tests[(k, "s3")]["accel"] == "kvm"
     assert all(p["worker"] == "kvm-worker" for (k, n), p in tests.items() if dict(MATRIX)[n])
     assert {p["accel"] for p in tests.values() if p["worker"] == "plain-worker"} <= {"tcg"}
+    # the history keeps who ran what (written by the driver, in report.json's order), and `kproto history
+    # --series` shows the worker and accel of each cell's kproto test as report.json does
+    db = res.report_dir.parent.parent / "history.sqlite"
+    c = sqlite3.connect(db)
+    stored = c.execute("SELECT p.kernel, p.series, p.stage, p.worker, p.accel, s.name FROM placement p"
+                       " LEFT JOIN series s ON s.id = p.series_id WHERE p.run_id = ? ORDER BY p.id",
+                       (res.run_id,)).fetchall()
+    c.close()
+    assert [r[:5] for r in stored] == [(p["kernel"], p["series"], p["stage"], p["worker"], p["accel"])
+                                       for p in places]
+    assert all(r[5] == r[1] for r in stored)          # a cell's rows point at its series row, a baseline's at none
+    with Store.open(db) as st:
+        rows = json.loads(history_text(st, series="*", as_json=True))
+    assert len(rows) == len(tests) == 2 * len(MATRIX)
+    built_on = {(p["kernel"], p["series"]): p["worker"] for p in places if p["stage"] == "patched"}
+    assert {(r["kernel"], r["series"]): (r["worker"], r["accel"]) for r in rows} == {
+        key: (built_on[key], None) if key[1] in ("noapply", "buildbreak") else (p["worker"], p["accel"])
+        for key, p in tests.items()}        # a cell that stopped at its patched build: where that ran
+    assert {(r["worker"], r["accel"]) for r in rows if r["series"] == "s3"} == {("kvm-worker", "kvm")}
+    with Store.open(emb.report_dir.parent.parent / "history.sqlite") as st:
+        assert {r["worker"] for r in json.loads(history_text(st, series="*", as_json=True))} == {"embedded"}
     # both workers built (one baseline each), and kernels built on one were fetched by the other
     builders = {p["kernel"]: p["worker"] for p in places if p["stage"] == "baseline"}
     assert set(builders.values()) == {"kvm-worker", "plain-worker"}, builders

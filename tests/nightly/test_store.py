@@ -1,6 +1,7 @@
 """rig/nightly/store.py (schema.py, record.py): the nightly history database (deterministic data, no VM)."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 
@@ -174,7 +175,7 @@ def test_old_database_gets_the_signature_column(tmp_path):
         assert s.load_series(r2)[0].splats["patched"] == [sp]
     with Store.open(path) as s:        # opening again does not try to add it twice
         assert [r[1] for r in s.conn.execute("PRAGMA table_info(splats)")].count("signature") == 1
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_changes_and_test_history(store):
@@ -237,4 +238,91 @@ def test_schema_2_database_gets_the_bisect_column(tmp_path):
         assert s.load_series(r2)[0].bisect == BISECT
     with Store.open(path) as s:
         assert [r[1] for r in s.conn.execute("PRAGMA table_info(series)")].count("bisect") == 1
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+# ---------------------------------------------------------------- schema 4: placement, reproducers
+
+BASE_PLACE = {"kernel": "k", "series": None, "stage": "baseline", "worker": "plain-worker", "host": "b1",
+              "address": "tcp://10.0.0.2:4000", "accel": None, "took_s": 12.5, "cached": False,
+              "kernel_key": "k" * 16, "digest": "d" * 64}
+CELL_PLACES = [
+    {"kernel": "k", "series": "s1", "stage": "patched", "worker": "plain-worker", "host": "b1",
+     "address": "tcp://10.0.0.2:4000", "accel": None, "took_s": 3.0, "cached": True, "kernel_key": "p" * 16,
+     "digest": "e" * 64},
+    {"kernel": "k", "series": "s1", "stage": "test", "worker": "kvm-worker", "host": "kvm1",
+     "address": "tcp://10.0.0.3:4000", "accel": "kvm", "took_s": 40.0,
+     "fetched": [{"key": "p" * 16, "digest": "e" * 64, "how": "dask", "from": "plain-worker", "bytes": 1234}]},
+    {"kernel": "k", "series": "s1", "stage": "bench/fuzz", "worker": "kvm-worker", "host": "kvm1",
+     "address": "tcp://10.0.0.3:4000", "accel": "kvm", "took_s": 5.0},
+]
+
+
+def test_placement_and_reproducers_roundtrip(store):
+    """Which worker ran which task of a cell (report.json's cluster.placement) and the reproducer bundles of
+    a series come back as written; a baseline's rows have no series."""
+    from rig.nightly.history import history_text
+    rid = store.begin_run("h")
+    store.add_placement(rid, [BASE_PLACE])
+    sid = store.add_series(rid, rec("s1", reproducers=["/out/runs/1/repro/k--s1/a_read"]))
+    store.add_placement(rid, CELL_PLACES, series_id=sid)
+    store.add_series(rid, rec("s2"))               # a cell that never ran anywhere: no rows
+    store.finish_run(rid, 0)
+    rows = store.placement(rid)
+    assert [(r["series_id"], r["series"], r["stage"], r["worker"], r["accel"]) for r in rows] == [
+        (None, None, "baseline", "plain-worker", None), (sid, "s1", "patched", "plain-worker", None),
+        (sid, "s1", "test", "kvm-worker", "kvm"), (sid, "s1", "bench/fuzz", "kvm-worker", "kvm")]
+    assert rows[0]["cached"] is False and rows[1]["cached"] is True and rows[2]["cached"] is None
+    assert rows[0]["kernel_key"] == "k" * 16 and rows[0]["took_s"] == 12.5 and rows[0]["host"] == "b1"
+    assert rows[2]["fetched"] == CELL_PLACES[1]["fetched"] and rows[1]["fetched"] == []
+    s1, s2 = store.load_series(rid)
+    assert s1.reproducers == ["/out/runs/1/repro/k--s1/a_read"] and s2.reproducers == []
+    assert store.series_rows(rid)[0]["reproducers"] == ["/out/runs/1/repro/k--s1/a_read"]
+    # kproto history --series: where the series' kproto test ran, with which accel
+    out = {o["series"]: o for o in json.loads(history_text(store, series="s*", as_json=True))}
+    assert (out["s1"]["worker"], out["s1"]["accel"]) == ("kvm-worker", "kvm")
+    assert [p["stage"] for p in out["s1"]["placement"]] == ["patched", "test", "bench/fuzz"]
+    assert out["s1"]["placement"][1]["fetched"][0]["how"] == "dask"
+    assert out["s1"]["reproducers"] == ["/out/runs/1/repro/k--s1/a_read"]
+    assert (out["s2"]["worker"], out["s2"]["accel"], out["s2"]["placement"]) == (None, None, [])
+    lines = history_text(store, series="s*").splitlines()
+    head = lines[0].split()
+    assert head[-4:] == ["BAD", "WORKER", "ACCEL", "ERROR"]
+    row = next(l for l in lines if " s1 " in l)
+    assert "kvm-worker  kvm" in row
+
+
+def test_schema_3_database_gets_the_placement_table_and_reproducers_column(tmp_path):
+    """A history written by schema 3 (no placement table, no series.reproducers): opened, migrated to 4
+    once, its old rows kept and read back with no placement and no reproducers."""
+    from rig.nightly.history import history_text
+    path = tmp_path / "h.sqlite"
+    with Store.open(path) as s:
+        rid = s.begin_run("h")
+        sid = s.add_series(rid, rec("s1", bisect=BISECT))
+        s.add_changes(rid, [{"kind": "series-added", "severity": "info", "kernel": "k", "series": "s1"}])
+        s.finish_run(rid, 0)
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP INDEX placement_run; DROP INDEX placement_series; DROP TABLE placement;"
+                       " ALTER TABLE series DROP COLUMN reproducers; PRAGMA user_version = 3;")
+    conn.close()
+    with Store.open(path) as s:
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert "reproducers" in [r[1] for r in s.conn.execute("PRAGMA table_info(series)")]
+        assert s.placement(rid) == []
+        [old] = s.load_series(rid)
+        assert (old.name, old.outcome, old.bisect, old.reproducers) == ("s1", "tested", BISECT, [])
+        assert [(t["name"], t["status"]) for t in old.tests] == [("t_a", "match"), ("t_b", "fixed")]
+        assert [c["kind"] for c in s.changes(rid)] == ["series-added"] and s.run(rid)["complete"] == 1
+        [o] = json.loads(history_text(s, series="s1", as_json=True))
+        assert (o["worker"], o["accel"], o["placement"], o["reproducers"]) == (None, None, [], [])
+        # the migrated database takes schema-4 rows
+        r2 = s.begin_run("h")
+        sid2 = s.add_series(r2, rec("s1", reproducers=["/r/k--s1/t_a"]))
+        s.add_placement(r2, CELL_PLACES, series_id=sid2)
+        assert s.load_series(r2)[0].reproducers == ["/r/k--s1/t_a"]
+        assert [p["worker"] for p in s.placement(r2)] == ["plain-worker", "kvm-worker", "kvm-worker"]
+    assert sid
+    with Store.open(path) as s:        # opening again migrates nothing twice
+        assert [r[1] for r in s.conn.execute("PRAGMA table_info(series)")].count("reproducers") == 1
+        assert len(s.placement(r2)) == 3 and len(s.load_series(rid)) == 1
