@@ -90,10 +90,12 @@ def _kernels(patches: Sequence[Path], kernel_src: str | None, config: Sequence[P
     spec = prepare.KernelSpec(source=kernel_src, fragments=tuple(config))
     series = prepare.open_series(patches)
     tree, base_k = prepare.baseline(spec, _say)
-    _say(f"baseline kernel {base_k.version}: " + base_k.outcome())
+    if base_k.cached:    # a build says "built baseline kernel: N objects in T" itself
+        _say(f"baseline kernel {base_k.version}: " + base_k.outcome())
     if series:
         _, pat_k = prepare.patched(spec, series, _say, tree=tree)
-        _say("patched kernel: " + pat_k.outcome())
+        if pat_k.cached:
+            _say("patched kernel: " + pat_k.outcome(incremental=True))
     else:
         pat_k = base_k
     return modes.kernels(base_k, pat_k, series, tree.origin, bins, run_root, opts, _say)

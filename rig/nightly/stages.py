@@ -73,7 +73,8 @@ def _keep_build_log(k: KernelCfg, tree: SourceTree, kern: Kernel) -> None:
 def _baseline(k: KernelCfg, say: Say) -> tuple[dict, SourceTree, Kernel]:
     tree, kern = prepare.baseline(k.spec, say)
     say(f"kernel {k.name}: linux {tree.version()} at {tree.base[:12]} ({tree.origin})")
-    say(f"kernel {k.name}: baseline " + kern.outcome())
+    if kern.cached:      # a build said "built baseline kernel: N objects in T" itself
+        say(f"kernel {k.name}: baseline " + kern.outcome())
     return {"source": tree.origin, "version": kern.version, "commit_id": tree.base}, tree, kern
 
 
@@ -126,7 +127,8 @@ def s_patched(p: dict, say: Say) -> dict:
         _, kern = prepare.patched(k.spec, series, say)
         if not kern.cached:
             _keep_build_log(k, tree, kern)
-        say("patched kernel: " + kern.outcome(incremental=True))
+        if kern.cached:
+            say("patched kernel: " + kern.outcome(incremental=True))
         man = artifacts.snapshot(kern.key, p["where"])
         if shared is not None:
             artifacts.publish(man, shared)
