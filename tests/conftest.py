@@ -82,3 +82,18 @@ def fake_tarball(tmp_path) -> Path:
     with tarfile.open(tb, "w:gz") as tf:
         tf.add(FAKE_KERNEL, arcname="linux-fake")
     return tb
+
+
+@pytest.fixture
+def fast_runner(monkeypatch):
+    """kproto test's runner with the fake machine's short waits (the orchestration tests that drive
+    kproto test, bisect and the nightly through the fake machine)."""
+    from fake_machine import FAST
+    from rig.suite import runner, testrun
+    monkeypatch.setattr(runner, "TIMING", FAST)
+    orig = runner.run_kernel_suite
+
+    def fast(*a, **kw):
+        kw["timing"] = FAST
+        return orig(*a, **kw)
+    monkeypatch.setattr(testrun, "run_kernel_suite", fast)

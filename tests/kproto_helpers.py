@@ -26,6 +26,14 @@ def make_patch(tree: Path, edit, subject: str, out: Path) -> Path:
     return out
 
 
+def seven_patch(out: Path) -> Path:
+    """The fake kernel tree's one-line patch 'ovl: seven' (fs/overlayfs/file.c returns 7), written to OUT."""
+    def edit(work: Path):
+        f = work / "fs/overlayfs/file.c"
+        f.write_text(f.read_text().replace("return 0;", "return 7;"))
+    return make_patch(FAKE_KERNEL, edit, "ovl: seven", out)
+
+
 def res(status="ok", exit_code=0, signal=None, upper=None, lower_modified=False, **obs) -> dict:
     """One harness result, as the guest harness reports it, with observations OBS."""
     return {"status": status, "observations": {k: str(v) for k, v in obs.items()}, "exit_code": exit_code,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_machine import FAST, FakeKernel, FakeTest, log
+from fake_machine import FakeKernel, FakeTest, log
 from kproto_helpers import DATA, FAKE_KERNEL
 from rig.kernel import prepare
 from rig.nightly import bisecting
@@ -25,7 +25,7 @@ from rig.nightly.history import history_text
 from rig.nightly.run import run as nightly_run
 from rig.nightly.store import Store
 from rig.report.model import Report
-from rig.suite import bisect, runner, testrun
+from rig.suite import bisect, testrun
 
 SUITE = DATA / "fake_suite"
 SERIES = DATA / "patches" / "bisect"
@@ -35,18 +35,6 @@ WARN_SIG = "warning:ovl_copy_up_one@fs/overlayfs/copy_up.c"
 
 def patches(*numbers: int) -> list[Path]:
     return [next(SERIES.glob(f"{n:04d}-*.patch")) for n in numbers]
-
-
-@pytest.fixture
-def fast_runner(monkeypatch):
-    """kproto test's runner with the fake machine's short waits (as tests/suite/conftest.py)."""
-    monkeypatch.setattr(runner, "TIMING", FAST)
-    orig = runner.run_kernel_suite
-
-    def fast(*a, **kw):
-        kw["timing"] = FAST
-        return orig(*a, **kw)
-    monkeypatch.setattr(testrun, "run_kernel_suite", fast)
 
 
 @pytest.fixture

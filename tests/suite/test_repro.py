@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from fake_machine import FAST, FakeKernel, FakeTest, log
-from kproto_helpers import DATA, FAKE_KERNEL, make_patch
+from kproto_helpers import DATA, FAKE_KERNEL, seven_patch
 from rig.analysis import splats as splatmod
 from rig.cli.main import main as cli
 from rig.kernel import prepare
@@ -300,10 +300,7 @@ def test_default_kproto_is_this_checkouts_venv(tmp_path):
 
 @pytest.fixture
 def seven(tmp_path) -> Path:
-    def edit(work: Path):
-        f = work / "fs/overlayfs/file.c"
-        f.write_text(f.read_text().replace("return 0;", "return 7;"))
-    return make_patch(FAKE_KERNEL, edit, "ovl: seven", tmp_path / "seven.patch")
+    return seven_patch(tmp_path / "seven.patch")
 
 
 def _lockdep_kernel(splat: bool = True) -> FakeKernel:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fake_machine import FakeKernel, FakeTest, log
-from kproto_helpers import DATA, FAKE_KERNEL, make_patch
+from kproto_helpers import DATA, seven_patch
 from rig.suite import runner
 from rig.suite import results_cache, testrun
 
@@ -22,10 +22,7 @@ pytestmark = pytest.mark.usefixtures("fast_runner")
 
 @pytest.fixture
 def patch(tmp_path) -> Path:
-    def edit(work: Path):
-        f = work / "fs/overlayfs/file.c"
-        f.write_text(f.read_text().replace("return 0;", "return 7;"))
-    return make_patch(FAKE_KERNEL, edit, "ovl: seven", tmp_path / "seven.patch")
+    return seven_patch(tmp_path / "seven.patch")
 
 
 def _run(tmp_path, fake_tarball, patch, base: FakeKernel, patched: FakeKernel, **kw):
