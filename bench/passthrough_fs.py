@@ -9,7 +9,8 @@ syscall (reads are one ``os.pread`` on the fd opened at ``open``), FUSE inode nu
 backing st_ino, files are opened with ``keep_cache`` (so a second read of an unchanged file comes
 from the FUSE page cache, as on the reference), and entries/attributes are cached by the kernel
 for the reference's default (1 s).  Only what the benchmark uses is implemented (lookup,
-getattr, open/read/write/release, create, unlink, mkdir/rmdir, readdir, statfs); everything
+getattr/setattr, open/read/write/release, create, unlink, rename, mkdir/rmdir, readdir, statfs);
+everything
 else answers ENOSYS.  Written for kproto; it shares no code with pyfuse3's examples.
 """
 
@@ -85,6 +86,29 @@ class Passthrough(pyfuse3.Operations):
         ino = inode if inode == pyfuse3.ROOT_INODE else None
         return self._entry(self._stat(self._path(inode)), ino)
 
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        path = self._path(inode)
+        try:
+            if fields.update_size:
+                if fh is not None:
+                    os.ftruncate(fh, attr.st_size)
+                else:
+                    os.truncate(path, attr.st_size)
+            if fields.update_mode:
+                os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False)
+            if fields.update_uid or fields.update_gid:
+                os.chown(path, attr.st_uid if fields.update_uid else -1,
+                         attr.st_gid if fields.update_gid else -1, follow_symlinks=False)
+            if fields.update_atime or fields.update_mtime:
+                st = os.lstat(path)
+                os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                                   attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns),
+                         follow_symlinks=False)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        ino = inode if inode == pyfuse3.ROOT_INODE else None
+        return self._entry(self._stat(path), ino)
+
     async def statfs(self, ctx):
         sv = os.statvfs(self._path(pyfuse3.ROOT_INODE))
         d = pyfuse3.StatvfsData()
@@ -127,6 +151,19 @@ class Passthrough(pyfuse3.Operations):
             os.unlink(os.path.join(self._path(parent_inode), name))
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        old = os.path.join(self._path(parent_inode_old), name_old)
+        new = os.path.join(self._path(parent_inode_new), name_new)
+        try:
+            os.rename(old, new)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        st = self._stat(new)
+        if st.st_ino in self.paths:
+            self.paths[st.st_ino] = new
 
     # ---- directories
 

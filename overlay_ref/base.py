@@ -6,6 +6,7 @@ super.c)."""
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -43,7 +44,7 @@ class _NeedThread(Exception):
 class Node:
     __slots__ = ("ino", "path", "parent", "kind", "upper", "lowers", "nlookup", "aliases",
                  "unlinked", "fd", "fd_upper", "fd_mem", "old_fds", "opens", "lock", "copying",
-                 "atime_ns", "lower_key")
+                 "atime_ns", "lower_key", "was_open")
 
     def __init__(self, ino: int, path: bytes, parent: int, kind: int, upper: bool,
                  lowers: list[tuple[int, bytes]]):
@@ -61,6 +62,9 @@ class Node:
         self.fd_mem = False                  # fd is on a memory filesystem (tmpfs): never blocks
         self.old_fds: list[int] = []         # fds on stale backing files, closed on last release
         self.opens = 0
+        # opened through the mount at least once: only then can the kernel hold pages of it
+        # (FUSE page cache, mappings) that a copy-up must invalidate
+        self.was_open = False
         self.lock = threading.Lock()
         self.copying = False                 # a data copy-up runs without the namespace lock
         self.atime_ns: Optional[int] = None  # in-memory atime of a lower-only object (relatime)
@@ -78,12 +82,17 @@ class Handle:
 
 
 class DirHandle:
-    __slots__ = ("node", "entries", "pending")
+    __slots__ = ("node", "entries", "where", "gen", "pending", "pending_gen")
 
-    def __init__(self, node: Node, entries: list[bytes]):
+    def __init__(self, node: Node, entries: list[bytes],
+                 where: Optional[list] = None, gen: int = -1):
         self.node = node
         self.entries = entries       # snapshot at opendir: offsets are indexes into it
+        # per entry, where opendir found it: (layer, relative path, is a directory) or None
+        self.where = where if where is not None else [None] * len(entries)
+        self.gen = gen               # OverlayBase.ns_gen at opendir
         self.pending: list = []      # entries computed for a reply they did not fit in
+        self.pending_gen = -1        # OverlayBase.ns_gen when they were computed
 
 
 class OverlayBase(pyfuse3.Operations):
@@ -108,6 +117,16 @@ class OverlayBase(pyfuse3.Operations):
                 os.close(fd)
             raise
         self.dirfds = _DirFds(roots, cfg.dirfd_cache)
+        from .file import _on_mem_fs      # (file imports base) also notes each st_dev
+        # which layers are memory filesystems (tmpfs, ramfs): what may be done on the loop
+        self.layer_mem = {layer: _on_mem_fs(fd) for layer, fd in roots.items()}
+        self.upper_mem = self.layer_mem[UPPER]
+        self.all_mem = all(self.layer_mem.values())
+        # names of lower directories (lower layers never change while mounted): namei
+        self.lower_dir_names: collections.OrderedDict[tuple[int, bytes], frozenset] = \
+            collections.OrderedDict()
+        self.lower_dir_total = 0          # names in lower_dir_names
+        self.lower_dir_hits: dict[tuple[int, bytes], int] = {}
         self.upper_fd = roots[UPPER]
         self.work_fd = roots[WORK]
         pfx = cfg.xattr_prefix.encode()
@@ -121,6 +140,9 @@ class OverlayBase(pyfuse3.Operations):
         self.cond = threading.Condition(self.lock)
         self.nodes: dict[int, Node] = {}
         self.by_path: dict[bytes, int] = {}
+        # bumped by every change of the names the node table knows (create, link, unlink,
+        # rmdir, rename): a directory listing taken at opendir is still exact while it stands
+        self.ns_gen = 0
         self.by_upper_ino: dict[tuple[int, int], int] = {}
         # lower hard links: (lower st_dev, st_ino) -> node, and (built on the first copy-up of
         # such a file) every name of every multiply-linked lower file

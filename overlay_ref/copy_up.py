@@ -17,10 +17,12 @@ import trio
 
 from .base import DIR, LNK, REG, S_IFMT, Node, _err, _join, log
 from .dirfds import UPPER, _Loc
+from .file import _mem_dev
 from .namei import NodeTable
 from .util import _O_NOATIME
 
 _UNLOCKED_COPY_MIN = 1 << 20
+_INLINE_COPY_MAX = 256 << 10      # copy-ups on the event loop: memory filesystems only
 _COPY_CHUNK = 1 << 20
 
 
@@ -73,7 +75,7 @@ class CopyUp(NodeTable):
         on; an operation that needs this node copied up waits for it)."""
         if node.upper:
             return
-        if node.kind != DIR:
+        if node.kind != DIR and not self._cheap_copy_up(node, data):
             self._check_may_block()      # never copy data (or wait for a copy) on the loop
         # parents first, top-down: a loop, not a recursion (a path can be 2000 directories
         # deep); _copy_up_one copies a parent itself if it changed meanwhile
@@ -88,6 +90,23 @@ class CopyUp(NodeTable):
         for p in reversed(chain):
             self._copy_up_one(p, True)
         self._copy_up_one(node, data)
+
+    def _cheap_copy_up(self, node: Node, data: bool) -> bool:
+        """May the copy-up of non-directory ``node`` run on the event loop?  Yes when it
+        copies no data (symlinks, devices, a copy-up for O_TRUNC) or only a small file
+        (_INLINE_COPY_MAX) from a memory filesystem to a memory filesystem (tmpfs, ramfs: a
+        copy from memory, as the reads served on the loop), nothing else copies it now and
+        no scan of the lower layers (lower hard links) is due.  Only asked on the loop."""
+        if (self._inline_ident != threading.get_ident() or node.copying or not node.lowers
+                or (node.lower_key is not None and self._lower_link_names is None)):
+            return False
+        if node.kind != REG or not data:
+            return True
+        if not self.upper_mem:
+            return False
+        st = self._lstat_at(*node.lowers[0])
+        return (st is not None and st.st_size <= _INLINE_COPY_MAX
+                and _mem_dev.get(st.st_dev, False))
 
     def _copy_up_one(self, node: Node, data: bool) -> None:
         if node.upper:
@@ -177,7 +196,15 @@ class CopyUp(NodeTable):
             # name (the only way _get_fd can reopen it) may be gone before the next I/O
             self._get_fd(node)
         if kind != DIR:
-            self._invalidate(node.ino)
+            if node.was_open:
+                self._invalidate(node.ino)
+            else:
+                # never opened here: the kernel holds no pages of it, only attributes (the
+                # copy's ctime differs): dropping those does not wait for anything
+                try:
+                    pyfuse3.invalidate_inode(node.ino, True)
+                except OSError:
+                    pass
 
     @staticmethod
     def _copy_data(fin: int, fout: int, size: int) -> None:
@@ -208,7 +235,7 @@ class CopyUp(NodeTable):
         def start():
             nursery.start_soon(self._invalidate_task, ino)
         try:
-            trio.from_thread.run_sync(start, trio_token=token)
+            token.run_sync_soon(start)       # from a worker or the loop; does not wait
         except Exception:
             pass
 

@@ -42,11 +42,13 @@ def _fstatfs_type(fd: int) -> int:
     return ctypes.c_long.from_buffer(buf).value
 
 
-def _on_mem_fs(fd: int) -> bool:
-    try:
-        dev = os.fstat(fd).st_dev
-    except OSError:
-        return False
+def _on_mem_fs(fd: int, dev: int | None = None) -> bool:
+    """Is ``fd`` on a memory filesystem?  ``dev``: its st_dev when the caller has it."""
+    if dev is None:
+        try:
+            dev = os.fstat(fd).st_dev
+        except OSError:
+            return False
     mem = _mem_dev.get(dev)
     if mem is None:
         mem = _mem_dev[dev] = (_fstatfs_type(fd) & 0xFFFFFFFF) in _MEM_FS
@@ -129,6 +131,7 @@ class FileOps(LayerAccess):
                     os.ftruncate(self._get_fd(node), 0)
         self._get_fd(node)
         with self.lock:
+            node.was_open = True
             node.opens += 1
             fh = next(self.fh_counter)
             self.handles[fh] = Handle(node, flags)
@@ -205,6 +208,17 @@ class FileOps(LayerAccess):
         return data
 
     async def write(self, fh, off, buf):
+        # as read(): a write to an upper file on a memory filesystem is a copy to memory,
+        # answered on the loop; anything else (a copy-up first, other filesystems) in a thread
+        h = self.handles.get(fh)
+        if h is not None:
+            node = h.node
+            fd = node.fd
+            if fd is not None and node.upper and node.fd_upper and node.fd_mem:
+                try:
+                    return os.pwrite(fd, buf, off)
+                except OSError:
+                    pass                      # the thread path reports the error
         return await self._run(self._write_op, fh, off, buf)
 
     def _write_op(self, fh, off, buf):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from typing import Optional
 
 import pyfuse3
@@ -16,7 +17,74 @@ from .dirfds import _MISSING, UPPER
 from .inode import InodeOps
 
 
+_LOWER_LIST_AFTER = 8        # lookups in one lower directory before its names are listed
+_LOWER_LIST_DIRS = 1024      # lower directories whose names are kept (LRU) ...
+_LOWER_LIST_NAMES = 1 << 20  # ... and how many names at most in all
+
+
 class NodeTable(InodeOps):
+    # ------------------------------------------------------------------ lower directories' names
+    #
+    # A lookup in a merged directory asks every lower layer in turn (an lstat each), so with
+    # N lower layers a name found in the last one, and every name not found at all, costs N
+    # syscalls more.  Lower layers never change while mounted (as for overlayfs): once a
+    # lower directory has been asked a few times, or listed by opendir, its names are kept
+    # (a bounded LRU) and a layer that does not hold the name is skipped without a syscall.
+
+    def _lower_absent(self, layer: int, rel: bytes) -> bool:
+        """Is ``rel`` known not to exist in lower layer ``layer``?  (False: ask the layer.)"""
+        i = rel.rfind(b"/")
+        d, base = (rel[:i], rel[i + 1:]) if i >= 0 else (b"", rel)
+        key = (layer, d)
+        cache = self.lower_dir_names
+        names = cache.get(key)
+        if names is None:
+            hits = self.lower_dir_hits
+            n = hits.get(key, 0) + 1
+            if n < _LOWER_LIST_AFTER or (
+                    not self.layer_mem.get(layer, False)
+                    and self._inline_ident == threading.get_ident()):
+                if len(hits) > 65536:
+                    hits.clear()
+                hits[key] = n
+                return False        # (on the loop, only memory filesystems are listed)
+            hits.pop(key, None)
+            try:
+                dfd = self._open_dir(layer, d)
+            except OSError as e:
+                if e.errno not in _MISSING:
+                    return False
+                # no such directory in this layer (a redirect's target): nothing is there
+                self._keep_lower_names(key, frozenset())
+                return True
+            try:
+                with os.scandir(dfd) as it:
+                    names = frozenset(os.fsencode(e.name) for e in it)
+            except OSError:
+                return False
+            finally:
+                os.close(dfd)
+            if not self._keep_lower_names(key, names):
+                hits[key] = -(1 << 62)        # too big to keep: do not list it again
+        else:
+            cache.move_to_end(key)
+        return base not in names
+
+    def _keep_lower_names(self, key: tuple[int, bytes], names: frozenset) -> bool:
+        """Keep the names of lower directory ``key``; False if there are too many."""
+        cache = self.lower_dir_names
+        old = cache.pop(key, None)
+        if old is not None:
+            self.lower_dir_total -= len(old)
+        if len(names) > _LOWER_LIST_NAMES // 4:
+            return False            # a huge directory: ask its layer, name by name
+        cache[key] = names
+        self.lower_dir_total += len(names)
+        while len(cache) > _LOWER_LIST_DIRS or self.lower_dir_total > _LOWER_LIST_NAMES:
+            _, gone = cache.popitem(last=False)
+            self.lower_dir_total -= len(gone)
+        return True
+
     # ------------------------------------------------------------------ lookup
 
     def _walk_lowers(self, parent: Node, name: bytes, kind: Optional[int],
@@ -43,6 +111,8 @@ class NodeTable(InodeOps):
                 if i not in pl:
                     continue
                 cand = _join(pl[i], cur_name)
+            if self._lower_absent(i, cand):
+                continue
             try:
                 loc = self._at(i, cand)
             except OSError as e:
@@ -118,20 +188,27 @@ class NodeTable(InodeOps):
         return kind is not None
 
     def _lookup_locked(self, parent: Node, name: bytes) -> Optional[Node]:
+        return self._lookup_st(parent, name)[0]
+
+    def _lookup_st(self, parent: Node, name: bytes
+                   ) -> tuple[Optional[Node], Optional[os.stat_result]]:
+        """The node of ``name`` in ``parent`` (None: no such name), and, when this lookup made
+        the node, the lstat of its current backing file taken on the way (else None), so that
+        its attributes need no second stat (``_attr_of``).  Caller holds self.lock."""
         if name == b".":
-            return parent
+            return parent, None
         if name == b"..":
-            return self.nodes.get(parent.parent, parent)
+            return self.nodes.get(parent.parent, parent), None
         if parent.kind != DIR:
             raise _err(errno.ENOTDIR)
         path = _join(parent.path, name)
         ino = self.by_path.get(path)
         if ino is not None:
-            return self.nodes[ino]
+            return self.nodes[ino], None
         sts: list[os.stat_result] = []
         res = self._resolve(parent, name, sts)
         if res is None:
-            return None
+            return None, None
         kind, upper_st, lowers = res
         lower_key = None
         if upper_st is None and kind != DIR and sts and sts[0].st_nlink > 1:
@@ -139,7 +216,7 @@ class NodeTable(InodeOps):
             lower_key = (sts[0].st_dev, sts[0].st_ino)
             node = self._join_lower_link(parent, path, lower_key)
             if node is not None:
-                return node
+                return node, None
         if upper_st is not None and kind != DIR and upper_st.st_nlink > 1:
             key = (upper_st.st_dev, upper_st.st_ino)
             other = self.by_upper_ino.get(key)
@@ -147,7 +224,7 @@ class NodeTable(InodeOps):
                 node = self.nodes[other]
                 node.aliases.add(path)
                 self.by_path[path] = node.ino
-                return node
+                return node, None
         node = Node(next(self.ino_counter), path, parent.ino, kind, upper_st is not None, lowers)
         self.nodes[node.ino] = node
         self.by_path[path] = node.ino
@@ -156,7 +233,15 @@ class NodeTable(InodeOps):
         if lower_key is not None:
             node.lower_key = lower_key
             self.by_lower_ino[lower_key] = node.ino
-        return node
+        # the current backing file is the upper entry when there is one, else the first lower
+        return node, (upper_st if upper_st is not None else (sts[0] if sts else None))
+
+    def _attr_of(self, node: Node, st: Optional[os.stat_result]) -> pyfuse3.EntryAttributes:
+        """Attributes of ``node``; ``st`` is the lstat of its backing file that the lookup
+        which made the node took (``_lookup_st``), or None."""
+        if st is None:
+            return self._attr(node)
+        return self._attr_from_stat(node, st)
 
     def _join_lower_link(self, parent: Node, path: bytes, key: tuple[int, int]) -> Optional[Node]:
         """``path`` is a name of the lower hard-linked file ``key``: the node of that object if
@@ -195,6 +280,7 @@ class NodeTable(InodeOps):
         return node
 
     def _new_upper_node(self, parent: Node, name: bytes, kind: int, lowers=None) -> Node:
+        self.ns_gen += 1
         path = _join(parent.path, name)
         node = Node(next(self.ino_counter), path, parent.ino, kind, True, lowers or [])
         self.nodes[node.ino] = node
@@ -205,6 +291,7 @@ class NodeTable(InodeOps):
 
     def _drop_path(self, path: bytes) -> None:
         """Forget ``path`` (and, for a directory, everything below it) in the path table."""
+        self.ns_gen += 1
         ino = self.by_path.pop(path, None)
         gone: list[Node] = []
         if ino is not None:
@@ -243,6 +330,7 @@ class NodeTable(InodeOps):
         self._close_fds(node)
 
     def _move_path(self, old: bytes, new: bytes, node: Node, new_parent: Node) -> None:
+        self.ns_gen += 1
         self.by_path.pop(old, None)
         node.aliases.discard(old)
         node.aliases.add(new)
@@ -269,10 +357,15 @@ class NodeTable(InodeOps):
     def _lookup_op(self, parent_inode, name):
         with self.lock:
             parent = self._node(parent_inode)
-            node = self._lookup_locked(parent, name)
+            node, st = self._lookup_st(parent, name)
             if node is None:
-                raise _err(errno.ENOENT)
-            attr = self._attr(node)
+                # a negative entry the kernel may cache for the entry timeout (as overlayfs
+                # keeps negative dentries): every change of the name comes through this mount
+                neg = pyfuse3.EntryAttributes()
+                neg.st_ino = 0
+                neg.entry_timeout = self.timeout
+                return neg
+            attr = self._attr_of(node, st)
             if name not in (b".", b".."):
                 node.nlookup += 1
             return attr

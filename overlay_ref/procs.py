@@ -4,6 +4,7 @@ is it alive, and waiting for it to exit (SIGTERM, then SIGKILL, through a pidfd)
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -85,6 +86,21 @@ def _verify_daemon(pid: int, mountpoint: str) -> str | None:
     return why
 
 
+def _wait_exit(pid: int, pidfd: int | None, timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``pid`` to exit: woken by its pidfd (readable once the
+    process has exited) when there is one, else polling every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if pidfd is not None:
+            if select.select([pidfd], [], [], min(left, 0.5))[0]:
+                time.sleep(0.001)         # exited: let _pid_alive see it (never a busy loop)
+        else:
+            time.sleep(min(left, 0.02))
+
+
 def _reap(pid: int, wait: float, mountpoint: str) -> None:
     """Wait for the daemon ``pid`` of ``mountpoint`` to exit; SIGTERM, then SIGKILL it if it
     does not.  Nothing is waited for or signalled unless ``pid`` is that daemon
@@ -101,9 +117,7 @@ def _reap(pid: int, wait: float, mountpoint: str) -> None:
         if why is not None:
             _warn(f"not signalling pid {pid} from the pidfile of {mountpoint}: {why}")
             return
-        deadline = time.monotonic() + wait
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_exit(pid, pidfd, wait)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if not _pid_alive(pid):
                 break
@@ -118,9 +132,7 @@ def _reap(pid: int, wait: float, mountpoint: str) -> None:
                     os.kill(pid, sig)
             except ProcessLookupError:
                 break
-            t = time.monotonic() + 3
-            while _pid_alive(pid) and time.monotonic() < t:
-                time.sleep(0.02)
+            _wait_exit(pid, pidfd, 3)
     finally:
         if pidfd is not None:
             os.close(pidfd)

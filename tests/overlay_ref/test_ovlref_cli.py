@@ -174,10 +174,13 @@ def test_mount_helper_script(make_layers, tmp_path):
 @pytest.mark.skipif(not os.path.exists("/sbin/mount.fuse.kproto-ovl"),
                     reason="helper not installed in /sbin (the set-up does that)")
 def test_mount_t_fuse_kproto_ovl(make_layers):
+    """mount(8) through the helper setup.sh installs; KPROTO_OVL_PYTHON makes it run this checkout's
+    overlay_ref (the installed helper names the venv of whichever clone ran setup.sh last)."""
     layers = make_layers([{"a": "1"}])
     r = subprocess.run(["mount", "-t", "fuse.kproto-ovl", "kproto-ovl", str(layers.mnt), "-o",
                         f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "KPROTO_OVL_PYTHON": sys.executable})
     pid = None
     try:
         assert r.returncode == 0, r.stderr
