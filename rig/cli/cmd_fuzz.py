@@ -1,8 +1,11 @@
 """`kproto fuzz`: differential fuzzing of file-operation sequences, target overlay vs the reference.
 
 Parses the options, builds the interpreter, makes the targets (for --target kernel: the patched kernel
-through rig.kernel.prepare, booted in a VM), runs rig.fuzz.search.fuzz and emits each finding
-(rig.fuzz.emit); exit 0 nothing found, 1 findings, 2 bad input, 3 infrastructure failure."""
+through rig.kernel.prepare, booted in a VM whose console is watched for splats, plus a prober that boots
+fresh VMs of it to attribute and shrink a splat), runs rig.fuzz.search.fuzz and emits each finding
+(rig.fuzz.emit); a splat finding's reproducer is checked on fresh boots of the patched and the baseline
+kernel (rig.fuzz.splatcheck; the baseline through rig.kernel.prepare.baseline, when first needed).
+Exit 0 nothing found, 1 findings, 2 bad input, 3 infrastructure failure."""
 from __future__ import annotations
 
 import json
@@ -13,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -69,8 +72,10 @@ _say = progress.for_stderr("kproto fuzz: ")   # one line per message; a live lin
 @click.option("--config", "config", multiple=True, type=click.Path(path_type=Path), metavar="FRAGMENT",
               help="extra Kconfig fragment (--target kernel)")
 @click.option("--keep", is_flag=True, help="keep the VM run directory (--target kernel)")
+@click.option("--splat-budget", default="10m", show_default=True,
+              help="--target kernel: time to attribute and shrink each new splat (fresh boots), on top of --budget")
 def command(patches, target, reference, budget, max_sequences, seed, json_out, findings_dir, tests_dir, tests_dir_old,
-            no_tests, include_known, batch, max_len, kernel_src, config, keep):
+            no_tests, include_known, batch, max_len, kernel_src, config, keep, splat_budget):
     """Search for operation sequences on which an overlay differs from the reference overlay; shrink
     each to a C reproducer and a guest test.
 
@@ -85,6 +90,7 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
     if patches and target != "kernel":
         raise BadInput("PATCH... only makes sense with --target kernel")
     budget_s = search.parse_budget(budget)
+    splat_budget_s = search.parse_budget(splat_budget)
     if seed is None:
         seed = random.SystemRandom().randrange(1, 2**31)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -109,7 +115,12 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
     if target == "kernel" and patches:
         target_desc += " with " + ", ".join(p.name for p in patches)
 
+    checker: list[Callable[[Finding], None]] = []      # --target kernel: the splat reproducer check
+
     def on_finding(f: Finding) -> None:
+        if f.splat is not None and checker:
+            emit.emit_finding(f, findings_dir, None, target_desc, cmdline)    # repro.c, to check it
+            checker[0](f)
         emit.emit_finding(f, findings_dir, tests_out, target_desc, cmdline)
         _say(f"finding {f.id} -> {f.reproducer}" + (f" and {f.guest_test}" if f.guest_test else "")
              + (f" (guest test not added: same first difference and operations as {f.duplicate_of})"
@@ -121,7 +132,8 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
         with ref_t:
             if target == "kernel":
                 result = _fuzz_kernel(patches, kernel_src, config, keep, interp, ref_t, seed, budget_s,
-                                      max_sequences, batch or 32, max_len, known, include_known, on_finding)
+                                      max_sequences, batch or 32, max_len, known, include_known, on_finding,
+                                      splat_budget_s, checker)
             else:
                 with targets.make_local_target(target, interp, work / "target") as tgt:
                     result = search.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
@@ -140,40 +152,77 @@ def command(patches, target, reference, budget, max_sequences, seed, json_out, f
                f"{len(result.findings)} finding(s), {len(result.known)} known divergence(s) filtered")
     for f in result.findings:
         d = f.diff
-        click.echo(f"  {f.id}  {len(f.ops)} ops, op {d.op_index + 1} ({d.kind}): reference {d.reference!r}, "
-                   f"{target} {d.target!r}")
+        if d is not None:
+            click.echo(f"  {f.id}  {len(f.ops)} ops, op {d.op_index + 1} ({d.kind}): reference {d.reference!r}, "
+                       f"{target} {d.target!r}")
+        if f.splat is not None:
+            sp = f.splat
+            click.echo(f"  {f.id}  {len(f.ops)} ops, splat: {sp.title} ({sp.kind}, {sp.signature})"
+                       + ("; the baseline kernel shows it too: not a regression of the patch" if sp.baseline else "")
+                       + ("; the reproducer did NOT show it" if sp.reproduced is False else "")
+                       + ("" if f.minimal else "; not 1-minimal (splat budget)"))
         for i, op in enumerate(f.ops, 1):
             click.echo(f"      {i}. {op}")
         click.echo(f"      reproducer: {f.reproducer}")
+    for sp, why in result.unattributed:
+        click.echo(f"  splat in batch {sp.batch}, not a finding: {sp.title} ({why})")
     click.echo(f"replay: {cmdline}")
     sys.exit(EXIT_REGRESSED if result.findings else EXIT_CLEAN)
 
 
 def _fuzz_kernel(patches: tuple[Path, ...], kernel_src: str | None, config: tuple[Path, ...], keep: bool,
                  interp: Path, ref_t: Target, seed: int, budget_s: float, max_sequences: int | None, batch: int,
-                 max_len: int, known: Known, include_known: bool,
-                 on_finding: Callable[[Finding], None]) -> FuzzResult:
-    from rig.fuzz import search
+                 max_len: int, known: Known, include_known: bool, on_finding: Callable[[Finding], None],
+                 splat_budget_s: float = 600.0, checker: list[Callable[[Finding], None]] | None = None) -> FuzzResult:
+    from rig.fuzz import search, splatcheck
     from rig.fuzz.targets import KernelTarget
     from rig.kernel import prepare
-    from rig.machine.qemu import VM
+    from rig.machine import qemu
     from rig.suite.testrun import new_run_dir
 
-    _, kernel = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)
+    spec = prepare.KernelSpec(kernel_src, tuple(config))
+    tree, kernel = prepare.patched(spec, prepare.open_series(patches), _say)
     _say(f"kernel {kernel.version}: " + kernel.outcome())
     run_dir = new_run_dir(keep)
-    try:
-        with VM(bzimage=kernel.bzimage, run_dir=run_dir, name="fuzz") as vm:
-            boot = vm.wait_ready()
-            _say(f"guest ready after {boot:.1f} s ({vm.accel}); {batch} sequences per SSH command")
-            tgt = KernelTarget(interp, run_dir, vm)
+    boots = [0]
+
+    def booter(k: Any, label: str, say: bool) -> Callable[[], Any]:
+        def boot() -> Any:
+            boots[0] += 1
+            vm = qemu.VM(bzimage=k.bzimage, run_dir=run_dir, name=f"{label}{boots[0]}")
+            vm.start()
             try:
-                return search.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
-                                   batch=batch, max_len=max_len, known=known, include_known=include_known,
-                                   progress=_say, on_finding=on_finding)
-            finally:
-                tgt.close()
+                s = vm.wait_ready()
+            except BaseException:
+                vm.stop()
+                raise
+            if say:
+                _say(f"guest ready after {s:.1f} s ({vm.accel}); {batch} sequences per SSH command")
+            return vm
+        return boot
+
+    tgt = KernelTarget(interp, run_dir, None, boot=booter(kernel, "fuzz", True))
+    prober = KernelTarget(interp, run_dir, None, boot=booter(kernel, "probe", False))
+    prober.slots_per_mount = 16
+    base: list[KernelTarget] = []
+
+    def baseline() -> KernelTarget:
+        if not base:
+            _, bk = prepare.baseline(spec, _say, tree)
+            _say(f"baseline kernel {bk.version}: " + bk.outcome())
+            base.append(KernelTarget(interp, run_dir, None, boot=booter(bk, "baseline", False)))
+        return base[0]
+
+    if checker is not None:
+        checker.append(lambda f: splatcheck.check(f, prober, baseline, _say))
+    try:
+        tgt.reboot()
+        return search.fuzz(tgt, ref_t, seed=seed, budget_s=budget_s, max_sequences=max_sequences,
+                           batch=batch, max_len=max_len, known=known, include_known=include_known,
+                           progress=_say, on_finding=on_finding, prober=prober, splat_budget_s=splat_budget_s)
     finally:
+        for t in (tgt, prober, *base):
+            t.close()
         if keep:
             _say(f"run directory kept: {run_dir}")
         else:

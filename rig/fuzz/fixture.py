@@ -35,14 +35,19 @@ FIXTURE: list[Entry] = [
     Entry("L", "symlink", "s", 0o777, "a"),
     Entry("L", "file", "w", 0o644, "whited-out\n"),
     Entry("U", "whiteout", "w", 0, None),
+    # a trip-wire for the rig's fixture patches (tests/data/patches/README.md, "Trigger names"): they
+    # misbehave only on copy-up of a name starting with kproto-warn, so `kproto fuzz --target kernel
+    # warn-copyup.patch` can find its WARN; on any other kernel it is a lower file like b
+    Entry("L", "file", "kproto-warn", 0o644, "trip-wire\n"),
     Entry("U", "file", "u", 0o644, "upper-only\n"),
 ]
 FIXTURE_XATTRS: list[Xattr] = [Xattr("L", "a", "user.k", "v1")]
 # where each path of the namespace lives, for humans
 WHERE = {"a": "lower", "b": "lower", "d": "lower dir", "d/f": "lower", "s": "lower symlink -> a",
-         "u": "upper", "w": "lower, whited out on upper", "n": "nowhere", "d/n": "nowhere"}
+         "u": "upper", "w": "lower, whited out on upper", "n": "nowhere", "d/n": "nowhere",
+         "kproto-warn": "lower (the fixture patches' trip-wire name)"}
 # the paths operations choose from (rig/fuzz/ops.py weighs them)
-PATHS = ["a", "b", "d", "d/f", "s", "u", "w", "n", "d/n"]
+PATHS = ["a", "b", "d", "d/f", "s", "u", "w", "n", "d/n", "kproto-warn"]
 
 
 def spec_text() -> str:

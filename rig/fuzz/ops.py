@@ -33,7 +33,10 @@ OPEN_FLAGS = ["RDONLY", "WRONLY", "RDWR", "WRONLY|TRUNC", "RDWR|CREAT", "WRONLY|
 DATA = ["bar", "NEWDATA", "x", "0123456789abcdef"]
 OFFSETS = ["0", "3", "8", "100"]
 LENGTHS = ["16", "4", "64"]
-PATH_CHOICES = ["a"] * 8 + PATHS[1:]     # the file with a mapping-worthy lower copy, most of the time
+# the file with a mapping-worthy lower copy, most of the time; the fixture's trip-wire (kproto-warn) takes
+# one of a's eight slots, so the list keeps its length and order (a seed draws what it drew before the
+# trip-wire existed, but where it drew that slot)
+PATH_CHOICES = ["a"] * 7 + ["kproto-warn"] + [p for p in PATHS[1:] if p != "kproto-warn"]
 
 
 class ArgKind(Enum):

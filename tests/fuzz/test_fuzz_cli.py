@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_guest import FakeVM
 from fuzz_helpers import needs_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,46 +41,9 @@ def test_add_tests_refuses_an_installed_package_directory(tmp_path):
     assert "inside an installed Python package" in r.stderr and not bad.exists()
 
 
-class _FakeSSH:
-    """The guest's shell: every op of every staged batch answers "ok"."""
-
-    def __init__(self, stage: Path):
-        self.stage = stage
-        self.cmds: list[str] = []
-
-    def run(self, cmd, timeout=None):
-        from rig.fuzz.ops import parse_ops
-        self.cmds.append(cmd)
-        if "opinterp run" not in cmd:
-            return 0, "", ""
-        seqs = parse_ops((self.stage / cmd.rsplit("/", 1)[1]).read_text())
-        out = "".join(f"=== seq {i}\n" + "".join(f"{k}: ok\n" for k in range(1, len(s) + 1)) + f"=== end {i} exit=0\n"
-                      for i, s in enumerate(seqs))
-        return 0, out, ""
-
-
-class _FakeVM:
-    instances: list["_FakeVM"] = []
-
-    def __init__(self, bzimage, run_dir, name):
-        self.bzimage, self.run_dir, self.accel = bzimage, run_dir, "tcg"
-        self.ssh = _FakeSSH(run_dir / "fuzz")
-        _FakeVM.instances.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def wait_ready(self):
-        return 0.1
-
-    def alive(self):
-        return True
-
-    def console_tail(self):
-        return ""
+class _FakeVM(FakeVM):
+    """A guest kernel without the fake WARN: every op answers "ok"."""
+    trigger = None
 
 
 @needs_root
@@ -112,7 +76,8 @@ def test_kernel_target_prepares_the_patched_kernel_and_fuzzes_in_the_vm(tmp_path
                                               "--max-sequences", "30", "--kernel-src", "/src/linux", "--config",
                                               str(frag), "--findings", str(tmp_path / "f"),
                                               "--json", str(tmp_path / "out.json")])
-    assert r.exit_code == 1, r.output + repr(r.exception)       # "ok" everywhere differs from the plain answer
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), \
+        r.output + repr(r.exception)                              # "ok" everywhere differs from the plain answer
     assert calls["patched"] == (prepare.KernelSpec("/src/linux", (frag,)), [("series", (patch,))])
     d = json.loads((tmp_path / "out.json").read_text())
     assert d["target"] == "kernel" and d["findings"] and d["sequences_run"] >= 30

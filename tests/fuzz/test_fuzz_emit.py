@@ -74,7 +74,7 @@ def test_guest_test_builds_static_and_its_spec_is_the_fixture(tmp_path):
     f = _finding(["open 0 a RDONLY", "mmap 0 0 r shared", "truncate a 3", "mread 0 0 16"], kind="mread")
     emit.emit_finding(f, tmp_path / "findings", tmp_path / "tests", "host")
     spec = tomllib.loads((tmp_path / "tests" / f"fuzz_{f.id}.toml").read_text())
-    assert [e["path"] for e in spec["lower"][0]["entries"]] == ["a", "b", "d", "d/f", "s", "w"]
+    assert [e["path"] for e in spec["lower"][0]["entries"]] == ["a", "b", "d", "d/f", "s", "w", "kproto-warn"]
     assert spec["lower"][0]["entries"][0]["xattrs"] == {"user.k": "v1"}
     assert [(e["path"], e["type"]) for e in spec["upper"]["entries"]] == [("w", "whiteout"), ("u", "file")]
     assert "fuzz" in spec["tags"] and any(t.startswith("fuzzsig:") for t in spec["tags"])

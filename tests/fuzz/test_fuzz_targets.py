@@ -29,7 +29,7 @@ def test_interpreter_on_host_overlay_and_plain(target):
     assert h[1].lines == p[1].lines == [
         "ok type=reg mode=0644 size=15 nlink=1 ino=i1 mtime=first",
         "ok type=reg mode=0644 size=11 nlink=1 ino=i2 mtime=first",
-        "ENOENT", "ok a,b,d,s,u", "ok n=2 data=v1", "ok user.k", "ok n=1 data=a"]
+        "ENOENT", "ok a,b,d,kproto-warn,s,u", "ok n=2 data=v1", "ok user.k", "ok n=1 data=a"]
     # docs/design.md §2 case 3: the mapping keeps showing lower data on overlayfs
     assert p[0].lines[-1] == "ok data=bar" and h[0].lines[-1] == "ok data=foo"
     d = first_difference(MMAP_SEQ, p[0], h[0])
@@ -83,6 +83,7 @@ def test_kernel_target_runs_batches_in_the_guest(interp, target, tmp_path):
         kt = targets.KernelTarget(interp, tmp_path / "run", vm)
         try:
             got = kt.run(seqs)
+            assert kt.take_events() == []          # no splat on the baseline
             res = search.fuzz(kt, plain, seed=SEED, max_sequences=64, batch=32, include_known=True)
         finally:
             kt.close()
@@ -92,33 +93,13 @@ def test_kernel_target_runs_batches_in_the_guest(interp, target, tmp_path):
     assert all(g.end == "exit=0" for g in got)
 
 
-class _FakeSSH:
-    def __init__(self):
-        self.cmds: list[str] = []
-
-    def run(self, cmd, timeout=None):
-        self.cmds.append(cmd)
-        n = cmd.count("opinterp run")
-        return 0, "".join(f"=== seq {i}\n1: ok\n=== end {i} exit=0\n" for i in range(n)), ""
-
-
-class _FakeVM:
-    def __init__(self, run_dir):
-        self.run_dir = run_dir
-        self.ssh = _FakeSSH()
-
-    def alive(self):
-        return True
-
-    def console_tail(self):
-        return ""
-
-
 def test_kernel_target_mounts_with_the_first_batch_through_the_mounter(interp, tmp_path):
     """No VM: the commands the kernel target sends (mount in the first batch's SSH command, THE mounter's
-    command lines), and the staged interpreter and spec."""
+    command lines, the batch between two /dev/kmsg markers and the kernel's state before and after), and
+    the staged interpreter and spec."""
+    from fake_guest import FakeVM
     from rig.guest.mount import mount_commands
-    vm = _FakeVM(tmp_path / "run")
+    vm = FakeVM(tmp_path / "bz", tmp_path / "run", "fuzz", trigger=lambda ops: False).start()
     kt = targets.KernelTarget(interp, tmp_path / "run", vm)
     assert (vm.run_dir / "fuzz" / "opinterp").is_file() and (vm.run_dir / "fuzz" / "spec").is_file()
     got = kt.run([["stat a"]])
@@ -127,9 +108,15 @@ def test_kernel_target_mounts_with_the_first_batch_through_the_mounter(interp, t
     w = kt.GUEST_WORK
     mount_sh, umount_sh = mount_commands("overlay", [f"{w}/lower"], f"{w}/upper", f"{w}/work", f"{w}/merged")
     first, second, last = vm.ssh.cmds
-    assert first.startswith(f"{umount_sh} 2>/dev/null; rm -rf {w} && ") and f"&& {mount_sh} && " in first
+    k = targets.KSTATE_SH
+    assert first.startswith(f"{k}; echo '<5>kproto: fuzz-batch 1 start' > /dev/kmsg; {umount_sh} 2>/dev/null; "
+                            f"rm -rf {w} && ") and f"&& {mount_sh} && " in first
     assert f"opinterp setup {kt.gstage}/spec {w}/lower {w}/upper 400" in first
-    assert first.endswith(f"opinterp run {w}/merged 0 {kt.gstage}/batch-1.txt")
-    assert second == f"{kt.gstage}/opinterp run {w}/merged 1 {kt.gstage}/batch-2.txt"
+    assert first.endswith(f"opinterp run {w}/merged 0 {kt.gstage}/batch-1.txt; rc=$?; "
+                          f"echo '<5>kproto: fuzz-batch 1 end' > /dev/kmsg; {k}; exit $rc")
+    assert second == (f"{k}; echo '<5>kproto: fuzz-batch 2 start' > /dev/kmsg; {kt.gstage}/opinterp run "
+                      f"{w}/merged 1 {kt.gstage}/batch-2.txt; rc=$?; echo '<5>kproto: fuzz-batch 2 end' > /dev/kmsg; "
+                      f"{k}; exit $rc")
     assert last == f"{umount_sh}; rm -rf {w}"
     assert got[0].lines == ["ok"] and not list((vm.run_dir / "fuzz").glob("batch-*"))
+    assert "kproto: fuzz-batch 2 end" in vm.console_text() and kt.take_events() == []
