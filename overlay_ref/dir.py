@@ -13,7 +13,7 @@ import pyfuse3
 
 from .base import DIR, LNK, REG, S_IFMT, Handle, Node, _err, _join
 from .copy_up import CopyUp
-from .dirfds import _MISSING, UPPER, _Loc
+from .dirfds import UPPER, _Loc
 from .file import _on_mem_fs
 from .readdir import ReaddirOps
 
@@ -44,12 +44,7 @@ class DirOps(CopyUp, ReaddirOps):
             raise _err(errno.EEXIST)
         wh = False
         if parent.upper:
-            try:
-                loc: Optional[_Loc] = self._at(UPPER, up)
-            except OSError as e:
-                if e.errno not in _MISSING:
-                    raise
-                loc = None
+            loc = self._at_or_none(UPPER, up)
             if loc is not None:
                 with loc:
                     st = self._lstat(loc)

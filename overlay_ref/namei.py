@@ -113,12 +113,9 @@ class NodeTable(InodeOps):
                 cand = _join(pl[i], cur_name)
             if self._lower_absent(i, cand):
                 continue
-            try:
-                loc = self._at(i, cand)
-            except OSError as e:
-                if e.errno in _MISSING:
-                    continue
-                raise
+            loc = self._at_or_none(i, cand)
+            if loc is None:
+                continue
             with loc:
                 st = self._lstat(loc)
                 if st is None:
@@ -158,12 +155,7 @@ class NodeTable(InodeOps):
         kind = None
         redirect = None
         if parent.upper:
-            try:
-                up = self._at(UPPER, path)
-            except OSError as e:
-                if e.errno not in _MISSING:
-                    raise
-                up = None
+            up = self._at_or_none(UPPER, path)
             if up is not None:
                 with up:
                     upper_st = self._lstat(up)

@@ -30,6 +30,16 @@ class LayerAccess(OverlayBase):
         ent = self.dirfds.acquire(layer, parent)
         return _Loc(self.dirfds, ent, ent.fd, name)
 
+    def _at_or_none(self, layer: int, rel: bytes) -> Optional[_Loc]:
+        """``_at``, or None when the parent directory of ``rel`` does not exist in ``layer``
+        (ENOENT/ENOTDIR: the name cannot be there); other errors raise."""
+        try:
+            return self._at(layer, rel)
+        except OSError as e:
+            if e.errno not in _MISSING:
+                raise
+            return None
+
     def _wloc(self, name: bytes) -> _Loc:
         """A name in the work directory (a fd that is never closed: nothing to pin)."""
         return _Loc(None, None, self.work_fd, name)
@@ -82,12 +92,9 @@ class LayerAccess(OverlayBase):
 
     def _lstat_at(self, layer: int, rel: bytes) -> Optional[os.stat_result]:
         """lstat of ``rel`` in ``layer``; None when it (or its parent) is not there."""
-        try:
-            loc = self._at(layer, rel)
-        except OSError as e:
-            if e.errno in _MISSING:
-                return None
-            raise
+        loc = self._at_or_none(layer, rel)
+        if loc is None:
+            return None
         with loc:
             return self._lstat(loc)
 
