@@ -11,7 +11,7 @@ import jinja2
 from rig.core.paths import RIG
 
 # the packages that own templates, searched in this order (names are unique across them)
-TEMPLATE_DIRS: tuple[Path, ...] = tuple(RIG / pkg / "templates" for pkg in ("kernel", "machine", "report", "check", "nightly"))
+TEMPLATE_DIRS: tuple[Path, ...] = tuple(RIG / pkg / "templates" for pkg in ("kernel", "machine", "report", "check", "nightly", "suite"))
 
 
 def _autoescape(name: str | None) -> bool:

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import jinja2
-
 from rig.analysis import splats as splatmod
 from rig.analysis.compare import comparable
 from rig.core import templates
@@ -52,15 +50,12 @@ from rig.suite.timing import Timing
 
 FORMAT = 1
 BUNDLE_JSON = "bundle.json"
-# the guest boot files a VM renders into its run directory, as far as they exist in this version of
-# rig/machine/qemu.py (init + fstab + ip.batch before the curated root, boot.plan after), and the SSH
-# server's config; kept under guest/ in the bundle
-GUEST_BOOT_FILES = ("init", "fstab", "ip.batch", "boot.plan", "ssh/sshd_config")
-_BUNDLE_NAMES = {"init": "init.sh", "ssh/sshd_config": "sshd_config"}
+# the guest boot files a VM renders into its run directory (rig/machine/qemu.py: the boot plan the guest's
+# PID 1 carries out, the SSH server's config when it is sshd); kept under guest/ in the bundle
+GUEST_BOOT_FILES = ("boot.plan", "ssh/sshd_config")
 # the harness result fields that say what a test did (the rest is timing and plumbing)
 RESULT_KEYS = ("status", "observations", "exit_code", "signal", "error", "upper", "lower_modified")
 FINDING_STATUSES = ("regressed", "flaky", "error")
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 Progress = Callable[[str], None]
 
@@ -70,21 +65,10 @@ def _say_stderr(msg: str) -> None:
 
 
 # ================================================================== templates
-# rig.core.templates' one environment (same settings), with this package's templates/ in front of the
-# packages it already searches; with "suite" in core.templates.TEMPLATE_DIRS this is templates.render.
-
-def _env() -> jinja2.Environment:
-    env = templates.ENV.overlay(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(TEMPLATES)),
-                                                            templates.ENV.loader or jinja2.DictLoader({})]))
-    env.filters["shquote"] = shlex.quote
-    return env
-
-
-_ENV = _env()
-
 
 def render(name: str, **context: object) -> str:
-    return _ENV.get_template(name).render(**context)
+    """Template NAME (rig/suite/templates/) through rig.core.templates, with a shell-quoting filter."""
+    return templates.render(name, filters={"shquote": shlex.quote}, **context)
 
 
 # ================================================================== what a boot was
@@ -312,7 +296,7 @@ def _fill(d: Path, *, spec: KernelSpec, tree: SourceTree, series: Sequence[Patch
     (d / "guest").mkdir()
     guest_files = []
     for rel, text in sorted(boot.guest_files.items()):
-        name = _BUNDLE_NAMES.get(rel, Path(rel).name)
+        name = Path(rel).name
         (d / "guest" / name).write_text(text)
         guest_files.append(name)
     (d / "test").mkdir()
@@ -592,7 +576,7 @@ def _boot_notes(b: Bundle, boot: BootRecord, kernel: Kernel) -> list[str]:
         notes.append("boot: the QEMU command line differs from the bundle's: " +
                      "; ".join([*(f"bundle had {a!r}" for a in gone[:3]), *(f"now {a!r}" for a in added[:3])]))
     for rel, text in sorted(boot.guest_files.items()):
-        f = b.path / "guest" / _BUNDLE_NAMES.get(rel, Path(rel).name)
+        f = b.path / "guest" / Path(rel).name
         if f.is_file() and f.read_text(errors="replace").replace(old_run, "<RUN_DIR>") != \
                 text.replace(boot.run_dir, "<RUN_DIR>"):
             notes.append(f"boot: the guest's {f.name} differs from the bundle's guest/{f.name}")

@@ -32,7 +32,7 @@ FAKES = NDATA / "fakes"
 SERIES = NDATA / "fakekernel-series"
 TEST = "rfc_read_ro_fd_after_copyup"
 BOOT = repro.BootRecord(name="patched-1", argv=("qemu-system-x86_64", "-kernel", "bzImage", "-accel", "tcg"),
-                        guest_files={"init": "#!/bin/sh\n"}, run_dir="/tmp/kproto-run", accel="tcg")
+                        guest_files={"boot.plan": "ready KPROTO-GUEST-READY\n"}, run_dir="/tmp/kproto-run", accel="tcg")
 
 
 @pytest.fixture

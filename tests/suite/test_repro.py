@@ -46,8 +46,8 @@ def _boot(name: str = "patched-1", run_dir: str = RUN_DIR) -> repro.BootRecord:
             "-fsdev", f"local,id=scratch,path={run_dir},security_model=none,multidevs=remap",
             "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40123-:22", "-accel", "tcg", "-cpu", "max")
     return repro.BootRecord(name=name, argv=argv, run_dir=run_dir, accel="tcg",
-                            guest_files={"init": f"#!/bin/sh\n# {run_dir}\nexec /sbin/dropbear\n",
-                                         "fstab": "kproto /mnt/kproto 9p trans=virtio 0 0\n",
+                            guest_files={"boot.plan": f"# {run_dir}\nmount tmpfs /tmp tmpfs mode=1777\n"
+                                                      f"spawn {run_dir}/sshd.log /usr/sbin/sshd -f {run_dir}/ssh/sshd_config\n",
                                          "ssh/sshd_config": "Port 22\n"})
 
 
@@ -88,7 +88,7 @@ def test_bundle_layout_and_content_from_a_finished_run(tmp_path, fake_finished):
     assert d == tmp_path / "repro" / "a_read"
     files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
     assert files == ["README.txt", "bundle.json", "config", "expected.json", "fragments/01-extra.config",
-                     "guest/fstab", "guest/init.sh", "guest/sshd_config", "qemu-cmdline.txt", "reproduce.sh",
+                     "guest/boot.plan", "guest/sshd_config", "qemu-cmdline.txt", "reproduce.sh",
                      "series/manifest.json", "series/ovl-copyup.patch", "test/a_read.c", "test/a_read.toml"]
     kernel, series = fake_finished["kernel"], fake_finished["series"]
     assert (d / "config").read_text() == kernel.config.read_text()
@@ -103,8 +103,8 @@ def test_bundle_layout_and_content_from_a_finished_run(tmp_path, fake_finished):
     cmd = (d / "qemu-cmdline.txt").read_text().splitlines()
     assert cmd[0].startswith("# QEMU command line of boot patched-1 (tcg)") and RUN_DIR in cmd[1]
     assert tuple(shlex.split(cmd[-1])) == fake_finished["boot"].argv
-    assert (d / "guest" / "init.sh").read_text() == fake_finished["boot"].guest_files["init"]
-    assert (d / "guest" / "fstab").read_text() == fake_finished["boot"].guest_files["fstab"]
+    assert (d / "guest" / "boot.plan").read_text() == fake_finished["boot"].guest_files["boot.plan"]
+    assert (d / "guest" / "sshd_config").read_text() == fake_finished["boot"].guest_files["ssh/sshd_config"]
     exp = json.loads((d / "expected.json").read_text())
     sig = splatmod.scan_text(LOCKDEP)[0]
     assert exp["test"] == "a_read" and exp["status"] == "regressed" and exp["boot"] == "patched-1"
@@ -170,9 +170,9 @@ def test_the_boot_is_compared_with_the_bundles_paths_and_port_aside(tmp_path, fa
                                 guest_files=files or {k: v.replace(RUN_DIR, new_dir) for k, v in old.guest_files.items()})
     assert repro._boot_notes(b, now(), kernel) == [
         "boot: the same QEMU command line as the bundle's (run directory, port and cache paths aside)"]
-    notes = repro._boot_notes(b, now(lambda a: "kvm" if a == "tcg" else a, files={"fstab": "other\n"}), kernel)
+    notes = repro._boot_notes(b, now(lambda a: "kvm" if a == "tcg" else a, files={"boot.plan": "other\n"}), kernel)
     assert notes[0].startswith("boot: the QEMU command line differs from the bundle's: bundle had 'tcg'; now 'kvm'")
-    assert notes[1:] == ["boot: the guest's fstab differs from the bundle's guest/fstab"]
+    assert notes[1:] == ["boot: the guest's boot.plan differs from the bundle's guest/boot.plan"]
 
 
 def test_a_rebuilt_kernel_whose_config_differs_is_said(tmp_path, fake_finished):
@@ -220,7 +220,7 @@ def test_the_recorder_keeps_each_boots_command_line_and_guest_files(tmp_path, mo
 # ------------------------------------------------------------------------------ a bad bundle
 
 @pytest.mark.parametrize("victim", ["config", "series/ovl-copyup.patch", "series/manifest.json", "test/a_read.c",
-                                    "test/a_read.toml", "expected.json", "guest/init.sh", "bundle.json"])
+                                    "test/a_read.toml", "expected.json", "guest/boot.plan", "bundle.json"])
 def test_reproduce_rejects_a_bundle_with_a_missing_file_naming_it(tmp_path, kcache, fake_finished, victim):
     d = repro.write_bundle(tmp_path / "repro", **fake_finished)
     (d / victim).unlink()
