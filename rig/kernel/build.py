@@ -122,7 +122,11 @@ def _jobs() -> int:
 def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: float = 3600,
           counter: ObjectCounter | None = None, tick: Callable[[], None] | None = None) -> None:
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
+    # CCACHE_DEPEND: ccache's depend mode keys a result on the source and the headers listed in the .d file
+    # kbuild already asks gcc for (-Wp,-MMD,...), so a miss compiles once; the default preprocessor mode
+    # runs cpp first to compute the key and then compiles, preprocessing every missed file twice.
     env = {**os.environ, "CCACHE_DIR": str(cache_dir() / "ccache"), "CCACHE_BASEDIR": str(tree.path),
+           "CCACHE_DEPEND": "1",
            "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto"}
     cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]
     with open(log, "ab") as fh:

@@ -1,3 +1,6 @@
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,28 @@ def test_baseline_build_is_cached_and_config_checked(src, kcache):
     assert "CONFIG_OVERLAY_FS=y" in k.config.read_text()
     again = build.build(src, [], progress=lambda m: None)
     assert again.cached and again.bzimage == k.bzimage
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="ccache is not installed (setup.sh installs it)")
+def test_a_ccache_miss_compiles_once_without_a_preprocessor_pass(src, kcache):
+    """ccache in depend mode: a cold build's misses are keyed on the .d file gcc writes while compiling,
+    so no file goes through cpp a second time (preprocessor mode counts a preprocessed miss for each);
+    the same objects in a second object tree are then hits."""
+    build.build(src, [], progress=lambda m: None)
+    stats = _ccache_stats(kcache)
+    assert stats["direct_cache_miss"] == 2 and stats["preprocessed_cache_miss"] == 0, stats
+    from rig.kernel import kconfig
+    shutil.rmtree(build.objdir_for(src, kconfig.requested()))
+    shutil.rmtree(kcache / "kernels")
+    build.build(src, [], progress=lambda m: None)
+    stats = _ccache_stats(kcache)
+    assert stats["direct_cache_hit"] == 2 and stats["preprocessed_cache_miss"] == 0, stats
+
+
+def _ccache_stats(kcache: Path) -> dict[str, int]:
+    out = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CCACHE_DIR": str(kcache / "ccache")}).stdout
+    return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines() if "\t" in line)}
 
 
 def test_patched_build_is_incremental_in_the_baseline_object_tree(src, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_boot_ssh_and_isolation(baseline_kernel, run_dir):
         assert boot_s > 0
         rc, out, _ = vm.ssh.run("uname -r", timeout=30)
         assert rc == 0 and out.strip() == baseline_kernel.version
+        # no RTC class in the kernel config: the wall clock still comes from the CMOS (or kvmclock) at boot
+        rc, out, _ = vm.ssh.run("date +%s", timeout=30)
+        assert rc == 0 and abs(int(out) - time.time()) < 120, f"guest clock {out.strip()} vs host {time.time():.0f}"
         # host root is read-only, /root is a guest tmpfs, the run directory is the only writable share
         rc, _, err = vm.ssh.run("touch /usr/kproto-should-fail", timeout=30)
         assert rc != 0 and "Read-only" in err
