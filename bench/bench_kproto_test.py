@@ -6,8 +6,10 @@
 
 The first run may build kernels (cold); it is reported but not counted. Prints a table of medians.
 --cold builds the baseline kernel with an empty kernel cache and an empty ccache (a temporary
-$KPROTO_CACHE; 10-17 min on 2 cores) and prints the object count, the build seconds and ccache's hit
-rate: the figures issue #17's cold-build goal is measured with.
+$KPROTO_CACHE; ~4 min on 2 cores) and prints the build seconds, the compiles and ccache's hits and
+misses: the figures issue #17's cold-build goal is measured with. `--cold --against REV` alternates
+with the kproto of an older commit (a temporary git worktree) for a before/after in one run:
+    .venv/bin/python bench/bench_kproto_test.py --cold --against 6caa081 --runs 1
 """
 from __future__ import annotations
 
@@ -36,41 +38,82 @@ def one_run(patch: str) -> tuple[dict, float]:
         return json.loads(out.read_text())["timings"], wall
 
 
-def cold() -> None:
-    """A cold baseline build: empty kernel cache and ccache (the source tarball is still Debian's)."""
+def cold_build(checkout: Path) -> dict:
+    """One cold baseline build by the kproto in CHECKOUT: empty kernel cache and ccache, in a temporary
+    $KPROTO_CACHE. The unpacked source is hard-linked from this machine's cache when it has one (the
+    baseline build only reads it), else unpacked from Debian's tarball (not counted: build_s starts after)."""
     import os
+    import shutil
     with tempfile.TemporaryDirectory(prefix="kproto-cold-", dir="/var/tmp") as d:
-        env = {**os.environ, "KPROTO_CACHE": d}
+        src = Path(os.environ.get("KPROTO_CACHE", Path.home() / ".cache" / "kproto")) / "src"
+        if src.is_dir():
+            subprocess.run(["cp", "-al", str(src), str(Path(d) / "src")], check=True)
+        env = {**os.environ, "KPROTO_CACHE": d, "PYTHONPATH": str(checkout)}
         t0 = time.monotonic()
-        proc = subprocess.run([str(KPROTO), "build"], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, "-c", "from rig.cli.main import main; main()", "build"],
+                              capture_output=True, text=True, env=env, cwd=checkout)
         wall = time.monotonic() - t0
         if proc.returncode != 0:
-            sys.exit(f"kproto build failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-        meta = [json.loads(p.read_text()) for p in Path(d, "kernels").glob("*/*.json")]
+            sys.exit(f"kproto build ({checkout}) failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        meta = [json.loads(p.read_text()) for p in Path(d, "kernels").glob("*/meta.json")]
+        logs = list(Path(d, "build").glob("*.log"))
+        compiles = sum(1 for log in logs for line in log.read_text(errors="replace").splitlines()
+                       if line.startswith("  CC "))
         stats = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True,
                                env={**env, "CCACHE_DIR": str(Path(d) / "ccache")}).stdout
-        counts = dict(line.split("\t", 1) for line in stats.splitlines() if "\t" in line)
-        hits = sum(int(counts.get(k, 0)) for k in ("direct_cache_hit", "preprocessed_cache_hit"))
-        misses = int(counts.get("cache_miss", 0))
+        counts = {k: int(v) for k, v in (line.split("\t", 1) for line in stats.splitlines() if "\t" in line)}
+        shutil.rmtree(Path(d) / "src", ignore_errors=True)
     m = meta[0] if meta else {}
-    print(f"cold baseline build: {m.get('objects', '?')} objects, build {m.get('build_s', '?')} s, "
-          f"kproto build wall {wall:.0f} s; ccache {hits} hits / {misses} misses "
-          f"({100 * hits / max(1, hits + misses):.0f} % hit rate)")
-    print("goal (#17): cold build <= half of 1,045 s (the figure the issue measured)")
+    return {"build_s": float(m.get("build_s", 0)), "wall_s": wall, "compiles": compiles,
+            "hits": counts.get("direct_cache_hit", 0) + counts.get("preprocessed_cache_hit", 0),
+            "misses": counts.get("cache_miss", 0), "preprocessed_misses": counts.get("preprocessed_cache_miss", 0)}
+
+
+def cold(against: str | None, runs: int) -> None:
+    """Cold baseline builds, this checkout's kproto and (--against REV) an older one's, alternating."""
+    sides = {"this checkout": REPO}
+    worktree = None
+    if against:
+        worktree = Path(tempfile.mkdtemp(prefix="kproto-before-", dir="/var/tmp"))
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), against],
+                       check=True, capture_output=True)
+        sides = {against: worktree, "this checkout": REPO}
+    rows: dict[str, list[dict]] = {k: [] for k in sides}
+    try:
+        for i in range(runs):
+            for name, checkout in sides.items():
+                r = cold_build(checkout)
+                rows[name].append(r)
+                print(f"run {i + 1} {name}: build {r['build_s']:.0f} s (kproto build wall {r['wall_s']:.0f} s), "
+                      f"{r['compiles']} compiles, ccache {r['hits']} hits / {r['misses']} misses, "
+                      f"{r['preprocessed_misses']} preprocessed misses", flush=True)
+    finally:
+        if worktree is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+                           capture_output=True)
+    med = {k: statistics.median(r["build_s"] for r in v) for k, v in rows.items()}
+    for k, v in med.items():
+        print(f"cold baseline build, {k}: median {v:.0f} s over {runs} run(s)")
+    if against:
+        print(f"this checkout / {against}: {med['this checkout'] / med[against]:.2f}")
+    print("goal (#17): cold build <= half of the same machine's figure before (1,045 s in the issue)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("patch", nargs="?", default=str(REPO / "patches" / "ovl-copyup.patch"))
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, help="runs per side (default: 3 warm runs, 1 cold build)")
     ap.add_argument("--cold", action="store_true", help="time a cold baseline build instead (empty caches)")
+    ap.add_argument("--against", metavar="REV", help="with --cold: also build with the kproto of git REV, "
+                    "alternating, for a before/after in one run")
     a = ap.parse_args()
     if a.cold:
-        return cold()
+        return cold(a.against, a.runs or 1)
     first, wall = one_run(a.patch)
     print(f"warm-up run: total {first['total_s']:.1f} s (wall {wall:.1f} s)")
-    rows = [one_run(a.patch) for _ in range(a.runs)]
-    print(f"\nwarm `kproto test {Path(a.patch).name}`, {a.runs} runs (medians, seconds)")
+    runs = a.runs or 3
+    rows = [one_run(a.patch) for _ in range(runs)]
+    print(f"\nwarm `kproto test {Path(a.patch).name}`, {runs} runs (medians, seconds)")
     print(f"{'stage':<20}{'median':>10}{'min':>10}{'max':>10}")
     for stage in STAGES:
         vals = [r[0].get(stage) for r in rows if isinstance(r[0].get(stage), (int, float))]
