@@ -120,3 +120,32 @@ def test_mount_commands_overlay_run_in_a_shell(tmp_path):
     finally:
         subprocess.run(["sh", "-c", u], check=True)
     assert not mount.is_mounted(d["merged"])
+
+
+@root_only
+def test_busy_overlay_is_detached_lazily_and_said_so(tmp_path):
+    d = {n: tmp_path / n for n in ("lower", "upper", "work", "merged")}
+    for p in d.values():
+        p.mkdir()
+    (d["lower"] / "f").write_text("low\n")
+    m = mount.Mounter("overlay")
+    m.mount([d["lower"]], d["upper"], d["work"], d["merged"], [])
+    with open(d["merged"] / "f") as busy:          # an open file keeps umount(2) at EBUSY
+        left = m.umount(d["merged"])
+        assert left is not None and left.startswith("unmount needed lazy detach") and "busy" in left
+        assert not mount.is_mounted(d["merged"]) and busy.read() == "low\n"
+
+
+@root_only
+def test_mount_tmpfs_mounts_with_the_size_and_names_a_bad_option(tmp_path):
+    mp = tmp_path / "t"
+    mount.mount_tmpfs(mp, "1m", "kproto-test")
+    try:
+        assert mount.is_mounted(mp)
+        st = os.statvfs(mp)
+        assert st.f_blocks * st.f_frsize == 1 << 20
+    finally:
+        mount.sys_umount(mp)
+    with pytest.raises(RuntimeError, match=r"mount -t tmpfs -o size=lots.*failed: Invalid argument \(EINVAL\)"):
+        mount.mount_tmpfs(mp, "lots")
+    assert not mount.is_mounted(mp)
