@@ -29,32 +29,50 @@ def _uptime(console: str, pattern: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--append", default="", help="extra kernel command-line parameters (to compare)")
-    a = ap.parse_args()
-    k = build.build(tree.default_source(), [], progress=lambda m: print(m, file=sys.stderr))
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="kproto-bench-boot-", dir="/var/tmp") as d:
-        for i in range(a.runs):
-            init: list[float] = []
-            with vmmod.VM(bzimage=k.bzimage, run_dir=Path(d) / f"b{i}", name="bench",
-                          extra_cmdline=a.append) as vm:
-                first_cmd = vm.wait_ready(120, on_init=init.append)
-                console = vm.console_text()
-            ready = re.search(rf"{vmmod.READY_MARKER} ([0-9.]+)", console)
-            rows.append({"marker seen (host)": init[0], "guest: Run /init": _uptime(console, "Run /init"),
-                         "guest: ready": float(ready.group(1)) if ready else None, "first SSH command": first_cmd,
-                         "accel": vm.accel})
-            print(f"boot {i + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[-1].items()
-                                                if isinstance(v, float)), flush=True)
-    print(f"\n{a.runs} boots of {k.version} ({rows[0]['accel']}){' with ' + a.append if a.append else ''}")
+def _boot(bzimage: Path, run_dir: Path, append: str) -> dict:
+    init: list[float] = []
+    with vmmod.VM(bzimage=bzimage, run_dir=run_dir, name="bench", extra_cmdline=append) as vm:
+        first_cmd = vm.wait_ready(120, on_init=init.append)
+        console = vm.console_text()
+    ready = re.search(rf"{vmmod.READY_MARKER} ([0-9.]+)", console)
+    return {"marker seen (host)": init[0], "guest: Run /init": _uptime(console, "Run /init"),
+            "guest: ready": float(ready.group(1)) if ready else None, "first SSH command": first_cmd,
+            "accel": vm.accel}
+
+
+def _table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
     print(f"{'stage':<24}{'median':>8}{'min':>8}{'max':>8}")
     for key in ("guest: Run /init", "guest: ready", "marker seen (host)", "first SSH command"):
         vals = [r[key] for r in rows if isinstance(r[key], float)]
         if vals:
             print(f"{key:<24}{statistics.median(vals):>8.2f}{min(vals):>8.2f}{max(vals):>8.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--append", default="", help="extra kernel command-line parameters (to compare)")
+    ap.add_argument("--against", type=Path, metavar="BZIMAGE",
+                    help="also boot this kernel image (e.g. a cached kernel of an older config), alternating")
+    a = ap.parse_args()
+    k = build.build(tree.default_source(), [], progress=lambda m: print(m, file=sys.stderr))
+    sides = {"baseline kernel": k.bzimage}
+    if a.against:
+        sides["--against"] = a.against
+    rows: dict[str, list[dict]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory(prefix="kproto-bench-boot-", dir="/var/tmp") as d:
+        for i in range(a.runs):
+            for name, bz in sides.items():
+                r = _boot(bz, Path(d) / f"b{i}-{len(rows[name])}-{name[:2]}", a.append)
+                rows[name].append(r)
+                print(f"boot {i + 1} ({name}): " + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()
+                                                           if isinstance(v, float)), flush=True)
+    accel = rows["baseline kernel"][0]["accel"]
+    _table(f"{a.runs} boots of {k.version}, this config ({accel}){' with ' + a.append if a.append else ''}",
+           rows["baseline kernel"])
+    if a.against:
+        _table(f"{a.runs} boots of {a.against} ({accel}), alternating with the above", rows["--against"])
     print("goal (#17): first SSH command <= 3 s under TCG")
 
 
