@@ -29,6 +29,9 @@ _GIT_ENV = {
     "GIT_AUTHOR_NAME": "kproto", "GIT_AUTHOR_EMAIL": "kproto@localhost",
     "GIT_COMMITTER_NAME": "kproto", "GIT_COMMITTER_EMAIL": "kproto@localhost",
     "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
+    # read-only commands (status) do not refresh the index under index.lock: a status run outside the tree
+    # lock can then never make a locked reset or apply fail on "index.lock: File exists"
+    "GIT_OPTIONAL_LOCKS": "0",
 }
 
 
