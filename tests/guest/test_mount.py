@@ -91,14 +91,20 @@ def test_is_mounted_real_tmpfs_with_a_space(tmp_path):
     assert not mount.is_mounted(mp)
 
 
-@root_only
-def test_mounter_overlay_round_trip(tmp_path):
+def _overlay_mounted(tmp_path: Path) -> tuple[mount.Mounter, dict[str, Path]]:
+    """A kernel overlay of one lower holding f ("low\\n") on tmp_path/merged, through Mounter."""
     d = {n: tmp_path / n for n in ("lower", "upper", "work", "merged")}
     for p in d.values():
         p.mkdir()
     (d["lower"] / "f").write_text("low\n")
     m = mount.Mounter("overlay")
     m.mount([d["lower"]], d["upper"], d["work"], d["merged"], [])
+    return m, d
+
+
+@root_only
+def test_mounter_overlay_round_trip(tmp_path):
+    m, d = _overlay_mounted(tmp_path)
     try:
         assert mount.is_mounted(d["merged"]) and (d["merged"] / "f").read_text() == "low\n"
     finally:
@@ -124,12 +130,7 @@ def test_mount_commands_overlay_run_in_a_shell(tmp_path):
 
 @root_only
 def test_busy_overlay_is_detached_lazily_and_said_so(tmp_path):
-    d = {n: tmp_path / n for n in ("lower", "upper", "work", "merged")}
-    for p in d.values():
-        p.mkdir()
-    (d["lower"] / "f").write_text("low\n")
-    m = mount.Mounter("overlay")
-    m.mount([d["lower"]], d["upper"], d["work"], d["merged"], [])
+    m, d = _overlay_mounted(tmp_path)
     with open(d["merged"] / "f") as busy:          # an open file keeps umount(2) at EBUSY
         left = m.umount(d["merged"])
         assert left is not None and left.startswith("unmount needed lazy detach") and "busy" in left
