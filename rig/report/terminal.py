@@ -50,8 +50,9 @@ def _splat_lines(sp: dict, verbose: bool = False) -> list[str]:
         lines.append(f"NEW SPLATS in the patched kernel ({len(sp['new'])}):")
         for s in sp["new"]:
             seen = s.get("boots") or {}
-            where = (f"  [seen in {seen.get('patched')} patched boots, {seen.get('baseline')} baseline boots]"
-                     if seen else "")
+            # every boot of the run, where a test's line counts the boots that ran that test
+            where = (f"  [seen in {seen.get('patched')} of all patched boots, {seen.get('baseline')} of all "
+                     f"baseline boots]" if seen else "")
             lines.append(f"  {s['kind']:<10} {s['title']}{where}")
             if s.get("signature"):
                 lines.append(f"  {'':<10} signature: {s['signature']}")

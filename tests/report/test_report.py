@@ -116,7 +116,7 @@ def test_terminal_shows_the_boot_counts_and_signature_of_a_new_splat():
     rep.tests[2]["status"] = "flaky"
     rep.tests[2]["reason"] = "outcome varies across boots of the patched kernel [patched-1: ok; patched-2: error]"
     out = terminal.render(rep)
-    assert "possible deadlock in ovl_mmap  [seen in 3/3 patched boots, 0/3 baseline boots]" in out
+    assert "possible deadlock in ovl_mmap  [seen in 3/3 of all patched boots, 0/3 of all baseline boots]" in out
     assert "signature: lockdep-cycle:&mm->mmap_lock|x" in out
     assert "FLAKY" in out and "patched-2: error" in out
 
