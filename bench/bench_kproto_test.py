@@ -23,6 +23,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rig.core.paths import cache_dir  # noqa: E402
+from rig.kernel.build import ccache_stats  # noqa: E402
+
 KPROTO = REPO / ".venv" / "bin" / "kproto"
 STAGES = ["build_s", "reference_s", "baseline_tests_s", "boot_s", "tests_s", "patched_tests_s", "total_s"]
 
@@ -45,7 +50,7 @@ def cold_build(checkout: Path) -> dict:
     import os
     import shutil
     with tempfile.TemporaryDirectory(prefix="kproto-cold-", dir="/var/tmp") as d:
-        src = Path(os.environ.get("KPROTO_CACHE", Path.home() / ".cache" / "kproto")) / "src"
+        src = cache_dir() / "src"
         if src.is_dir():
             subprocess.run(["cp", "-al", str(src), str(Path(d) / "src")], check=True)
         env = {**os.environ, "KPROTO_CACHE": d, "PYTHONPATH": str(checkout)}
@@ -59,9 +64,7 @@ def cold_build(checkout: Path) -> dict:
         logs = list(Path(d, "build").glob("*.log"))
         compiles = sum(1 for log in logs for line in log.read_text(errors="replace").splitlines()
                        if line.startswith("  CC "))
-        stats = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True,
-                               env={**env, "CCACHE_DIR": str(Path(d) / "ccache")}).stdout
-        counts = {k: int(v) for k, v in (line.split("\t", 1) for line in stats.splitlines() if "\t" in line)}
+        counts = ccache_stats(Path(d) / "ccache")
         shutil.rmtree(Path(d) / "src", ignore_errors=True)
     m = meta[0] if meta else {}
     return {"build_s": float(m.get("build_s", 0)), "wall_s": wall, "compiles": compiles,

@@ -119,13 +119,25 @@ def _jobs() -> int:
     return (os.cpu_count() or 1) + 1
 
 
+def ccache_dir() -> Path:
+    """The ccache every kernel build of this $KPROTO_CACHE shares."""
+    return cache_dir() / "ccache"
+
+
+def ccache_stats(ccache: Path | None = None) -> dict[str, int]:
+    """ccache's counters for CCACHE (default: ccache_dir()), e.g. direct_cache_miss, preprocessed_cache_miss."""
+    out = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CCACHE_DIR": str(ccache or ccache_dir())}).stdout
+    return {k: int(v) for k, v in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}
+
+
 def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: float = 3600,
           counter: ObjectCounter | None = None, tick: Callable[[], None] | None = None) -> None:
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
     # CCACHE_DEPEND: ccache's depend mode keys a result on the source and the headers listed in the .d file
     # kbuild already asks gcc for (-Wp,-MMD,...), so a miss compiles once; the default preprocessor mode
     # runs cpp first to compute the key and then compiles, preprocessing every missed file twice.
-    env = {**os.environ, "CCACHE_DIR": str(cache_dir() / "ccache"), "CCACHE_BASEDIR": str(tree.path),
+    env = {**os.environ, "CCACHE_DIR": str(ccache_dir()), "CCACHE_BASEDIR": str(tree.path),
            "CCACHE_DEPEND": "1",
            "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto"}
     cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]

@@ -1,6 +1,4 @@
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,20 +37,14 @@ def test_a_ccache_miss_compiles_once_without_a_preprocessor_pass(src, kcache):
     so no file goes through cpp a second time (preprocessor mode counts a preprocessed miss for each);
     the same objects in a second object tree are then hits."""
     build.build(src, [], progress=lambda m: None)
-    stats = _ccache_stats(kcache)
+    stats = build.ccache_stats(kcache / "ccache")
     assert stats["direct_cache_miss"] == 2 and stats["preprocessed_cache_miss"] == 0, stats
     from rig.kernel import kconfig
     shutil.rmtree(build.objdir_for(src, kconfig.requested()))
     shutil.rmtree(kcache / "kernels")
     build.build(src, [], progress=lambda m: None)
-    stats = _ccache_stats(kcache)
+    stats = build.ccache_stats(kcache / "ccache")
     assert stats["direct_cache_hit"] == 2 and stats["preprocessed_cache_miss"] == 0, stats
-
-
-def _ccache_stats(kcache: Path) -> dict[str, int]:
-    out = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "CCACHE_DIR": str(kcache / "ccache")}).stdout
-    return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines() if "\t" in line)}
 
 
 def test_patched_build_is_incremental_in_the_baseline_object_tree(src, tmp_path):
