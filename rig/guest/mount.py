@@ -99,22 +99,21 @@ def _sys():
 
 def sys_mount(source: str, target: Path | str, fstype: str, data: str = "") -> None:
     """mount(2); OSError (errno, strerror, target) when it fails."""
-    if _sys().mount(os.fsencode(source), os.fsencode(str(target)), fstype.encode(), 0,
-                    os.fsencode(data) if data else None) != 0:
-        e = _errno()
-        raise OSError(e, os.strerror(e), str(target))
+    _check(_sys().mount(os.fsencode(source), os.fsencode(str(target)), fstype.encode(), 0,
+                        os.fsencode(data) if data else None), target)
 
 
 def sys_umount(target: Path | str, flags: int = 0) -> None:
     """umount2(2); OSError when it fails."""
-    if _sys().umount2(os.fsencode(str(target)), flags) != 0:
-        e = _errno()
+    _check(_sys().umount2(os.fsencode(str(target)), flags), target)
+
+
+def _check(rc: int, target: Path | str) -> None:
+    """A libc call's -1 as OSError(errno, strerror, TARGET)."""
+    if rc != 0:
+        import ctypes
+        e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), str(target))
-
-
-def _errno() -> int:
-    import ctypes
-    return ctypes.get_errno()
 
 
 def _run(cmd: list[str], timeout: float = 30.0, env: Mapping[str, str] | None = None) -> tuple[int, str]:
