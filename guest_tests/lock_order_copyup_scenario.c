@@ -89,7 +89,7 @@ static long contended(long (*op)(void *), void *arg, const char *prefix)
 	pthread_create(&t, NULL, helper, NULL);
 	for (int i = 0; i < (before < 0 ? NO_LOCKDEP_TRIES : MAX_TRIES); i++) {
 		op(arg);
-		if (before >= 0 && i % (i < 64 ? 16 : 64) == (i < 64 ? 15 : 63) && mmap_lock_edges(prefix) > before)
+		if (before >= 0 && (i + 1) % (i < 64 ? 16 : 64) == 0 && mmap_lock_edges(prefix) > before)
 			break;
 	}
 	stop_helper = 1;
