@@ -1,7 +1,7 @@
 """Guest-test harness: build the layers of each test, mount the target, run the program, record.
 
-STDLIB ONLY. It runs inside the guest (Debian's /usr/bin/python3 3.11) from the package tree that
-rig.guest.programs.stage() puts in the run dir, `PYTHONPATH=guest/py python3 -S -m rig.guest.harness ...`,
+STDLIB ONLY. It runs inside the guest (Debian's /usr/bin/python3 3.11) from the package zip that
+rig.guest.programs.stage() puts in the run dir, `PYTHONPATH=guest/harness.zip python3 -S -m rig.guest.harness ...`,
 and on the host as `python -m rig.guest.harness` or in-process (`kproto run-tests`, the reference runs).
 See guest_tests/README.md for the spec schema and the observation format.
 
@@ -45,12 +45,12 @@ from rig.guest.layers import build_layer, checksum_tree, upper_state
 from rig.guest.mount import TARGETS, Mounter, is_mounted
 from rig.guest.observe import kernel_state, kmsg, parse_observations
 from rig.guest.run import print_event, run_one, run_program, run_tests
-from rig.guest.spec import (DEFAULT_TIMEOUT, PHASES, Entry, Spec, SpecError, load_spec, load_specs, run_order,
-                            select)
+from rig.guest.spec import (DEFAULT_TIMEOUT, PHASES, Entry, Spec, SpecError, load_spec, load_specs, read_bundle,
+                            run_order, select, write_bundle)
 
 __all__ = ["DEFAULT_TIMEOUT", "PHASES", "Entry", "Mounter", "Spec", "SpecError", "build_layer", "checksum_tree",
-           "is_mounted", "kernel_state", "kmsg", "load_spec", "load_specs", "main", "parse_observations",
-           "run_one", "run_order", "run_program", "run_tests", "select", "upper_state"]
+           "is_mounted", "kernel_state", "kmsg", "load_spec", "load_specs", "main", "parse_observations", "read_bundle",
+           "run_one", "run_order", "run_program", "run_tests", "select", "upper_state", "write_bundle"]
 
 
 def main(argv: list[str] | None = None) -> int:

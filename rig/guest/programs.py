@@ -6,30 +6,39 @@ and a changed header rebuilds everything. The build goes to a temporary dir next
 renamed into place, so a crash never leaves a half cache. Users: the guest tests (build(), cache
 guest_bins), the benchmarks (bench_bins) and the fuzz interpreter (fuzz).
 
-stage() lays out RUN_DIR/guest/ for the VM: bins/, tests/ (specs, fixtures) and py/, a package tree
-(py/rig/__init__.py, py/rig/guest/*.py) holding the stdlib-only harness modules, run in the guest as
-`PYTHONPATH=guest/py python3 -S -m rig.guest.harness`.
+stage() lays out RUN_DIR/guest/ for the VM: bins/, tests/ (specs, fixtures, and specs.json: the same
+specs parsed, rig/guest/spec.py) and harness.zip, the stdlib-only harness modules as a package
+(rig/__init__.py, rig/guest/*.py, each beside its byte code), run in the guest as
+`PYTHONPATH=guest/harness.zip python3 -S -m rig.guest.harness`. One zip and one JSON file, because the
+run share is an uncached 9p mount: under TCG every stat or open on it is a round trip of about 1 ms,
+and compiling the modules in the guest took another 0.4 s (issue #17).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import marshal
 import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rig.core import paths
 from rig.core.errors import BuildError, MissingTool
+from rig.guest.spec import write_bundle
 
 CC = "gcc"
 CFLAGS = ["-static", "-O2", "-Wall"]
 GUEST_PKG = Path(__file__).resolve().parent               # rig/guest
-# The modules the harness needs in the guest (all stdlib-only); staged as py/rig/guest/<name>.
+# The modules the harness needs in the guest (all stdlib-only); staged as rig/guest/<name> in harness.zip.
 HARNESS_MODULES = ("__init__.py", "harness.py", "spec.py", "layers.py", "mount.py", "observe.py", "run.py")
 HARNESS = GUEST_PKG / "harness.py"
+HARNESS_ZIP = "harness.zip"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)          # fixed: the same modules give the same zip
 
 
 def _missing_cc(cc: str) -> MissingTool:
@@ -138,23 +147,37 @@ def build(src_dir: Path | None = None, cache: Path | None = None, cc: str = CC) 
     return compile_dir(src_dir, cache_name="guest_bins", what="guest test", cache=cache, cc=cc)
 
 
-def stage_harness(py_dir: Path) -> Path:
-    """Write the harness package tree under PY_DIR (py/rig/__init__.py, py/rig/guest/*.py); the
-    harness then runs as `PYTHONPATH=PY_DIR python3 -S -m rig.guest.harness`. Returns PY_DIR."""
-    py_dir = Path(py_dir)
-    if py_dir.exists():
-        shutil.rmtree(py_dir)
-    pkg = py_dir / "rig" / "guest"
-    pkg.mkdir(parents=True)
-    shutil.copy2(GUEST_PKG.parent / "__init__.py", py_dir / "rig" / "__init__.py")
-    for name in HARNESS_MODULES:
-        shutil.copy2(GUEST_PKG / name, pkg / name)
-    return py_dir
+def _pyc(source: bytes, filename: str) -> bytes:
+    """SOURCE compiled to an unchecked hash-based .pyc (PEP 552): zipimport loads it without comparing
+    it with the source. Python of another version rejects the magic number and compiles the .py beside it."""
+    code = compile(source, filename, "exec", dont_inherit=True)
+    return importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + importlib.util.source_hash(source) + \
+        marshal.dumps(code)
+
+
+def stage_harness(zip_path: Path) -> Path:
+    """Write the harness package to ZIP_PATH (rig/__init__.py, rig/guest/<module>.py, each with its
+    .pyc beside it, the layout zipimport reads); the harness then runs as
+    `PYTHONPATH=ZIP_PATH python3 -S -m rig.guest.harness`. Returns ZIP_PATH."""
+    zip_path = Path(zip_path)
+    files = [("rig/__init__.py", GUEST_PKG.parent / "__init__.py")] + \
+        [(f"rig/guest/{name}", GUEST_PKG / name) for name in HARNESS_MODULES]
+    tmp = zip_path.with_name(zip_path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for arc, src in files:
+            source = src.read_bytes()
+            for name, data in ((arc, source), (arc + "c", _pyc(source, arc))):
+                info = zipfile.ZipInfo(name, _ZIP_TIME)
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, data)
+    os.replace(tmp, zip_path)
+    return zip_path
 
 
 def stage(run_dir: Path, src_dir: Path | None = None, bins: Path | None = None) -> Path:
-    """Copy the bins, the specs (+ fixtures/, known_divergences.toml, README) and the harness package
-    (py/) into RUN_DIR/guest/ (the guest sees the run dir over 9p, nothing under /root). Returns RUN_DIR/guest."""
+    """Copy the bins, the specs (+ fixtures/, known_divergences.toml, README, and specs.json: all of them
+    parsed) and the harness package (harness.zip) into RUN_DIR/guest/ (the guest sees the run dir over 9p,
+    nothing under /root). Returns RUN_DIR/guest."""
     src_dir = Path(src_dir) if src_dir else paths.GUEST_TESTS
     bins = Path(bins) if bins else build(src_dir)
     guest = Path(run_dir) / "guest"
@@ -162,7 +185,9 @@ def stage(run_dir: Path, src_dir: Path | None = None, bins: Path | None = None) 
     for sub in ("bins", "tests"):
         if (guest / sub).exists():
             shutil.rmtree(guest / sub)
-    (guest / "harness.py").unlink(missing_ok=True)          # the single-file layout of older runs
+    (guest / "harness.py").unlink(missing_ok=True)          # the layouts of older runs
+    if (guest / "py").exists():
+        shutil.rmtree(guest / "py")
     shutil.copytree(bins, guest / "bins")
     tests = guest / "tests"
     tests.mkdir()
@@ -171,7 +196,8 @@ def stage(run_dir: Path, src_dir: Path | None = None, bins: Path | None = None) 
             shutil.copy2(p, tests / p.name)
     if (src_dir / "fixtures").is_dir():
         shutil.copytree(src_dir / "fixtures", tests / "fixtures")
-    stage_harness(guest / "py")
+    write_bundle(tests)
+    stage_harness(guest / HARNESS_ZIP)
     for p in [guest, *guest.rglob("*")]:          # the guest may run the harness as another uid
         p.chmod(0o755 if p.is_dir() or p.parent.name == "bins" else 0o644)
     return guest

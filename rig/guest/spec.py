@@ -3,12 +3,18 @@
 Entry is one entry of a layer, Spec one test (its layers, mount options, timeout, phase). load_spec /
 load_specs validate (SpecError names the file), select() is -k / --names, run_order() the order a boot runs
 tests in. See guest_tests/README.md for the schema.
+
+A staged tests dir (rig/guest/programs.py stage()) also holds specs.json: every spec and fixture table,
+parsed on the host by write_bundle(). load_specs() reads it instead of the TOML files when it is there,
+with the same checks: one open instead of one per file on the guest's uncached 9p share, and no TOML
+parser to import under TCG (issue #17). The TOML files beside it are for people; stage() rewrites both.
 """
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,9 @@ SPEC_KEYS = {"description", "timeout", "tags", "mount_options", "fixture", "lowe
              "concurrent"}
 PHASES = ("lockdep", "main")     # lockdep: lock-order scenarios, first in a fresh boot, fixed order
 LAYER_KEYS = {"entries"}
+BUNDLE = "specs.json"            # in a staged tests dir: {"<name>.toml" | "fixtures/<f>.toml": table}
+NOT_SPECS = ("known_divergences.toml",)
+Tables = dict[str, dict[str, Any]]
 
 
 class SpecError(ValueError):
@@ -142,6 +151,7 @@ def _entries(raw: Any, where: str) -> list[Entry]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib          # here, not at the top: the guest reads specs.json and never needs it
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -151,10 +161,21 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SpecError(f"{path}: {e.strerror}") from None
 
 
-def load_spec(path: Path) -> Spec:
-    """Load one fixture spec (and the fixture it names)."""
+def _table(path: Path, rel: str, tables: Tables | None) -> dict[str, Any] | None:
+    """The table of PATH (REL inside the tests dir): from TABLES (a bundle) when given, else the file;
+    None when there is no such spec."""
+    if tables is not None:
+        return tables.get(rel)
+    return _read_toml(path) if path.exists() else None
+
+
+def load_spec(path: Path, tables: Tables | None = None) -> Spec:
+    """Load one fixture spec (and the fixture it names). TABLES: the tests dir's parsed bundle."""
     path = Path(path)
-    raw = _read_toml(path)
+    got = _table(path, path.name, tables)
+    if got is None:
+        raise SpecError(f"{path}: no such spec")
+    raw = got
     unknown = set(raw) - SPEC_KEYS
     if unknown:
         raise SpecError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -163,9 +184,9 @@ def load_spec(path: Path) -> Spec:
         if not isinstance(fx, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", fx):
             raise SpecError(f"{path}: fixture must be a name in guest_tests/fixtures/")
         fpath = path.parent / "fixtures" / f"{fx}.toml"
-        if not fpath.exists():
+        base = _table(fpath, f"fixtures/{fx}.toml", tables)
+        if base is None:
             raise SpecError(f"{path}: fixture {fx!r} not found ({fpath})")
-        base = _read_toml(fpath)
         if "fixture" in base:
             raise SpecError(f"{fpath}: a fixture cannot name another fixture")
         bad = set(base) - SPEC_KEYS
@@ -211,14 +232,50 @@ def load_spec(path: Path) -> Spec:
 
 
 def load_specs(tests_dir: Path) -> list[Spec]:
-    """Every <name>.toml in TESTS_DIR (not fixtures/, not known_divergences.toml), sorted by name."""
+    """Every <name>.toml in TESTS_DIR (not fixtures/, not known_divergences.toml), sorted by name; from
+    its specs.json when it has one (a staged dir)."""
     tests_dir = Path(tests_dir)
-    specs = []
-    for p in sorted(tests_dir.glob("*.toml")):
-        if p.name == "known_divergences.toml":
-            continue
-        specs.append(load_spec(p))
-    return specs
+    tables = read_bundle(tests_dir)
+    if tables is not None:
+        names = sorted(k for k in tables if "/" not in k and k not in NOT_SPECS)
+    else:
+        names = [p.name for p in sorted(tests_dir.glob("*.toml")) if p.name not in NOT_SPECS]
+    return [load_spec(tests_dir / n, tables) for n in names]
+
+
+def read_bundle(tests_dir: Path) -> Tables | None:
+    """TESTS_DIR/specs.json, or None when there is none."""
+    path = Path(tests_dir) / BUNDLE
+    try:
+        with open(path, "rb") as f:
+            tables = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{path}: unreadable ({e}): stage the tests again") from None
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise SpecError(f"{path}: not a table per spec file: stage the tests again")
+    return tables
+
+
+def write_bundle(tests_dir: Path) -> Path | None:
+    """Parse every spec and fixture of TESTS_DIR into TESTS_DIR/specs.json (what load_specs reads there
+    from then on). A table JSON cannot hold (a TOML date) leaves no bundle: the TOML files are read then.
+    Returns the bundle's path or None."""
+    tests_dir = Path(tests_dir)
+    out = tests_dir / BUNDLE
+    out.unlink(missing_ok=True)
+    files = [p for p in sorted(tests_dir.glob("*.toml")) if p.name not in NOT_SPECS] + \
+        sorted((tests_dir / "fixtures").glob("*.toml"))
+    tables = {p.relative_to(tests_dir).as_posix(): _read_toml(p) for p in files}
+    try:
+        text = json.dumps(tables, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out
 
 
 def select(specs: list[Spec], pattern: str | None = None, names: list[str] | None = None) -> list[Spec]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from rig.core.errors import GuestError
+from rig.guest.programs import HARNESS_ZIP
 from rig.kernel.build import Kernel
 from rig.machine.qemu import SCRATCH_MNT, VM
 from rig.machine.ssh import GuestSSH, SSHError
@@ -75,7 +76,7 @@ class QemuMachine:
         names_file = self.vm.run_dir / "guest" / f"names-{self.name}.txt"
         names_file.write_text("\n".join(names) + "\n")
         guest = f"{SCRATCH_MNT}/guest"
-        cmd = (f"cd / && PYTHONPATH={guest}/py exec {GUEST_PYTHON} -S -B -m rig.guest.harness "
+        cmd = (f"cd / && PYTHONPATH={guest}/{HARNESS_ZIP} exec {GUEST_PYTHON} -S -B -m rig.guest.harness "
                f"--bins {guest}/bins --tests {guest}/tests "
                f"--work /run/kproto-work --target overlay --names {guest}/names-{self.name}.txt "
                f"--step --kernel-state")

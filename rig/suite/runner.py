@@ -1,7 +1,7 @@
 """Run the guest-test suite on a kernel under test, inside a machine (QEMU), test by test.
 
 The host decides when the next test starts. The harness (rig/guest/harness.py, staged into the run
-directory as guest/py/rig/guest/) runs in step mode: after every test it prints the result, writes a
+directory as guest/harness.zip) runs in step mode: after every test it prints the result, writes a
 barrier marker to the kernel log and waits for the host's `next`. Between two tests the host runs the barrier:
 
 1. wait until the marker reached the console (everything the kernel printed during the test is out)

@@ -5,6 +5,8 @@ import os
 import shutil
 import stat
 import subprocess
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -85,10 +87,13 @@ def test_repo_suite_builds_and_stages(tmp_path):
     guest = guest_build.stage(tmp_path / "run", bins=bins)
     assert guest == tmp_path / "run" / "guest"
     assert sorted(os.listdir(guest / "bins")) == progs
-    staged = guest / "py" / "rig" / "guest"
-    assert (staged / "harness.py").read_text() == guest_build.HARNESS.read_text()
-    assert sorted(p.name for p in staged.iterdir()) == sorted(guest_build.HARNESS_MODULES)
-    assert (guest / "py" / "rig" / "__init__.py").is_file() and not (guest / "harness.py").exists()
+    with zipfile.ZipFile(guest / "harness.zip") as zf:
+        staged = zf.namelist()
+        assert zf.read("rig/guest/harness.py") == guest_build.HARNESS.read_bytes()
+    mods = ["rig/__init__.py", *(f"rig/guest/{m}" for m in guest_build.HARNESS_MODULES)]
+    assert sorted(staged) == sorted(mods + [m + "c" for m in mods])       # each module beside its byte code
+    assert not (guest / "harness.py").exists() and not (guest / "py").exists()
+    assert (guest / "tests" / "specs.json").is_file()
     assert (guest / "tests" / "known_divergences.toml").is_file()
     assert (guest / "tests" / "fixtures" / "basic.toml").is_file()
     assert (guest / "tests" / "rfc_read_ro_fd_after_copyup.toml").is_file()
@@ -97,7 +102,7 @@ def test_repo_suite_builds_and_stages(tmp_path):
     p = subprocess.run(["/usr/bin/python3", "-S", "-c",
                         "import sys; from rig.guest import harness; "
                         "print(len(harness.load_specs(sys.argv[1])))", str(guest / "tests")],
-                       capture_output=True, text=True, cwd="/", env={**CLEAN_ENV, "PYTHONPATH": str(guest / "py")})
+                       capture_output=True, text=True, cwd="/", env={**CLEAN_ENV, "PYTHONPATH": str(guest / "harness.zip")})
     assert p.stdout.strip() == str(len(progs)), p.stderr
     guest_build.stage(tmp_path / "run", bins=bins)       # re-staging replaces cleanly
     shutil.rmtree(tmp_path / "run")
@@ -171,26 +176,33 @@ def test_compile_dir_error_names_what_and_file(tmp_path):
     assert "no-such-gcc-kproto" in mt.value.message and "\n" not in mt.value.message
 
 
-def test_staged_tree_runs_without_the_checkout(tmp_path):
-    """The guest has only the run dir: the staged py/ tree runs the harness CLI with cwd / and a clean env."""
+def test_staged_zip_runs_without_the_checkout(tmp_path):
+    """The guest has only the run dir: the staged harness.zip runs the harness CLI with cwd / and a clean
+    env, from its byte code (no module is compiled), and the zip is the same for the same modules."""
     bins = tmp_path / "bins"
     bins.mkdir()
     guest = guest_build.stage(tmp_path / "run", bins=bins)
-    env = {**CLEAN_ENV, "PYTHONPATH": str(guest / "py")}
+    zpath = guest / "harness.zip"
+    env = {**CLEAN_ENV, "PYTHONPATH": str(zpath)}
     p = subprocess.run(["/usr/bin/python3", "-S", "-m", "rig.guest.harness", "--help"], capture_output=True,
                        text=True, cwd="/", env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "--bins" in p.stdout and "--kernel-state" in p.stdout
-    p = subprocess.run(["/usr/bin/python3", "-S", "-c", "import rig.guest.mount as m; print(m.__file__)"],
-                       capture_output=True, text=True, cwd="/", env=env)
-    assert p.stdout.strip() == str(guest / "py" / "rig" / "guest" / "mount.py"), p.stderr
-    # modes: dirs 0755, modules 0644 (the guest may run the harness as another uid)
-    for q in [guest / "py", *(guest / "py").rglob("*")]:
-        assert stat.S_IMODE(q.stat().st_mode) == (0o755 if q.is_dir() else 0o644), q
-    # re-staging replaces the tree (a module removed here disappears there)
-    (guest / "py" / "rig" / "guest" / "stale.py").write_text("")
+    # loaded from the .pyc: a module whose source says otherwise still runs the staged byte code
+    probe = tmp_path / "probe.zip"
+    shutil.copy(zpath, probe)
+    with zipfile.ZipFile(probe, "a") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")                  # the duplicate name is the point
+        zf.writestr("rig/guest/observe.py", "raise SystemExit('compiled from source')\n")
+    p = subprocess.run(["/usr/bin/python3", "-S", "-W", "ignore", "-c",
+                        "import rig.guest.observe as m; print(m.__file__, m.__spec__.loader.__class__.__name__)"],
+                       capture_output=True, text=True, cwd="/", env={**CLEAN_ENV, "PYTHONPATH": str(probe)})
+    assert p.returncode == 0 and p.stdout.split() == [str(probe / "rig" / "guest" / "observe.pyc"), "zipimporter"], \
+        p.stdout + p.stderr
+    assert stat.S_IMODE(zpath.stat().st_mode) == 0o644          # the guest may run the harness as another uid
+    before = zpath.read_bytes()
     guest_build.stage(tmp_path / "run", bins=bins)
-    assert not (guest / "py" / "rig" / "guest" / "stale.py").exists()
+    assert zpath.read_bytes() == before
 
 
 def test_guest_package_inits_are_import_free():

@@ -83,6 +83,60 @@ def test_bad_specs_name_the_file(tmp_path, body, msg):
     assert msg in str(ei.value) and "bad.toml" in str(ei.value)
 
 
+def _copy_suite(dst: Path) -> Path:
+    dst.mkdir()
+    for p in paths.GUEST_TESTS.glob("*.toml"):
+        (dst / p.name).write_bytes(p.read_bytes())
+    (dst / "fixtures").mkdir()
+    for p in (paths.GUEST_TESTS / "fixtures").glob("*.toml"):
+        (dst / "fixtures" / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_bundle_loads_the_same_specs_as_the_toml_files(tmp_path):
+    """specs.json (what a staged dir carries for the guest) gives exactly the specs the TOML files give,
+    fixtures merged; once it is there, the TOML files are not read."""
+    d = _copy_suite(tmp_path / "t")
+    from_toml = harness.load_specs(d)
+    out = harness.write_bundle(d)
+    assert out == d / "specs.json"
+    tables = json.loads(out.read_text())
+    assert "known_divergences.toml" not in tables and any(k.startswith("fixtures/") for k in tables)
+    for p in [*d.glob("*.toml"), *(d / "fixtures").glob("*.toml")]:
+        p.write_text("this = is not [valid toml")
+    from_bundle = harness.load_specs(d)
+    assert [(s.name, s.lower, s.upper, s.mount_options, s.timeout, s.phase, s.order, s.concurrent, s.tags)
+            for s in from_bundle] == \
+        [(s.name, s.lower, s.upper, s.mount_options, s.timeout, s.phase, s.order, s.concurrent, s.tags)
+         for s in from_toml]
+    assert len(from_bundle) == len(list(paths.GUEST_TESTS.glob("*.c")))
+
+
+def test_bundle_keeps_every_check_and_names_the_file(tmp_path):
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "bad.toml").write_text('fixture = "nope"\n[[lower]]\n')
+    harness.write_bundle(d)
+    with pytest.raises(SpecError, match=r"bad.toml: fixture 'nope' not found"):
+        harness.load_specs(d)
+    (d / "specs.json").write_text("{not json")
+    with pytest.raises(SpecError, match=r"specs.json: unreadable .*stage the tests again"):
+        harness.load_specs(d)
+    (d / "specs.json").write_text('{"a.toml": 3}')
+    with pytest.raises(SpecError, match=r"specs.json: not a table per spec file"):
+        harness.load_specs(d)
+
+
+def test_a_date_in_a_spec_leaves_no_bundle(tmp_path):
+    """JSON has no dates: such a suite is read from its TOML files (the check reports the bad key)."""
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "dated.toml").write_text("description = 1979-05-27\n[[lower]]\n")
+    (d / "specs.json").write_text("{}")                  # a stale bundle goes
+    assert harness.write_bundle(d) is None and not (d / "specs.json").exists()
+    assert harness.load_specs(d)[0].name == "dated"
+
+
 def test_select_by_glob_substring_tag_and_names():
     specs = [Spec(name=n, path=Path(n), tags=t) for n, t in
              [("mmap_a", ["mmap"]), ("rfc_read", ["rfc"]), ("b_mmap", []), ("z", ["x"])]]
@@ -296,11 +350,11 @@ def test_missing_binary_is_an_error_result(tmp_path):
 
 @root_only
 def test_cli_stdlib_only_json_lines(bins, tmp_path):
-    """As the guest runs it: PYTHONPATH=guest/py python3 -S -m rig.guest.harness, from the staged package
-    tree only (cwd /, no checkout on the path), JSON lines, --names file."""
+    """As the guest runs it: PYTHONPATH=guest/harness.zip python3 -S -m rig.guest.harness, from the staged
+    package zip only (cwd /, no checkout on the path), JSON lines, --names file."""
     names = tmp_path / "names.txt"
     names.write_text("rfc_read_ro_fd_after_copyup\n")
-    py = guest_build.stage_harness(tmp_path / "py")
+    py = guest_build.stage_harness(tmp_path / "harness.zip")
     p = subprocess.run(["/usr/bin/python3", "-S", "-m", "rig.guest.harness", "--bins", str(bins),
                         "--tests", str(paths.GUEST_TESTS), "--work", str(tmp_path / "w"), "--target", "overlay",
                         "--names", str(names)], capture_output=True, text=True, cwd="/", timeout=120,
@@ -315,17 +369,18 @@ def test_cli_stdlib_only_json_lines(bins, tmp_path):
 
 
 def test_harness_imports_only_stdlib(tmp_path):
-    """From the staged tree, importing the harness loads rig.guest modules and the stdlib, nothing else."""
-    py = guest_build.stage_harness(tmp_path / "py")
+    """From the staged zip, importing the harness loads rig.guest modules and the stdlib, nothing else (not
+    even tomllib: the guest reads the specs' JSON bundle)."""
+    py = guest_build.stage_harness(tmp_path / "harness.zip")
     p = subprocess.run([sys.executable, "-S", "-c",
                         "import sys, sysconfig; import rig.guest.harness; "
                         "std = sysconfig.get_paths()['stdlib']; "
                         "rig = sorted(m for m in sys.modules if m.split('.')[0] == 'rig'); print(' '.join(rig)); "
                         "bad = [m for m, mod in sys.modules.items() if m.split('.')[0] != 'rig' and "
                         "getattr(mod, '__file__', None) and not mod.__file__.startswith(std)]; "
-                        "assert not bad, bad; "
+                        "assert not bad, bad; assert 'tomllib' not in sys.modules; "
                         f"assert all(m.__file__.startswith({str(py)!r}) for n, m in sys.modules.items() "
-                        "if n.split('.')[0] == 'rig'), 'rig imported from outside the staged tree'"],
+                        "if n.split('.')[0] == 'rig'), 'rig imported from outside the staged zip'"],
                        capture_output=True, text=True, cwd="/", env={**GUEST_ENV, "PYTHONPATH": str(py)})
     assert p.returncode == 0, p.stderr
     loaded = set(p.stdout.split())
