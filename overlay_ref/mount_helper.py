@@ -74,16 +74,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render_helper(python: str) -> str:
-    """The helper script with ``python`` baked in as its interpreter."""
+MAX_BAKED = 8
+
+
+def baked_pythons(text: str) -> list[str]:
+    """The interpreters an installed helper names, newest first (also the single BAKED_PYTHON= of
+    helpers installed before the list)."""
+    for line in text.splitlines():
+        for key in ("BAKED_PYTHONS=", "BAKED_PYTHON="):
+            if line.startswith(key):
+                words = shlex.split(line[len(key):]) or [""]
+                return [p for p in words[0].split(":") if p]
+    return []
+
+
+def render_helper(python: str, previous: list[str] | None = None) -> str:
+    """The helper script naming ``python`` first, then those of PREVIOUS that still exist (other
+    checkouts that installed it), at most MAX_BAKED."""
     with open(HELPER_SCRIPT) as f:
         text = f.read()
-    return text.replace('BAKED_PYTHON=""', f"BAKED_PYTHON={shlex.quote(python)}", 1)
+    pys = [python] + [p for p in (previous or []) if p != python and os.access(p, os.X_OK)]
+    if any(":" in p for p in pys):
+        raise OverlayRefError(f"cannot name {python!r} in the helper: a ':' in the path")
+    return text.replace('BAKED_PYTHONS=""', f"BAKED_PYTHONS={shlex.quote(':'.join(pys[:MAX_BAKED]))}", 1)
 
 
 def install(dest: str, python: str | None = None) -> None:
-    """Write the helper to ``dest`` (mode 755) with this interpreter baked in."""
-    text = render_helper(python or sys.executable)
+    """Write the helper to ``dest`` (mode 755) naming this interpreter first and keeping the ones the
+    helper already there names, when they still exist."""
+    try:
+        with open(dest) as f:
+            previous = baked_pythons(f.read())
+    except OSError:
+        previous = []
+    text = render_helper(python or sys.executable, previous)
     tmp = dest + ".tmp"
     try:
         with open(tmp, "w") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test_mount_helper_script(make_layers, tmp_path):
     # install-helper bakes the interpreter in: works without the environment variable
     dest = tmp_path / "mount.fuse.kproto-ovl"
     assert cli("install-helper", dest).returncode == 0
-    assert f"BAKED_PYTHON={sys.executable}" in dest.read_text()
+    assert f"BAKED_PYTHONS={sys.executable}\n" in dest.read_text()
     env2 = {k: v for k, v in os.environ.items() if k != "KPROTO_OVL_PYTHON"}
     r = subprocess.run([str(dest), "kproto-ovl", str(layers.mnt), "-o", opts],
                        capture_output=True, text=True, env=env2, timeout=60)
@@ -167,6 +168,41 @@ def test_mount_helper_script(make_layers, tmp_path):
         overlay_ref.umount(str(layers.mnt))
     finally:
         _cleanup(layers.mnt, pid)
+
+
+def _fake_python(path: Path, out: Path) -> Path:
+    """An 'interpreter' that records it was the one the helper ran."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho \"$0\" > {out}\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.skipif(os.path.exists("/etc/kproto-ovl.python"), reason="/etc/kproto-ovl.python overrides the list")
+def test_install_helper_keeps_the_other_checkouts_and_skips_removed_ones(tmp_path):
+    """Each checkout's set-up installs the one global helper: it names its own interpreter first and keeps
+    the others that still exist, so removing the checkout that installed it last does not break
+    mount -t fuse.kproto-ovl (the helper falls back to the next one that exists)."""
+    out = tmp_path / "ran"
+    a = _fake_python(tmp_path / "a" / "python", out)
+    b = _fake_python(tmp_path / "b" / "python", out)
+    dest = tmp_path / "mount.fuse.kproto-ovl"
+    from overlay_ref import mount_helper
+    mount_helper.install(str(dest), str(a))
+    mount_helper.install(str(dest), str(b))
+    mount_helper.install(str(dest), str(b))                 # again: named once
+    assert mount_helper.baked_pythons(dest.read_text()) == [str(b), str(a)]
+    env = {k: v for k, v in os.environ.items() if k != "KPROTO_OVL_PYTHON"}
+    subprocess.run([str(dest), "x", "y"], env=env, check=True, timeout=30)
+    assert out.read_text().strip() == str(b)
+    shutil.rmtree(tmp_path / "b")                           # the last checkout is gone
+    subprocess.run([str(dest), "x", "y"], env=env, check=True, timeout=30)
+    assert out.read_text().strip() == str(a)
+    mount_helper.install(str(dest), str(a))                 # and a removed one is dropped on the next install
+    assert mount_helper.baked_pythons(dest.read_text()) == [str(a)]
+    # a helper from before the list (one BAKED_PYTHON=) is read too
+    dest.write_text(f"BAKED_PYTHON={a}\n")
+    assert mount_helper.baked_pythons(dest.read_text()) == [str(a)]
 
 
 @pytest.mark.fuse
