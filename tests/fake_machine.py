@@ -60,7 +60,9 @@ class FakeKernel:
 
     def factory(self, tmp: Path) -> Callable[[str], "FakeMachine"]:
         def make(name: str) -> FakeMachine:
-            m = FakeMachine(self, name, tmp / f"console-{name}.log", len(self.machines) + 1)
+            suffix = name.rsplit("-", 1)[-1]        # LABEL-N: the runner numbers boots (not thread timing)
+            m = FakeMachine(self, name, tmp / f"console-{name}.log",
+                            int(suffix) if suffix.isdigit() else len(self.machines) + 1)
             self.machines.append(m)
             return m
         return make

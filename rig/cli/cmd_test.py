@@ -40,6 +40,9 @@ _say = progress.for_stderr("kproto: ")   # one line per message; a live line on 
               help="extra fresh boots of each kernel for tests whose outcome can vary (splat, hang, error, "
                    "concurrent) and differs between the kernels")
 @click.option("--allow-flaky", is_flag=True, help="a test whose outcome varies across boots does not make the verdict exit 1")
+@click.option("-j", "--jobs", type=click.IntRange(min=1, max=16), default=None, metavar="N",
+              help="guests running side by side (default: one per host CPU, at most 2); the answer does not "
+                   "depend on it")
 @click.option("--repro", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="write a reproducer bundle per finding under DIR/<test>/ (run it with its reproduce.sh or "
                    "kproto reproduce DIR/<test>)")
@@ -47,7 +50,7 @@ _say = progress.for_stderr("kproto: ")   # one line per message; a live line on 
               help="list every test and splat in the report (default: the tests that do not match the reference, "
                    "a count of those that do, and the new splats)")
 def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config, timeout, keep, suite, no_checks,
-             rerun_baseline, confirm, allow_flaky, repro, verbose):
+             rerun_baseline, confirm, allow_flaky, jobs, repro, verbose):
     """Build PATCH... on the base kernel, boot baseline and patched kernels, run the guest tests,
     compare with the reference overlay, and report what the patch fixed, broke, and which splats it brought.
 
@@ -56,7 +59,7 @@ def test_cmd(patches, json_out, junit_out, html_out, pattern, kernel_src, config
     from rig.suite import testrun
     opts = testrun.TestOptions(patches=list(patches), kernel_src=kernel_src, config=tuple(config),
                                pattern=pattern, timeout=timeout, keep=keep, rerun_baseline=rerun_baseline, checks=not no_checks,
-                               confirm=confirm, allow_flaky=allow_flaky, repro=repro,
+                               confirm=confirm, allow_flaky=allow_flaky, jobs=jobs, repro=repro,
                                progress=_say, **({"suite": suite} if suite else {}))
     try:
         rep = testrun.run(opts)
@@ -106,7 +109,7 @@ def shell_cmd(patches, kernel_src, config, command):
             boot = vm.wait_ready()
             _say(f"linux {k.version} up, SSH after {boot:.1f} s ({vm.accel}); console log {vm.console_log}")
             ssh = ["ssh", "-q", "-p", str(vm.port), "-i", str(run_dir / "ssh" / "client_ed25519"),
-                   "-o", f"UserKnownHostsFile={run_dir / 'ssh' / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+                   "-o", f"UserKnownHostsFile={vm.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                    "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "root@127.0.0.1"]
             if command:
                 ssh.append(command)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,19 @@ READY_MARKER = "KPROTO-GUEST-READY"
 SCRATCH_TAG = "kproto"
 SCRATCH_MNT = "/mnt/kproto"
 _LIVE: dict[int, "VM"] = {}
+_PREPARE_LOCK = threading.Lock()
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """A guest that is booting may be reading PATH: never truncate it under its feet."""
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _reap_all() -> None:
@@ -127,8 +141,18 @@ class VM:
     def monitor_sock(self) -> Path:
         return self.run_dir / f"monitor-{self.name}.sock"
 
+    @property
+    def known_hosts(self) -> Path:
+        return self.run_dir / "ssh" / f"known_hosts-{self.name}"
+
     # ---------------------------------------------------------------- lifecycle
     def _prepare(self) -> None:
+        """The run dir's shared files: keys, sshd config and boot plan. Guests of one run dir may start side
+        by side (rig/suite/boots.py): made once under a lock, rewritten only when different, atomically."""
+        with _PREPARE_LOCK:
+            self._prepare_locked()
+
+    def _prepare_locked(self) -> None:
         a = arch.load()
         if shutil.which(a.qemu) is None:
             raise MissingTool(f"{a.qemu} is not installed (apt-get install {a.package})")
@@ -141,8 +165,8 @@ class VM:
             sshmod.make_keys(sshdir)
         if server == "dropbear" and not (sshdir / "host_ed25519.dropbear").exists():
             sshmod.dropbear_host_key(sshdir)
-        (sshdir / "sshd_config").write_text(templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
-        (self.run_dir / "boot.plan").write_text(templates.render(
+        _write_if_changed(sshdir / "sshd_config", templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
+        _write_if_changed(self.run_dir / "boot.plan", templates.render(
             "boot.plan.j2", scratch_mnt=SCRATCH_MNT, ready_marker=READY_MARKER,
             hung_task_timeout=self.hung_task_timeout, ssh_server=server))
 
@@ -164,13 +188,17 @@ class VM:
             raise InfraError(f"VM {self.name} was already started (pid {self.proc.pid})")
         self._prepare()
         self.accel = "kvm" if kvm_works() else "tcg"
-        self.port = free_port()
         self.console_log.write_text("")
         self.monitor_sock.unlink(missing_ok=True)
-        self._t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
-        _LIVE[self.proc.pid] = self
+        with _PREPARE_LOCK:          # a port no other guest of this process was given
+            taken = {vm.port for vm in _LIVE.values()}
+            self.port = free_port()
+            while self.port in taken:
+                self.port = free_port()
+            self._t0 = time.monotonic()
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+            _LIVE[self.proc.pid] = self
         return self
 
     def alive(self) -> bool:
@@ -189,8 +217,7 @@ class VM:
             time.sleep(0.1)
         if on_init is not None:
             on_init(time.monotonic() - self._t0)
-        known_hosts = self.run_dir / "ssh" / "known_hosts"
-        sshmod.write_known_hosts(self.run_dir / "ssh", self.port)
+        known_hosts = sshmod.write_known_hosts(self.run_dir / "ssh", self.port, self.known_hosts.name)
         self.ssh = sshmod.GuestSSH(port=self.port, key=self.run_dir / "ssh" / "client_ed25519",
                                    known_hosts=known_hosts)
         while True:

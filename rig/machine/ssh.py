@@ -126,9 +126,11 @@ def dropbear_host_key(sshdir: Path) -> Path:
     return out
 
 
-def write_known_hosts(sshdir: Path, port: int) -> Path:
+def write_known_hosts(sshdir: Path, port: int, name: str = "known_hosts") -> Path:
+    """SSHDIR/NAME pinning the guests' host key on 127.0.0.1:PORT (one file per machine: guests that run
+    side by side share the run dir)."""
     kind, blob = (sshdir / "host_ed25519.pub").read_text().split()[:2]
-    path = sshdir / "known_hosts"
+    path = sshdir / name
     path.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
     return path
 

@@ -56,6 +56,45 @@ class KernelRun:
         return run
 
 
+def merge_runs(label: str, kernel: Kernel | None, runs: list[KernelRun], wall_s: float | None = None) -> KernelRun:
+    """One kernel's run of a test list made of RUNS that went on side by side (rig/suite/boots.py), in
+    the list's order: results, splats, boots, consoles and events added up; boot_s is the first run's
+    first boot; tests_s the WALL_S they took together (default: the runs' sum) less that boot."""
+    out = KernelRun(label=label, kernel=kernel)
+    for r in runs:
+        out.results.update(r.results)
+        out.splats += r.splats
+        for n, v in r.test_splats.items():
+            out.test_splats.setdefault(n, []).extend(v)
+        out.boots += r.boots
+        out.console_logs += r.console_logs
+        out.events += r.events
+        out.console += r.console
+        if r.deadlock is not None:
+            out.deadlock = r.deadlock if out.deadlock is None else \
+                {**out.deadlock, "hung": out.deadlock["hung"] + r.deadlock["hung"],
+                 "not_run": out.deadlock["not_run"] + r.deadlock["not_run"]}
+    out.boot_s = runs[0].boot_s if runs else 0.0
+    out.tests_s = (wall_s - out.boot_s) if wall_s is not None else sum(r.tests_s for r in runs)
+    return out
+
+
+def renumber_boots(run: KernelRun, take) -> KernelRun:
+    """A cached RUN's boots renamed LABEL-N with numbers from TAKE() (this run's counter), in the order
+    its results name them, so they never collide with the boots of this run. Every boot takes a number,
+    also one that ran no test."""
+    names: dict[str, str] = {}
+    for res in run.results.values():
+        b = res.get("boot")
+        if b and b not in names:
+            names[b] = f"{run.label}-{take()}"
+        if b:
+            res["boot"] = names[b]
+    for _ in range(run.boots - len(names)):
+        take()
+    return run
+
+
 def error_result(name: str, status: str, error: str) -> dict:
     return {"name": name, "status": status, "observations": {}, "exit_code": None, "signal": None,
             "upper": {}, "stderr": "", "duration_s": 0.0, "error": error, "lower_modified": False}

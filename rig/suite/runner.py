@@ -25,6 +25,7 @@ timing.py (the waits).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,32 +45,78 @@ MAX_SAME_HANGS = 3
 
 # ---------------------------------------------------------------- one kernel, many boots
 
+class BootNumbers:
+    """The boot numbers of one kernel (its machines are named LABEL-N), unique across the runs of that
+    kernel that go on side by side (rig/suite/boots.py)."""
+
+    def __init__(self, first: int = 1) -> None:
+        self._next = first
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            n, self._next = self._next, self._next + 1
+            return n
+
+    @property
+    def taken(self) -> int:
+        with self._lock:
+            return self._next - 1
+
+
+class Tally:
+    """n/N in the progress lines, shared by the runs of one kernel's tests that go on side by side."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self._lock = threading.Lock()
+
+    def finished(self) -> int:
+        with self._lock:
+            self.done += 1
+            return self.done
+
+
 def run_kernel_suite(kernel: Kernel, label: str, run_dir: Path, names: list[str], timeouts: dict[str, float],
                      progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
                      boot_timeout: float = 120.0, machine_factory: MachineFactory | None = None,
-                     timing: Timing = TIMING, first_boot: int = 1) -> KernelRun:
+                     timing: Timing = TIMING, first_boot: int = 1, numbers: BootNumbers | None = None,
+                     stop: threading.Event | None = None, tally: Tally | None = None) -> KernelRun:
     """Run NAMES (in that order) on KERNEL; as many boots as the barrier asks for, until every test
-    has a result. BootError when the first boot fails (the caller decides whose fault that is)."""
+    has a result. BootError when the first boot fails (the caller decides whose fault that is).
+    The first boot is LABEL-FIRST_BOOT, later ones take NUMBERS (a counter shared with the other runs of
+    this kernel going on at the same time). STOP set: the run ends at its next poll or boot, as a
+    KeyboardInterrupt carrying the partial run (whatever the stopped machine made of the run in flight)."""
     def qemu(name: str) -> Machine:
         return QemuMachine(kernel, run_dir, name)
     factory: MachineFactory = machine_factory or qemu
+    numbers = numbers or BootNumbers(first_boot + 1)
     run = KernelRun(label=label, kernel=kernel)
     try:
-        return _run_suite(run, factory, names, timeouts, progress, boot_timeout, timing, first_boot)
-    except KeyboardInterrupt as e:
-        e.partial_run = run            # type: ignore[attr-defined]  # for the partial report
+        return _run_suite(run, factory, names, timeouts, progress, boot_timeout, timing, first_boot, numbers,
+                          stop, tally)
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or (stop is not None and stop.is_set()):
+            ki = e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt()
+            ki.partial_run = run           # type: ignore[attr-defined]  # for the partial report
+            if ki is e:
+                raise
+            raise ki from e
         raise
 
 
 def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeouts: dict[str, float],
-               progress: Callable[[str], None], boot_timeout: float, timing: Timing, first_boot: int) -> KernelRun:
+               progress: Callable[[str], None], boot_timeout: float, timing: Timing, first_boot: int,
+               numbers: BootNumbers, stop: threading.Event | None, tally: Tally | None) -> KernelRun:
     remaining = list(names)
     hangs = HangTracker(MAX_SAME_HANGS)
     t_start = time.monotonic()
     consoles: list[str] = []
     while remaining and run.boots < MAX_BOOTS:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         run.boots += 1
-        machine = factory(f"{run.label}-{first_boot + run.boots - 1}")
+        machine = factory(f"{run.label}-{first_boot if run.boots == 1 else numbers.take()}")
         run.console_logs.append(machine.console_log)
         done = len(names) - len(remaining)
         progress(f"[{run.label}] boot {machine.name}: booting" +
@@ -89,7 +136,7 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
                 run.boot_s = boot_s
             progress(f"[{run.label}] boot {machine.name}: SSH ready after {boot_s:.1f} s ({machine.accel}); "
                      f"running {plural(len(remaining), 'tests')}" + (f" ({done}/{len(names)} done)" if done else ""))
-            remaining = BootSession(machine, run, remaining, timeouts, progress, timing, hangs).run()
+            remaining = BootSession(machine, run, remaining, timeouts, progress, timing, hangs, stop, tally).run()
         finally:
             machine.stop()
             consoles.append(machine.console_since(0))

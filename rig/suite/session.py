@@ -5,8 +5,9 @@ the console, scan the new console text for splats, read debug_locks and the tain
 from __future__ import annotations
 
 import json
+import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rig.analysis import splats as splatmod
 from rig.core.errors import GuestError
@@ -14,6 +15,9 @@ from rig.machine.ssh import ChannelClosed
 from rig.suite.machine import HarnessChannel, Machine
 from rig.suite.results import KernelRun, error_result, hang_signature, taint_letters
 from rig.suite.timing import Timing
+
+if TYPE_CHECKING:
+    from rig.suite.runner import Tally
 
 
 class HangTracker:
@@ -49,9 +53,10 @@ class BootSession:
     test. run() returns the tests still to run (on a fresh boot)."""
 
     def __init__(self, machine: Machine, run: KernelRun, names: list[str], timeouts: dict[str, float],
-                 progress: Callable[[str], None], timing: Timing, hangs: HangTracker) -> None:
+                 progress: Callable[[str], None], timing: Timing, hangs: HangTracker,
+                 stop: threading.Event | None = None, tally: "Tally | None" = None) -> None:
         self.m, self.run_, self.names, self.timeouts = machine, run, names, timeouts
-        self.say, self.t, self.hangs = progress, timing, hangs
+        self.say, self.t, self.hangs, self.stop, self.tally = progress, timing, hangs, stop, tally
         self.current: str | None = None
         self.since = time.monotonic()
         self.offset = 0
@@ -61,6 +66,8 @@ class BootSession:
         self.total = len(run.results) + len([n for n in names if n not in run.results])
 
     def count(self, extra: int = 0) -> str:
+        if self.tally is not None:
+            return f"{self.tally.done + extra}/{self.tally.total}"
         return f"{len(self.run_.results) + extra}/{self.total}"
 
     def rest(self) -> list[str]:
@@ -75,10 +82,13 @@ class BootSession:
 
     def _follow(self, chan: HarnessChannel) -> list[str]:
         while True:
+            self._check_stop()
             try:
                 line = chan.read_line(self.t.poll)
             except ChannelClosed as closed:
+                self._check_stop()          # the machine was stopped under us: not the test's doing
                 return self._closed(closed)
+            self._check_stop()
             if line is None:
                 if self.current is not None:
                     limit = self.timeouts.get(self.current, 20.0) + self.t.hang_margin
@@ -110,6 +120,12 @@ class BootSession:
             elif kind in ("done", "stopped"):
                 return self.rest()
 
+    def _check_stop(self) -> None:
+        """The run was cancelled (rig/suite/boots.py): end it here, recording nothing about the test in
+        flight (its machine may have been stopped under it)."""
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt
+
     # -------------------------------------------------------- a test finished: the barrier
     def _finished(self, ev: dict) -> bool:
         """Record the result and run the barrier; False when the rest needs a fresh boot."""
@@ -120,6 +136,8 @@ class BootSession:
         ev["boot"] = self.m.name
         self.run_.results[name] = ev
         self.done.append(name)
+        if self.tally is not None:
+            self.tally.finished()
         if found:
             self.run_.test_splats.setdefault(name, []).extend(found)
         reasons = [f"splat: {'; '.join(s.title for s in found)}"] if found else []
@@ -186,6 +204,8 @@ class BootSession:
         res["blocked_tasks"] = dump
         res["boot"] = self.m.name
         self.run_.results[name] = res
+        if self.tally is not None:
+            self.tally.finished()
         self.run_.events.append(f"{name}: {reason}")
         self._count_hang(name, dump, found)
         self.current = None
@@ -224,6 +244,8 @@ class BootSession:
         res = error_result(cur, "error", reason + (f"; splats: {'; '.join(s.title for s in found)}" if found else ""))
         res["boot"] = self.m.name
         self.run_.results[cur] = res
+        if self.tally is not None:
+            self.tally.finished()
         self.say(f"[{self.run_.label}] {self.count()} {cur}: error ({reason})")
         self.run_.events.append(f"{cur}: {reason}")
         self.current = None

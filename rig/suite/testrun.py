@@ -32,6 +32,8 @@ from rig.core.paths import GUEST_TESTS, cache_dir
 from rig.report.model import Report
 from rig.suite import results_cache
 from rig.suite.results import KernelRun
+from rig.suite.boots import BootPool, Pending, default_jobs
+from rig.suite.machine import Machine, MachineFactory, QemuMachine
 from rig.suite.runner import run_kernel_suite
 from rig.machine.qemu import kvm_works
 from rig.suite import repro as repromod
@@ -49,6 +51,7 @@ class TestOptions:
     checks: bool = True                # checkpatch + get_maintainer before building (kproto check)
     suite: Path = GUEST_TESTS          # directory of guest tests (*.c + *.toml)
     confirm: int = 2                   # extra boots per kernel for tests whose outcome can vary
+    jobs: int | None = None            # machines side by side (None: boots.default_jobs())
     allow_flaky: bool = False          # a flaky test alone does not make the verdict need attention
     machine_factories: dict | None = None   # label -> runner.MachineFactory (tests: a fake machine)
     repro: Path | None = None          # --repro DIR: a reproducer bundle per finding (rig/suite/repro.py)
@@ -72,14 +75,15 @@ def new_run_dir(keep: bool) -> Path:
 
 
 def select_tests(suite: Path, pattern: str | None,
-                 timeout: float | None) -> tuple[list[str], dict[str, float], set[str]]:
-    """The selected tests in run order, their timeouts, and which of them are marked concurrent."""
+                 timeout: float | None) -> tuple[list[str], dict[str, float], set[str], dict[str, str]]:
+    """The selected tests in run order, their timeouts, which of them are marked concurrent, and each
+    one's phase (rig/suite/boots.py splits a kernel's run by phase)."""
     chosen = harness.select(harness.load_specs(suite), pattern)
     if not chosen:
         from rig.core.errors import BadInput
         raise BadInput(f"-k {pattern!r} selects no guest test (see guest_tests/*.toml for names)")
     return ([s.name for s in chosen], {s.name: float(timeout or s.timeout) for s in chosen},
-            {s.name for s in chosen if s.concurrent})
+            {s.name for s in chosen if s.concurrent}, {s.name: s.phase for s in chosen})
 
 
 def run_reference(suite: Path, bins: Path, names: list[str], timeout: float | None, work: Path) -> dict[str, dict]:
@@ -187,11 +191,11 @@ def run(opts: TestOptions) -> Report:
     timings["build_s"] = round(timings["build_baseline_s"] + timings["build_patched_s"], 1)
 
     suite = Path(opts.suite)
-    names, timeouts, concurrent = select_tests(suite, opts.pattern, opts.timeout)
+    names, timeouts, concurrent, phase_of = select_tests(suite, opts.pattern, opts.timeout)
     bins = guest_build.build(suite)
     run_dir = new_run_dir(opts.keep)
     factories = opts.machine_factories or {}
-    pool = ThreadPoolExecutor(max_workers=1)
+    ref_pool = ThreadPoolExecutor(max_workers=1)
     runs: dict[str, KernelRun] = {}
     evidence: dict[str, Evidence] = {}
     base_run: KernelRun | None = None
@@ -200,16 +204,20 @@ def run(opts: TestOptions) -> Report:
     recorder = repromod.BootRecorder() if opts.repro is not None else None
     patched_runs: list[KernelRun] = []          # the main run first, then each confirmation run
 
-    def kernel_run(kernel, label: str, wanted: list[str], first_boot: int = 1) -> KernelRun:
+    def make_factory(kernel, label: str) -> MachineFactory:
         factory = factories.get(label)
         if factory is None and recorder is not None and label == "patched":
             factory = recorder.factory(kernel, run_dir)
-        r = run_kernel_suite(kernel, label, run_dir, wanted, timeouts, say,
-                             machine_factory=factory, first_boot=first_boot)
-        if label == "patched":
-            patched_runs.append(r)
-        return r
+        if factory is None:
+            def factory(name: str) -> Machine:
+                return QemuMachine(kernel, run_dir, name)
+        return factory
 
+    def run_part(kernel, label, part, first, numbers, stop, tally, factory) -> KernelRun:
+        return run_kernel_suite(kernel, label, run_dir, part, timeouts, say, machine_factory=factory,
+                                first_boot=first, numbers=numbers, stop=stop, tally=tally)
+
+    boots_pool = BootPool(opts.jobs or default_jobs(), run_part, make_factory)
     try:
         guest_build.stage(run_dir, suite, bins)
         # The reference runs on the host (FUSE) while the guests run; its results are cached too:
@@ -221,76 +229,93 @@ def run(opts: TestOptions) -> Report:
 
         if ref_cache.is_file():
             say(f"reference: results cached ({ref_cache.name})")
-            ref_future = pool.submit(timed, lambda: json.loads(ref_cache.read_text()))
+            ref_future = ref_pool.submit(timed, lambda: json.loads(ref_cache.read_text()))
         else:
             say(f"reference: running {progressmod.plural(len(names), 'tests')} on overlay_ref (in the background)")
-            ref_future = pool.submit(timed, run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
-        cached = results_cache.baseline_path(suite, base_kernel, bins, names, opts.timeout)
-        if cached.is_file() and not opts.rerun_baseline:
-            base_run = runs["baseline"] = results_cache.load_run(cached, base_kernel, "baseline")
-            say(f"baseline: results cached from an earlier run ({cached.name}; --rerun-baseline to redo)")
-            timings["baseline_tests_s"] = 0.0
-        else:
-            t = time.monotonic()
-            try:
-                base_run = runs["baseline"] = kernel_run(base_kernel, "baseline", names)
-            except KeyboardInterrupt as e:
-                raise _interrupted(e, "baseline", runs, tree, series, patched_kernel, timings, t0) from None
-            timings["baseline_tests_s"] = round(time.monotonic() - t, 1)
-            if all(r.get("status") != "timeout" for r in base_run.results.values()):
-                results_cache.save_run(cached, base_run)
-        t = time.monotonic()
+            ref_future = ref_pool.submit(timed, run_reference, suite, bins, names, opts.timeout, run_dir / "ref-work")
         try:
-            patched_run = runs["patched"] = kernel_run(patched_kernel, "patched", names)
-        except KeyboardInterrupt as e:
-            raise _interrupted(e, "patched", runs, tree, series, patched_kernel, timings, t0) from None
-        except BootError as e:
-            # the baseline booted (or its results were cached from a boot): the patch broke boot
-            say(f"the patched kernel did not boot: {str(e).splitlines()[0]}")
-            return _boot_failure_report(tree, series, base_kernel, patched_kernel, e, names, base_run,
-                                        timings, t0, checks)
-        timings["patched_tests_s"] = round(time.monotonic() - t, 1)
-        timings["boot_s"] = round(patched_run.boot_s, 1)
-        timings["tests_s"] = round(patched_run.tests_s, 1)
-        add_run(evidence, base_run, "baseline")
-        add_run(evidence, patched_run, "patched")
+            # both kernels' runs go on side by side (rig/suite/boots.py); the baseline's are cached
+            cached = results_cache.baseline_path(suite, base_kernel, bins, names, opts.timeout)
+            base_pending = None
+            if cached.is_file() and not opts.rerun_baseline:
+                base_run = runs["baseline"] = boots_pool.adopt(results_cache.load_run(cached, base_kernel, "baseline"))
+                say(f"baseline: results cached from an earlier run ({cached.name}; --rerun-baseline to redo)")
+            else:
+                base_pending = boots_pool.submit(base_kernel, "baseline", names, phase_of)
+            t = time.monotonic()
+            patched_pending = boots_pool.submit(patched_kernel, "patched", names, phase_of)
+            if base_pending is not None:
+                base_run = runs["baseline"] = base_pending.result()
+                timings["baseline_tests_s"] = round(time.monotonic() - t, 1)
+                if all(r.get("status") != "timeout" for r in base_run.results.values()):
+                    results_cache.save_run(cached, base_run)
+            else:
+                timings["baseline_tests_s"] = 0.0
+            assert base_run is not None
+            try:
+                patched_run = runs["patched"] = patched_pending.result()
+            except BootError as e:
+                # the baseline booted (or its results were cached from a boot): the patch broke boot
+                say(f"the patched kernel did not boot: {str(e).splitlines()[0]}")
+                return _boot_failure_report(tree, series, base_kernel, patched_kernel, e, names, base_run,
+                                            timings, t0, checks)
+            patched_runs.append(patched_run)
+            timings["patched_tests_s"] = round(time.monotonic() - t, 1)
+            timings["boot_s"] = round(patched_run.boot_s, 1)
+            timings["tests_s"] = round(patched_run.tests_s, 1)
+            add_run(evidence, base_run, "baseline")
+            add_run(evidence, patched_run, "patched")
 
-        # confirmation boots for the tests the two kernels disagree on, where the outcome can vary
-        t = time.monotonic()
-        boots = {"baseline": base_run.boots, "patched": patched_run.boots}
-        extra_splats: dict[str, list[splatmod.Splat]] = {"baseline": [], "patched": []}
-        for rnd in range(1, opts.confirm + 1):
+            # confirmation boots for the tests the two kernels disagree on, where the outcome can vary. The
+            # list is the same in every round (the evidence of a disagreement only grows), so every round's
+            # runs go on side by side; their evidence is added in round order.
+            t = time.monotonic()
+            extra_splats: dict[str, list[splatmod.Splat]] = {"baseline": [], "patched": []}
             # a deadlock that already hung MAX_SAME_HANGS tests is its own evidence: neither its hung
             # tests nor the ones it kept from running are rerun
             settled = {n for r in (base_run, patched_run) if r.deadlock
                        for n in r.deadlock["hung"] + r.deadlock["not_run"]}
             wanted = [n for n in names if n in evidence and n not in settled
                       and needs_confirmation(evidence[n], n in concurrent)]
-            if not wanted:
-                break
-            say(f"confirming {progressmod.plural(len(wanted), 'tests')} on fresh boots of both kernels (round {rnd}/{opts.confirm}): "
-                f"{', '.join(wanted[:4])}{' ...' if len(wanted) > 4 else ''}")
-            for label, kernel in (("baseline", base_kernel), ("patched", patched_kernel)):
-                ccache = results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout, extra=f"confirm-{rnd}") \
-                    if label == "baseline" else None
-                if ccache is not None and ccache.is_file() and not opts.rerun_baseline:
-                    extra = results_cache.load_run(ccache, kernel, label)
-                else:
-                    try:
-                        extra = kernel_run(kernel, label, wanted, first_boot=boots[label] + 1)
-                    except KeyboardInterrupt as e:
-                        raise _interrupted(e, label, runs, tree, series, patched_kernel, timings, t0) from None
-                    if ccache is not None and all(r.get("status") != "timeout" for r in extra.results.values()):
-                        results_cache.save_run(ccache, extra)
-                boots[label] += extra.boots
+            rounds: list[tuple[int, str, Pending | KernelRun]] = []       # (round, label, running or cached)
+            if wanted and opts.confirm:
+                say(f"confirming {progressmod.plural(len(wanted), 'tests')} on fresh boots of both kernels "
+                    f"({progressmod.plural(opts.confirm, 'rounds')}, side by side): "
+                    f"{', '.join(wanted[:4])}{' ...' if len(wanted) > 4 else ''}")
+            for rnd in range(1, (opts.confirm if wanted else 0) + 1):
+                for label, kernel in (("baseline", base_kernel), ("patched", patched_kernel)):
+                    ccache = results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout,
+                                                         extra=f"confirm-{rnd}") if label == "baseline" else None
+                    if ccache is not None and ccache.is_file() and not opts.rerun_baseline:
+                        rounds.append((rnd, label, boots_pool.adopt(results_cache.load_run(ccache, kernel, label))))
+                    else:
+                        rounds.append((rnd, label, boots_pool.submit(kernel, label, wanted, phase_of)))
+            for rnd, label, got in rounds:
+                extra: KernelRun = got.result() if isinstance(got, Pending) else got
+                if isinstance(got, Pending) and label == "baseline" and \
+                        all(r.get("status") != "timeout" for r in extra.results.values()):
+                    results_cache.save_run(results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout,
+                                                                       extra=f"confirm-{rnd}"), extra)
+                if label == "patched":
+                    patched_runs.append(extra)
                 extra_splats[label] += extra.splats
                 add_run(evidence, extra, label)
-        timings["confirm_s"] = round(time.monotonic() - t, 1)
+            boots = {label: boots_pool.boots(label) for label in ("baseline", "patched")}
+            timings["confirm_s"] = round(time.monotonic() - t, 1)
+        except KeyboardInterrupt as e:
+            stage = "patched" if "baseline" in runs else "baseline"
+            boots_pool.cancel()
+            for p in boots_pool.pending:            # the main runs come first in the list
+                part = p.partial()
+                if part is not None and p.label not in runs:
+                    runs[p.label] = part
+            raise _interrupted(e, stage, runs, tree, series, patched_kernel, timings, t0) from None
         reference, timings["reference_s"] = ref_future.result()
         if not ref_cache.is_file() and all(r.get("status") == "ok" for r in reference.values()):
             cache.atomic_write(ref_cache, json.dumps(reference))
     finally:
-        pool.shutdown(wait=True)
+        boots_pool.__exit__(None, None, None)
+        ref_pool.shutdown(wait=True)
         if not opts.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
@@ -338,8 +363,9 @@ def run(opts: TestOptions) -> Report:
     for ev_text in base_run.events + patched_run.events:
         notes.append(ev_text)
     if boots["patched"] > 1:
-        notes.append(f"patched kernel was booted {boots['patched']} times (fresh boot after each splat, taint, "
-                     f"lockdep-off or hang; confirmation boots)")
+        notes.append(f"patched kernel was booted {boots['patched']} times (the lock-order scenarios and the other "
+                     f"tests each start on a boot of their own; a fresh boot after each splat, taint, lockdep-off "
+                     f"or hang; confirmation boots)")
     rep = Report(
         verdict=verdict,
         kernel=_kernel_info(tree, patched_kernel),

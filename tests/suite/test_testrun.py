@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,8 @@ def patch(tmp_path) -> Path:
 
 
 def _run(tmp_path, fake_tarball, patch, base: FakeKernel, patched: FakeKernel, **kw):
-    opts = testrun.TestOptions(patches=[patch], kernel_src=str(fake_tarball), checks=False, suite=SUITE,
-                               progress=kw.pop("progress", lambda m: None),
+    opts = testrun.TestOptions(patches=[patch], kernel_src=str(fake_tarball), checks=False,
+                               suite=kw.pop("suite", SUITE), progress=kw.pop("progress", lambda m: None),
                                machine_factories={"baseline": base.factory(tmp_path), "patched": patched.factory(tmp_path)},
                                **kw)
     return testrun.run(opts)
@@ -126,7 +127,7 @@ def test_the_confirmation_line_counts_its_tests_in_english(tmp_path, kcache, fak
     pat = FakeKernel(lambda name, boot, m: FakeTest(console=WARN) if name == "b_read" else FakeTest())
     out: list[str] = []
     _run(tmp_path, fake_tarball, patch, FakeKernel(), pat, progress=out.append, confirm=1)
-    assert any(l.startswith("confirming 1 test on fresh boots of both kernels (round 1/1): b_read") for l in out), out
+    assert any(l.startswith("confirming 1 test on fresh boots of both kernels (1 round, side by side): b_read") for l in out), out
 
 
 def test_baseline_results_are_cached_and_reused(tmp_path, kcache, fake_tarball, patch):
@@ -168,3 +169,61 @@ def test_a_deadlock_that_hung_three_tests_is_not_confirmed_again(tmp_path, kcach
     assert rep.verdict == "regressed"
     assert len(pat.machines) == 2                            # no confirmation boots
     assert any("same blocked tasks (blocked:ovl_copy_up_start" in n for n in rep.notes)
+
+
+def _suite_with_a_scenario(tmp_path) -> Path:
+    """The fake suite with a_read in the lockdep phase (a lock-order scenario) and b_read a main test."""
+    suite = tmp_path / "suite"
+    shutil.copytree(SUITE, suite)
+    toml = suite / "a_read.toml"
+    toml.write_text('phase = "lockdep"\n' + toml.read_text())
+    return suite
+
+
+@pytest.mark.parametrize("splat", [False, True])
+def test_main_tests_never_share_a_boot_with_a_lock_order_scenario(tmp_path, kcache, fake_tarball, patch, splat):
+    """Whether or not the scenario reports a cycle, the main tests start on a boot of their own, and the
+    answer is the same with one machine at a time as with two side by side."""
+    suite = _suite_with_a_scenario(tmp_path)
+    script = (lambda name, boot, m: FakeTest(console=LOCKDEP, lockdep_off=True) if name == "a_read" else FakeTest()) \
+        if splat else (lambda name, boot, m: FakeTest())
+    reps = {}
+    for jobs in (1, 2):
+        base, pat = FakeKernel(), FakeKernel(script)
+        (tmp_path / f"j{jobs}").mkdir()
+        reps[jobs] = _run(tmp_path / f"j{jobs}", fake_tarball, patch, base, pat, suite=suite, jobs=jobs,
+                          rerun_baseline=True)
+        for k in (base, pat):
+            on = {t: m for m, t in k.ran}
+            assert on["a_read"] != on["b_read"], k.ran
+        assert [m.name for m in pat.machines][:2] == ["patched-1", "patched-2"]
+    one, two = reps[1], reps[2]
+    assert one.verdict == two.verdict == ("regressed" if splat else "clean")
+    assert [(t["name"], t["status"], t.get("boots")) for t in one.tests] == \
+        [(t["name"], t["status"], t.get("boots")) for t in two.tests]
+    if splat:
+        assert by_name(two)["a_read"]["boots"] == {"baseline": 3, "patched": 3}     # main run + 2 rounds
+        assert "seen in 3/3 patched boots, 0/3 baseline boots" in by_name(two)["a_read"]["reason"]
+
+
+def test_ctrl_c_during_the_guest_runs_stops_every_machine_and_reports_what_finished(tmp_path, kcache, fake_tarball,
+                                                                                      patch):
+    """SIGINT reaches the main thread while both kernels' machines run: every machine is stopped and the
+    partial report (verdict error) holds the tests that had finished."""
+    import os
+    import signal
+    main = threading.main_thread().ident
+
+    def script(name, boot, m):
+        if name == "b_read":
+            signal.pthread_kill(main, signal.SIGINT)
+            return FakeTest(duration=60.0)
+        return FakeTest()
+    base, pat = FakeKernel(), FakeKernel(script)
+    with pytest.raises(testrun.Interrupted) as ei:
+        _run(tmp_path, fake_tarball, patch, base, pat, jobs=2, rerun_baseline=True)
+    rep = ei.value.report
+    assert rep.verdict == "error" and "interrupted" in rep.reasons[0]
+    assert {t["name"] for t in rep.tests} >= {"a_read"}
+    assert base.machines and pat.machines and all(m.stopped for m in base.machines + pat.machines)
+    assert os.getpid()          # still here: the run did not wait 60 s for b_read
