@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Per-stage timings of a warm `kproto test` (baseline cached): build, boot-to-SSH, tests, total.
 
-    .venv/bin/python bench/bench_kproto_test.py [PATCH] [--runs N]
+    .venv/bin/python bench/bench_kproto_test.py [PATCH] [--runs N] [--against REV] [--jobs N]
     .venv/bin/python bench/bench_kproto_test.py --cold      # a cold baseline build in an empty cache
 
-The first run may build kernels (cold); it is reported but not counted. Prints a table of medians.
+The first run of each side may build kernels or fill the result caches; it is reported but not counted.
+Prints each run's verdict and new splat signatures (so agreement is counted, not assumed) and a table of
+medians. `--against REV` alternates warm runs with the kproto of an older commit (a temporary git
+worktree, same kernel cache) for a before/after in one run; `--jobs N` is passed to this checkout's
+`kproto test` (not to REV's, which may not have it).
 --cold builds the baseline kernel with an empty kernel cache and an empty ccache (a temporary
 $KPROTO_CACHE; ~4 min on 2 cores) and prints the build seconds, the compiles and ccache's hits and
 misses: the figures issue #17's cold-build goal is measured with. `--cold --against REV` alternates
@@ -28,19 +32,27 @@ sys.path.insert(0, str(REPO))
 from rig.core.paths import cache_dir  # noqa: E402
 from rig.kernel.build import ccache_stats  # noqa: E402
 
-KPROTO = REPO / ".venv" / "bin" / "kproto"
-STAGES = ["build_s", "reference_s", "baseline_tests_s", "boot_s", "tests_s", "patched_tests_s", "total_s"]
+STAGES = ["build_s", "reference_s", "baseline_tests_s", "boot_s", "tests_s", "patched_tests_s", "confirm_s",
+          "total_s"]
 
 
-def one_run(patch: str) -> tuple[dict, float]:
+def one_run(patch: str, checkout: Path = REPO, extra: tuple[str, ...] = ()) -> tuple[dict, float, str]:
+    """One `kproto test PATCH` by the kproto in CHECKOUT: its timings, the process wall time, and
+    "VERDICT sig1,sig2" (the new splats' signatures)."""
+    import os
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "r.json"
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
         t0 = time.monotonic()
-        proc = subprocess.run([str(KPROTO), "test", patch, "--json", str(out)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", "from rig.cli.main import main; main()", "test",
+                               str(Path(patch).resolve()), "--json", str(out), *extra],
+                              capture_output=True, text=True, cwd=checkout, env=env)
         wall = time.monotonic() - t0
         if proc.returncode not in (0, 1) or not out.exists():
             sys.exit(f"kproto test failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-        return json.loads(out.read_text())["timings"], wall
+        rep = json.loads(out.read_text())
+        sigs = ",".join(sorted(s["signature"] for s in rep["splats"]["new"]))
+        return rep["timings"], wall, f"{rep['verdict']} {sigs or '-'}"
 
 
 def cold_build(checkout: Path) -> dict:
@@ -107,24 +119,52 @@ def main() -> None:
     ap.add_argument("patch", nargs="?", default=str(REPO / "patches" / "ovl-copyup.patch"))
     ap.add_argument("--runs", type=int, help="runs per side (default: 3 warm runs, 1 cold build)")
     ap.add_argument("--cold", action="store_true", help="time a cold baseline build instead (empty caches)")
-    ap.add_argument("--against", metavar="REV", help="with --cold: also build with the kproto of git REV, "
+    ap.add_argument("--against", metavar="REV", help="also run (--cold: build with) the kproto of git REV, "
                     "alternating, for a before/after in one run")
+    ap.add_argument("--jobs", type=int, help="kproto test --jobs N for this checkout (warm runs)")
     a = ap.parse_args()
     if a.cold:
         return cold(a.against, a.runs or 1)
-    first, wall = one_run(a.patch)
-    print(f"warm-up run: total {first['total_s']:.1f} s (wall {wall:.1f} s)")
-    runs = a.runs or 3
-    rows = [one_run(a.patch) for _ in range(runs)]
-    print(f"\nwarm `kproto test {Path(a.patch).name}`, {runs} runs (medians, seconds)")
-    print(f"{'stage':<20}{'median':>10}{'min':>10}{'max':>10}")
-    for stage in STAGES:
-        vals = [r[0].get(stage) for r in rows if isinstance(r[0].get(stage), (int, float))]
-        if vals:
-            print(f"{stage:<20}{statistics.median(vals):>10.1f}{min(vals):>10.1f}{max(vals):>10.1f}")
-    walls = [r[1] for r in rows]
-    print(f"{'wall (process)':<20}{statistics.median(walls):>10.1f}{min(walls):>10.1f}{max(walls):>10.1f}")
-    print("goal: warm total <= 45 s on a 2-core TCG machine")
+    warm(a.patch, a.against, a.runs or 3, ("--jobs", str(a.jobs)) if a.jobs else ())
+
+
+def warm(patch: str, against: str | None, runs: int, extra: tuple[str, ...]) -> None:
+    """Warm runs of this checkout's kproto and (--against REV) an older one's, alternating."""
+    sides: dict[str, tuple[Path, tuple[str, ...]]] = {"this checkout": (REPO, extra)}
+    worktree = None
+    if against:
+        worktree = Path(tempfile.mkdtemp(prefix="kproto-before-", dir="/var/tmp"))
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), against],
+                       check=True, capture_output=True)
+        sides = {against: (worktree, ()), "this checkout": (REPO, extra)}
+    rows: dict[str, list[tuple[dict, float, str]]] = {k: [] for k in sides}
+    try:
+        for name, (checkout, ex) in sides.items():
+            first, wall, answer = one_run(patch, checkout, ex)
+            print(f"warm-up {name}: total {first['total_s']:.1f} s (wall {wall:.1f} s): {answer}", flush=True)
+        for i in range(runs):
+            for name, (checkout, ex) in sides.items():
+                r = one_run(patch, checkout, ex)
+                rows[name].append(r)
+                print(f"run {i + 1} {name}: total {r[0]['total_s']:.1f} s (wall {r[1]:.1f} s): {r[2]}", flush=True)
+    finally:
+        if worktree is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+                           capture_output=True)
+    for name, got in rows.items():
+        print(f"\nwarm `kproto test {Path(patch).name}`, {name}, {runs} runs (medians, seconds)")
+        print(f"{'stage':<20}{'median':>10}{'min':>10}{'max':>10}")
+        for stage in STAGES:
+            vals = [r[0].get(stage) for r in got if isinstance(r[0].get(stage), (int, float))]
+            if vals:
+                print(f"{stage:<20}{statistics.median(vals):>10.1f}{min(vals):>10.1f}{max(vals):>10.1f}")
+        walls = [r[1] for r in got]
+        print(f"{'wall (process)':<20}{statistics.median(walls):>10.1f}{min(walls):>10.1f}{max(walls):>10.1f}")
+        answers: dict[str, int] = {}
+        for r in got:
+            answers[r[2]] = answers.get(r[2], 0) + 1
+        print("answers: " + "; ".join(f"{k} ({v}/{runs})" for k, v in answers.items()))
+    print("goal (#17): warm total <= 25 s on a 2-core TCG machine")
 
 
 if __name__ == "__main__":
