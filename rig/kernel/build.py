@@ -42,6 +42,7 @@ _ERROR_LINE = re.compile(r"(error:|Error \d+|undefined reference|\*\*\*)")
 # padded to eight columns, the target
 _KBUILD_LINE = re.compile(rb"^  ([A-Z][A-Z0-9_-]*(?: \[M\])?) +(\S+)\s*$")
 STATS = "kproto.build-stats.json"
+ESTIMATES = "build-estimates.json"
 TICK_S = 1.0          # how often a running build refreshes its progress when make prints nothing
 
 
@@ -269,13 +270,17 @@ def _make_image(tree: SourceTree, objdir: Path, target: str, log: Path, what: st
     """make TARGET with objects done / expected and an ETA; records the count and duration; returns the count.
     KIND: full (a freshly configured object tree), incremental (the tree holds a built image), resumed
     (an earlier build of the tree did not finish)."""
-    expected, expected_s = _expected(objdir, stats_key, kind)
+    expected, expected_s, measured = _expected(objdir, stats_key, kind, tree.version())
     cmd = f"make -j{_jobs()} {target}"
     if kind == "incremental":
         note = f"{cmd}, incremental in the existing object tree" + \
             (f", last one took {progressmod.fmt_duration(expected_s)}" if expected_s else "")
     elif kind == "resumed":
         note = f"{cmd}, finishing an earlier build of this object tree that did not complete"
+    elif expected and measured:
+        note = f"{cmd}, full build of ~{progressmod.plural(expected, 'objects')}" + \
+            (f", about {progressmod.fmt_duration(expected_s)} here (kproto's measurement of this config)"
+             if expected_s else "")
     elif expected:
         note = f"{cmd}, full build of ~{progressmod.plural(expected, 'objects')}" + \
             (f", last one took {progressmod.fmt_duration(expected_s)}" if expected_s else "")
@@ -313,18 +318,42 @@ def _read_stats(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _expected(objdir: Path, stats_key: str, kind: str) -> tuple[int | None, float | None]:
-    """(objects, seconds) of the last build of this kind in this object tree; for a full build with none,
-    the last full build of the same config elsewhere. Incremental builds have no expected count (it
-    depends on what the patch touches), only the last one's duration; resumed builds neither."""
+def shipped_estimates() -> dict:
+    """build-estimates.json beside this module: the full builds kproto measured of its default config
+    (objects, seconds, the CPUs of that machine, the kernel version), keyed like the stats. A first
+    build on a new machine shows done/expected from it; its seconds are scaled to this machine's CPUs."""
+    return _read_stats(Path(__file__).with_name(ESTIMATES))
+
+
+def default_stats_key() -> str:
+    """The stats key of a build with the default config (no user fragment): what build-estimates.json
+    must name (tests/kernel/test_build_progress.py checks it)."""
+    return _stats_key(kconfig.requested(()), arch.load().make_target)
+
+
+def _expected(objdir: Path, stats_key: str, kind: str,
+              version: str = "") -> tuple[int | None, float | None, bool]:
+    """(objects, seconds, measured) of the last build of this kind in this object tree; for a full build
+    with none, the last full build of the same config elsewhere, else (measured=True) kproto's own
+    measurement of that config on the same kernel VERSION (build-estimates.json, scaled to this machine's
+    CPUs). Incremental builds have no expected count (it depends on what the patch touches), only the
+    last one's duration; resumed builds neither."""
     last = _read_stats(objdir / STATS).get(kind)
     if kind == "full" and not isinstance(last, dict):
         last = _read_stats(_global_stats()).get(stats_key)
+    measured = False
+    if kind == "full" and not isinstance(last, dict):
+        shipped = shipped_estimates().get(stats_key)
+        if isinstance(shipped, dict) and shipped.get("kernel") == version and \
+                isinstance(shipped.get("seconds"), (int, float)):
+            cpus = shipped.get("cpus")
+            scale = cpus / max(1, os.cpu_count() or 1) if isinstance(cpus, int) and cpus > 0 else 1.0
+            last, measured = {**shipped, "seconds": shipped["seconds"] * scale}, True
     if not isinstance(last, dict):
-        return None, None
+        return None, None, False
     objects, seconds = last.get("objects"), last.get("seconds")
     return (objects if kind == "full" and isinstance(objects, int) and objects > 0 else None,
-            float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None)
+            float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None, measured)
 
 
 def _record(objdir: Path, stats_key: str, kind: str, objects: int, seconds: float) -> None:

@@ -157,6 +157,37 @@ def test_the_next_full_build_of_the_config_shows_done_of_expected(src, kcache, m
     assert out[-1].startswith("built baseline kernel: 4 objects in ")
 
 
+def test_the_first_build_on_a_new_machine_expects_kprotos_measured_count(src, kcache, monkeypatch):
+    """No build of this config anywhere in the cache: the count and time kproto measured for it on the
+    same kernel version (build-estimates.json) give done/expected, the time scaled to this machine's CPUs."""
+    key = build._stats_key(build.kconfig.requested(()), build.arch.load().make_target)
+    monkeypatch.setattr(build, "shipped_estimates",
+                        lambda: {key: {"objects": 4, "seconds": 30.0, "cpus": 2, "kernel": src.version()}})
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 1)
+    out: list[str] = []
+    build.build(src, [], progress=out.append)
+    stage = next(l for l in out if l.startswith("building baseline kernel ("))
+    assert "full build of ~4 objects, about 1 min 00 s here (kproto's measurement of this config)" in stage, stage
+    # another kernel version: no estimate
+    shutil.rmtree(kcache / "kernels")
+    shutil.rmtree(_objdir(src))
+    (kcache / "build" / build.STATS).unlink()
+    monkeypatch.setattr(build, "shipped_estimates",
+                        lambda: {key: {"objects": 4, "seconds": 30.0, "cpus": 2, "kernel": "6.13.0"}})
+    out = []
+    build.build(src, [], progress=out.append)
+    assert "the first of this config" in next(l for l in out if l.startswith("building baseline kernel (")), out
+
+
+def test_the_shipped_estimate_names_the_default_config():
+    """build-estimates.json must follow the fragment: a changed default config needs a new measurement
+    (a cold `kproto build`, then copy its entry from $KPROTO_CACHE/build/kproto.build-stats.json)."""
+    est = build.shipped_estimates()
+    assert build.default_stats_key() in est, "update rig/kernel/build-estimates.json for the new fragment"
+    e = est[build.default_stats_key()]
+    assert e["objects"] > 1000 and e["seconds"] > 0 and e["cpus"] >= 1 and e["kernel"].startswith("6.12.")
+
+
 def test_a_patched_build_says_incremental_at_once(src, tmp_path):
     build.build(src, [], progress=lambda m: None)
 
