@@ -98,16 +98,19 @@ class BootPool:
         self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="kproto-boot")
         self.pending: list[Pending] = []
 
+    def _numbers(self, label: str) -> BootNumbers:
+        return self.numbers.setdefault(label, BootNumbers())
+
     def boots(self, label: str) -> int:
         """Boots of LABEL numbered so far: machines started, and the boots of cached runs (adopt())."""
-        return self.numbers[label].taken if label in self.numbers else 0
+        return self._numbers(label).taken
 
     def adopt(self, run: KernelRun) -> KernelRun:
         """A cached RUN of RUN.label, its boots renumbered into this run's count (results.renumber_boots)."""
-        return renumber_boots(run, self.numbers.setdefault(run.label, BootNumbers()).take)
+        return renumber_boots(run, self._numbers(run.label).take)
 
     def submit(self, kernel: Kernel | None, label: str, names: list[str], phase_of: dict[str, str]) -> Pending:
-        numbers = self.numbers.setdefault(label, BootNumbers())
+        numbers = self._numbers(label)
         tally = Tally(len(names))
         pending = Pending(label, kernel)
         factory = self._tracking(self.make_factory(kernel, label))
@@ -152,11 +155,15 @@ class BootPool:
                 f.cancel()
         self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "BootPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        """Done with the pool: cancel what is still running (the caller is leaving early), then wait."""
         if any(not p.done() for p in self.pending):
             self.cancel()
         else:
             self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "BootPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

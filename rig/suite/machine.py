@@ -52,6 +52,13 @@ class QemuMachine:
         self.name = name
         self.console_log = self.vm.console_log
 
+    @classmethod
+    def factory(cls, kernel: Kernel, run_dir: Path) -> MachineFactory:
+        """The runner's default machines: QEMU guests of KERNEL sharing RUN_DIR."""
+        def make(name: str) -> Machine:
+            return cls(kernel, run_dir, name)
+        return make
+
     @property
     def accel(self) -> str:
         return self.vm.accel

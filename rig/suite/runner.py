@@ -34,7 +34,7 @@ from rig.analysis import splats as splatmod
 from rig.core.errors import BootError
 from rig.core.progress import plural
 from rig.kernel.build import Kernel
-from rig.suite.machine import Machine, MachineFactory, QemuMachine
+from rig.suite.machine import MachineFactory, QemuMachine
 from rig.suite.results import KernelRun, error_result
 from rig.suite.session import BootSession, HangTracker
 from rig.suite.timing import TIMING, Timing
@@ -65,16 +65,15 @@ class BootNumbers:
 
 
 class Tally:
-    """n/N in the progress lines, shared by the runs of one kernel's tests that go on side by side."""
+    """n/N in the progress lines: one per kernel run, shared by its parts that go on side by side."""
 
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
         self._lock = threading.Lock()
 
-    def finished(self) -> int:
+    def finished(self) -> None:
         with self._lock:
             self.done += 1
-            return self.done
 
 
 def run_kernel_suite(kernel: Kernel, label: str, run_dir: Path, names: list[str], timeouts: dict[str, float],
@@ -87,27 +86,26 @@ def run_kernel_suite(kernel: Kernel, label: str, run_dir: Path, names: list[str]
     The first boot is LABEL-FIRST_BOOT, later ones take NUMBERS (a counter shared with the other runs of
     this kernel going on at the same time). STOP set: the run ends at its next poll or boot, as a
     KeyboardInterrupt carrying the partial run (whatever the stopped machine made of the run in flight)."""
-    def qemu(name: str) -> Machine:
-        return QemuMachine(kernel, run_dir, name)
-    factory: MachineFactory = machine_factory or qemu
+    factory = machine_factory or QemuMachine.factory(kernel, run_dir)
     numbers = numbers or BootNumbers(first_boot + 1)
     run = KernelRun(label=label, kernel=kernel)
     try:
         return _run_suite(run, factory, names, timeouts, progress, boot_timeout, timing, first_boot, numbers,
-                          stop, tally)
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt) or (stop is not None and stop.is_set()):
-            ki = e if isinstance(e, KeyboardInterrupt) else KeyboardInterrupt()
-            ki.partial_run = run           # type: ignore[attr-defined]  # for the partial report
-            if ki is e:
-                raise
-            raise ki from e
+                          stop, tally or Tally(len(names)))
+    except KeyboardInterrupt as e:
+        e.partial_run = run                # type: ignore[attr-defined]  # for the partial report
         raise
+    except BaseException as e:
+        if stop is None or not stop.is_set():
+            raise
+        ki = KeyboardInterrupt()           # cancelled: whatever failed, the machine was stopped under it
+        ki.partial_run = run               # type: ignore[attr-defined]
+        raise ki from e
 
 
 def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeouts: dict[str, float],
                progress: Callable[[str], None], boot_timeout: float, timing: Timing, first_boot: int,
-               numbers: BootNumbers, stop: threading.Event | None, tally: Tally | None) -> KernelRun:
+               numbers: BootNumbers, stop: threading.Event | None, tally: Tally) -> KernelRun:
     remaining = list(names)
     hangs = HangTracker(MAX_SAME_HANGS)
     t_start = time.monotonic()
@@ -136,7 +134,7 @@ def _run_suite(run: KernelRun, factory: MachineFactory, names: list[str], timeou
                 run.boot_s = boot_s
             progress(f"[{run.label}] boot {machine.name}: SSH ready after {boot_s:.1f} s ({machine.accel}); "
                      f"running {plural(len(remaining), 'tests')}" + (f" ({done}/{len(names)} done)" if done else ""))
-            remaining = BootSession(machine, run, remaining, timeouts, progress, timing, hangs, stop, tally).run()
+            remaining = BootSession(machine, run, remaining, timeouts, progress, timing, hangs, tally, stop).run()
         finally:
             machine.stop()
             consoles.append(machine.console_since(0))

@@ -53,8 +53,8 @@ class BootSession:
     test. run() returns the tests still to run (on a fresh boot)."""
 
     def __init__(self, machine: Machine, run: KernelRun, names: list[str], timeouts: dict[str, float],
-                 progress: Callable[[str], None], timing: Timing, hangs: HangTracker,
-                 stop: threading.Event | None = None, tally: "Tally | None" = None) -> None:
+                 progress: Callable[[str], None], timing: Timing, hangs: HangTracker, tally: "Tally",
+                 stop: threading.Event | None = None) -> None:
         self.m, self.run_, self.names, self.timeouts = machine, run, names, timeouts
         self.say, self.t, self.hangs, self.stop, self.tally = progress, timing, hangs, stop, tally
         self.current: str | None = None
@@ -62,13 +62,14 @@ class BootSession:
         self.offset = 0
         self.state_before: dict = {}
         self.done: list[str] = []
-        # n/N in the progress lines: tests of this kernel run with a result / all of them
-        self.total = len(run.results) + len([n for n in names if n not in run.results])
 
     def count(self, extra: int = 0) -> str:
-        if self.tally is not None:
-            return f"{self.tally.done + extra}/{self.tally.total}"
-        return f"{len(self.run_.results) + extra}/{self.total}"
+        """n/N in the progress lines: tests of this kernel's run with a result / all of them."""
+        return f"{self.tally.done + extra}/{self.tally.total}"
+
+    def _record(self, name: str, res: dict) -> None:
+        self.run_.results[name] = res
+        self.tally.finished()
 
     def rest(self) -> list[str]:
         return [n for n in self.names if n not in self.run_.results]
@@ -134,10 +135,8 @@ class BootSession:
         seg = self._settled_console(ev.get("barrier"))
         found = splatmod.scan_text(seg)
         ev["boot"] = self.m.name
-        self.run_.results[name] = ev
+        self._record(name, ev)
         self.done.append(name)
-        if self.tally is not None:
-            self.tally.finished()
         if found:
             self.run_.test_splats.setdefault(name, []).extend(found)
         reasons = [f"splat: {'; '.join(s.title for s in found)}"] if found else []
@@ -203,9 +202,7 @@ class BootSession:
         res = error_result(name, "timeout", reason)
         res["blocked_tasks"] = dump
         res["boot"] = self.m.name
-        self.run_.results[name] = res
-        if self.tally is not None:
-            self.tally.finished()
+        self._record(name, res)
         self.run_.events.append(f"{name}: {reason}")
         self._count_hang(name, dump, found)
         self.current = None
@@ -243,9 +240,7 @@ class BootSession:
         self.run_.test_splats.setdefault(cur, []).extend(found)
         res = error_result(cur, "error", reason + (f"; splats: {'; '.join(s.title for s in found)}" if found else ""))
         res["boot"] = self.m.name
-        self.run_.results[cur] = res
-        if self.tally is not None:
-            self.tally.finished()
+        self._record(cur, res)
         self.say(f"[{self.run_.label}] {self.count()} {cur}: error ({reason})")
         self.run_.events.append(f"{cur}: {reason}")
         self.current = None

@@ -33,7 +33,7 @@ from rig.report.model import Report
 from rig.suite import results_cache
 from rig.suite.results import KernelRun
 from rig.suite.boots import BootPool, Pending, default_jobs
-from rig.suite.machine import Machine, MachineFactory, QemuMachine
+from rig.suite.machine import MachineFactory, QemuMachine
 from rig.suite.runner import run_kernel_suite
 from rig.machine.qemu import kvm_works
 from rig.suite import repro as repromod
@@ -208,10 +208,7 @@ def run(opts: TestOptions) -> Report:
         factory = factories.get(label)
         if factory is None and recorder is not None and label == "patched":
             factory = recorder.factory(kernel, run_dir)
-        if factory is None:
-            def factory(name: str) -> Machine:
-                return QemuMachine(kernel, run_dir, name)
-        return factory
+        return factory or QemuMachine.factory(kernel, run_dir)
 
     def run_part(kernel, label, part, first, numbers, stop, tally, factory) -> KernelRun:
         return run_kernel_suite(kernel, label, run_dir, part, timeouts, say, machine_factory=factory,
@@ -277,25 +274,24 @@ def run(opts: TestOptions) -> Report:
                        for n in r.deadlock["hung"] + r.deadlock["not_run"]}
             wanted = [n for n in names if n in evidence and n not in settled
                       and needs_confirmation(evidence[n], n in concurrent)]
-            rounds: list[tuple[int, str, Pending | KernelRun]] = []       # (round, label, running or cached)
+            # (label, the baseline round's result cache or None, the run going on or the cached run)
+            rounds: list[tuple[str, Path | None, Pending | KernelRun]] = []
             if wanted and opts.confirm:
                 say(f"confirming {progressmod.plural(len(wanted), 'tests')} on fresh boots of both kernels "
                     f"({progressmod.plural(opts.confirm, 'rounds')}, side by side): "
                     f"{', '.join(wanted[:4])}{' ...' if len(wanted) > 4 else ''}")
             for rnd in range(1, (opts.confirm if wanted else 0) + 1):
                 for label, kernel in (("baseline", base_kernel), ("patched", patched_kernel)):
-                    ccache = results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout,
-                                                         extra=f"confirm-{rnd}") if label == "baseline" else None
-                    if ccache is not None and ccache.is_file() and not opts.rerun_baseline:
-                        rounds.append((rnd, label, boots_pool.adopt(results_cache.load_run(ccache, kernel, label))))
+                    rpath = results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout,
+                                                        extra=f"confirm-{rnd}") if label == "baseline" else None
+                    if rpath is not None and rpath.is_file() and not opts.rerun_baseline:
+                        rounds.append((label, None, boots_pool.adopt(results_cache.load_run(rpath, kernel, label))))
                     else:
-                        rounds.append((rnd, label, boots_pool.submit(kernel, label, wanted, phase_of)))
-            for rnd, label, got in rounds:
+                        rounds.append((label, rpath, boots_pool.submit(kernel, label, wanted, phase_of)))
+            for label, rpath, got in rounds:
                 extra: KernelRun = got.result() if isinstance(got, Pending) else got
-                if isinstance(got, Pending) and label == "baseline" and \
-                        all(r.get("status") != "timeout" for r in extra.results.values()):
-                    results_cache.save_run(results_cache.baseline_path(suite, base_kernel, bins, wanted, opts.timeout,
-                                                                       extra=f"confirm-{rnd}"), extra)
+                if rpath is not None and all(r.get("status") != "timeout" for r in extra.results.values()):
+                    results_cache.save_run(rpath, extra)
                 if label == "patched":
                     patched_runs.append(extra)
                 extra_splats[label] += extra.splats
@@ -314,7 +310,7 @@ def run(opts: TestOptions) -> Report:
         if not ref_cache.is_file() and all(r.get("status") == "ok" for r in reference.values()):
             cache.atomic_write(ref_cache, json.dumps(reference))
     finally:
-        boots_pool.__exit__(None, None, None)
+        boots_pool.close()
         ref_pool.shutdown(wait=True)
         if not opts.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
