@@ -279,7 +279,8 @@ def _make_image(tree: SourceTree, objdir: Path, target: str, log: Path, what: st
         note = f"{cmd}, finishing an earlier build of this object tree that did not complete"
     elif expected and measured:
         note = f"{cmd}, full build of ~{progressmod.plural(expected, 'objects')}" + \
-            (f", about {progressmod.fmt_duration(expected_s)} here (kproto's measurement of this config)"
+            (f", about {progressmod.fmt_duration(expected_s)} here (kproto's measurement of this config on "
+             f"{measured})"
              if expected_s else "")
     elif expected:
         note = f"{cmd}, full build of ~{progressmod.plural(expected, 'objects')}" + \
@@ -331,26 +332,36 @@ def default_stats_key() -> str:
     return _stats_key(kconfig.requested(()), arch.load().make_target)
 
 
+def same_series(a: str, b: str) -> bool:
+    """Whether kernel versions A and B are releases of one stable series (6.12.117 and 6.12.118 are;
+    6.12.117 and 6.13 are not)."""
+    def series(v: str) -> list[str]:
+        return re.split(r"[.-]", v)[:2]
+    return len(series(a)) == 2 and series(a) == series(b)
+
+
 def _expected(objdir: Path, stats_key: str, kind: str,
-              version: str = "") -> tuple[int | None, float | None, bool]:
+              version: str = "") -> tuple[int | None, float | None, str]:
     """(objects, seconds, measured) of the last build of this kind in this object tree; for a full build
-    with none, the last full build of the same config elsewhere, else (measured=True) kproto's own
-    measurement of that config on the same kernel VERSION (build-estimates.json, scaled to this machine's
-    CPUs). Incremental builds have no expected count (it depends on what the patch touches), only the
+    with none, the last full build of the same config elsewhere, else (measured: the kernel version it was
+    measured on) kproto's own
+    measurement of that config on the same stable series as VERSION (build-estimates.json, scaled to this
+    machine's CPUs: a stable point release such as Debian's 6.12.117 -> 6.12.118 changes a few files, not
+    the object count). Incremental builds have no expected count (it depends on what the patch touches), only the
     last one's duration; resumed builds neither."""
     last = _read_stats(objdir / STATS).get(kind)
     if kind == "full" and not isinstance(last, dict):
         last = _read_stats(_global_stats()).get(stats_key)
-    measured = False
+    measured = ""
     if kind == "full" and not isinstance(last, dict):
         shipped = shipped_estimates().get(stats_key)
-        if isinstance(shipped, dict) and shipped.get("kernel") == version and \
+        if isinstance(shipped, dict) and same_series(str(shipped.get("kernel")), version) and \
                 isinstance(shipped.get("seconds"), (int, float)):
             cpus = shipped.get("cpus")
             scale = cpus / max(1, os.cpu_count() or 1) if isinstance(cpus, int) and cpus > 0 else 1.0
-            last, measured = {**shipped, "seconds": shipped["seconds"] * scale}, True
+            last, measured = {**shipped, "seconds": shipped["seconds"] * scale}, str(shipped["kernel"])
     if not isinstance(last, dict):
-        return None, None, False
+        return None, None, ""
     objects, seconds = last.get("objects"), last.get("seconds")
     return (objects if kind == "full" and isinstance(objects, int) and objects > 0 else None,
             float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None, measured)

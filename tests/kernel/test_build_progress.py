@@ -129,6 +129,7 @@ def _lines(out: list[str], what: str) -> list[str]:
 
 def test_first_build_counts_objects_and_remembers_them(src, kcache, monkeypatch):
     monkeypatch.setenv("FAKE_BUILD_SLEEP", "1")
+    monkeypatch.setattr(build, "shipped_estimates", dict)     # a config kproto never measured
     out: list[str] = []
     k = build.build(src, [], progress=out.append)
     stage = next(l for l in out if l.startswith("building baseline kernel ("))
@@ -159,7 +160,8 @@ def test_the_next_full_build_of_the_config_shows_done_of_expected(src, kcache, m
 
 def test_the_first_build_on_a_new_machine_expects_kprotos_measured_count(src, kcache, monkeypatch):
     """No build of this config anywhere in the cache: the count and time kproto measured for it on the
-    same kernel version (build-estimates.json) give done/expected, the time scaled to this machine's CPUs."""
+    same stable series (build-estimates.json) give done/expected, the time scaled to this machine's CPUs;
+    a Debian point update of linux-source (6.12.117 -> 6.12.118) keeps the estimate, a new series does not."""
     key = build._stats_key(build.kconfig.requested(()), build.arch.load().make_target)
     monkeypatch.setattr(build, "shipped_estimates",
                         lambda: {key: {"objects": 4, "seconds": 30.0, "cpus": 2, "kernel": src.version()}})
@@ -167,16 +169,33 @@ def test_the_first_build_on_a_new_machine_expects_kprotos_measured_count(src, kc
     out: list[str] = []
     build.build(src, [], progress=out.append)
     stage = next(l for l in out if l.startswith("building baseline kernel ("))
-    assert "full build of ~4 objects, about 1 min 00 s here (kproto's measurement of this config)" in stage, stage
-    # another kernel version: no estimate
-    shutil.rmtree(kcache / "kernels")
-    shutil.rmtree(_objdir(src))
-    (kcache / "build" / build.STATS).unlink()
-    monkeypatch.setattr(build, "shipped_estimates",
-                        lambda: {key: {"objects": 4, "seconds": 30.0, "cpus": 2, "kernel": "6.13.0"}})
-    out = []
-    build.build(src, [], progress=out.append)
-    assert "the first of this config" in next(l for l in out if l.startswith("building baseline kernel (")), out
+    assert ("full build of ~4 objects, about 1 min 00 s here (kproto's measurement of this config on "
+            f"{src.version()})") in stage, stage
+    # another point release of the same series: the same estimate, naming the version it was measured on
+    series = ".".join(src.version().split(".")[:2])
+
+    def again(measured_on: str) -> str:
+        shutil.rmtree(kcache / "kernels")
+        shutil.rmtree(_objdir(src))
+        (kcache / "build" / build.STATS).unlink()
+        monkeypatch.setattr(build, "shipped_estimates",
+                            lambda: {key: {"objects": 4, "seconds": 30.0, "cpus": 2, "kernel": measured_on}})
+        lines: list[str] = []
+        build.build(src, [], progress=lines.append)
+        return next(l for l in lines if l.startswith("building baseline kernel ("))
+    assert f"full build of ~4 objects, about 1 min 00 s here (kproto's measurement of this config on " \
+        f"{series}.9999)" in again(f"{series}.9999")
+    # another series: no estimate
+    major, minor = src.version().split(".")[:2]
+    assert "the first of this config" in again(f"{major}.{int(minor) + 1}.0")
+
+
+def test_same_series_compares_major_and_minor():
+    assert build.same_series("6.12.117", "6.12.118")
+    assert build.same_series("6.12", "6.12.3-rc1")
+    assert not build.same_series("6.12.117", "6.13.0")
+    assert not build.same_series("6.1.2", "6.12.2")
+    assert not build.same_series("None", "6.12.1")
 
 
 def test_the_shipped_estimate_names_the_default_config():
