@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import OverlayConfig, parse_option_string
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             elif args.foreground:
                 cfg.validate()
                 daemon.serve(cfg)
-            else:
-                daemon.spawn(cfg)
+            else:                           # a fork of this process when the mount point is absolute
+                daemon.spawn(cfg, fork=os.path.isabs(args.mountpoint))
         elif args.cmd == "umount":
             from . import daemon
             daemon.umount(args.mountpoint)

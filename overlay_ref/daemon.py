@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .config import OverlayConfig
@@ -200,12 +201,90 @@ def _stale(mountpoint: str) -> bool:
     return False
 
 
-def spawn(cfg: OverlayConfig) -> int:
-    """Start a daemon serving ``cfg``; return its pid once the mount is ready."""
+class _Forked:
+    """A daemon forked from this process, seen through the few calls spawn() makes on a Popen."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG if deadline is not None else 0)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() >= deadline:       # type: ignore[operator]
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            else:
+                time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _fork_daemon(cfg: OverlayConfig, w: int, r: int, run_dir: str) -> _Forked:
+    """Fork this (single-threaded) process into the daemon: what spawn() does without starting a
+    second interpreter and importing the package again, which is most of a mount's cost."""
+    out = os.open(cfg.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644) \
+        if cfg.log else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    pid = os.fork()
+    if pid:
+        os.close(out)
+        os.close(null)
+        return _Forked(pid)
+    code = 3
+    try:                                          # the child: never returns into the caller
+        os.close(r)
+        os.setsid()
+        os.chdir("/")
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        sys.stdin = sys.stdout = sys.stderr = open(1, "w", closefd=False)  # noqa: SIM115
+        serve(cfg, ready_fd=w, run_dir=run_dir)
+        code = 0
+    except OverlayRefError as e:                  # serve() reported it on the ready pipe
+        code = e.exit_code
+    except BaseException as e:                    # noqa: BLE001 - the parent gets EOF and our status
+        try:
+            os.write(2, f"overlay_ref daemon: {type(e).__name__}: {e}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def spawn(cfg: OverlayConfig, fork: bool = False) -> int:
+    """Start a daemon serving ``cfg``; return its pid once the mount is ready.
+
+    With ``fork`` (for entry points that exit right after: the mount(8) helper and ``python -m
+    overlay_ref mount``), the daemon is a fork of this process when it is single-threaded, which
+    saves an interpreter start and the package's imports per mount; the daemon's command line is
+    then the caller's, which must name the absolute mount point (umount() checks it).  Otherwise
+    (a library caller, maybe threaded), a new interpreter runs ``python -m overlay_ref _serve``."""
     cfg.validate()
     with open_runtime_dir() as rd:                # refused here, before anything is started
         run_dir = rd.path
     r, w = os.pipe()
+    proc: subprocess.Popen | _Forked
+    if fork and threading.active_count() == 1:
+        try:
+            proc = _fork_daemon(cfg, w, r, run_dir)
+        finally:
+            os.close(w)
+    else:
+        proc = _popen_daemon(cfg, w, run_dir)
+        _children[proc.pid] = proc
+    return _await_ready(cfg, proc, r)
+
+
+def _popen_daemon(cfg: OverlayConfig, w: int, run_dir: str) -> subprocess.Popen:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -232,14 +311,17 @@ def spawn(cfg: OverlayConfig) -> int:
     cmd += ["-o", ",".join(opts)]
     errlog = open(cfg.log, "ab") if cfg.log else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=env,
+        return subprocess.Popen(cmd, pass_fds=(w,), start_new_session=True, env=env,
                                 stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog,
                                 cwd="/")
     finally:
         os.close(w)
         if not isinstance(errlog, int):         # not subprocess.DEVNULL
             errlog.close()
-    _children[proc.pid] = proc
+
+
+def _await_ready(cfg: OverlayConfig, proc: subprocess.Popen | _Forked, r: int) -> int:
+    """Wait for the daemon's ``OK pid`` / ``ERR code message`` line on the ready pipe ``r``."""
     buf = b""
     deadline = time.monotonic() + READY_TIMEOUT
     try:

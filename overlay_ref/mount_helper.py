@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if foreground:
             daemon.serve(cfg)
         else:
-            daemon.spawn(cfg)
+            # the daemon is a fork of this process (one interpreter start per mount, not two); umount
+            # knows it by the mount point on its command line, so that must be absolute (mount(8)
+            # passes it so)
+            daemon.spawn(cfg, fork=os.path.isabs(mnt))
     except OverlayRefError as e:
         print(f"mount.fuse.kproto-ovl: {e}", file=sys.stderr)
         # mount(8) convention: 1 = bad usage, 32 = mount failure

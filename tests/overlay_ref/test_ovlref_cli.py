@@ -205,6 +205,63 @@ def test_install_helper_keeps_the_other_checkouts_and_skips_removed_ones(tmp_pat
     assert mount_helper.baked_pythons(dest.read_text()) == [str(a)]
 
 
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().rstrip("\0").split("\0")
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_the_helper_becomes_the_daemon(make_layers):
+    """mount(8)'s helper forks into the daemon instead of starting a second interpreter (the outside
+    suites remount after every step, and the start-up was most of a mount). The fork is a proper
+    daemon: its own session, cwd /, no hold on the caller's stdout/stderr (capture_output would wait
+    for it otherwise), and umount knows it by its command line: no warning, and it exits."""
+    layers = make_layers([{"a": "1"}, {"b": "2"}])
+    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
+    opts = f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
+    r = subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
+                       capture_output=True, text=True, env=env, timeout=60, cwd=layers.upper)
+    pid = None
+    try:
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        pid = _daemon_pid(layers.mnt)
+        args = _cmdline(pid)
+        assert "overlay_ref.mount_helper" in args and "_serve" not in args, args
+        assert os.getsid(pid) == pid
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)} == {os.devnull}
+        assert sorted(os.listdir(layers.mnt)) == ["a", "b"]
+        r = cli("umount", layers.mnt)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)
+
+
+@pytest.mark.fuse
+@requires_fuse
+def test_cli_mount_with_a_relative_mount_point_starts_a_daemon_that_names_it_absolute(make_layers):
+    """A forked daemon's command line is the caller's; with a relative mount point that would not name
+    the mount, so the CLI starts `overlay_ref _serve` with the absolute path instead, and umount still
+    finds and waits for it."""
+    layers = make_layers([{"a": "1"}])
+    r = subprocess.run([sys.executable, "-m", "overlay_ref", "mount", layers.lowerdir, str(layers.upper),
+                        str(layers.work), layers.mnt.name], capture_output=True, text=True, timeout=60,
+                       cwd=layers.mnt.parent, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    pid = None
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(layers.mnt)
+        args = _cmdline(pid)
+        assert "_serve" in args and str(layers.mnt) in args, args
+        r = cli("umount", layers.mnt)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)
+
+
 @pytest.mark.fuse
 @requires_fuse
 @pytest.mark.skipif(not os.path.exists("/sbin/mount.fuse.kproto-ovl"),
