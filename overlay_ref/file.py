@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from .base import DIR, REG, Handle, Node, _err
-from .util import _O_NOATIME, LayerAccess
+from .util import _O_NOATIME, LayerAccess, libc
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _PREFETCH = 4 << 20
@@ -26,18 +26,13 @@ _DAY_NS = 24 * 3600 * 10**9
 _MEM_FS = {0x01021994, 0x858458f6}      # TMPFS_MAGIC, RAMFS_MAGIC
 
 _mem_dev: dict[int, bool] = {}           # st_dev -> on a memory filesystem
-_libc = None
 
 
 def _fstatfs_type(fd: int) -> int:
     """The f_type of fstatfs(fd) (-1 if it cannot be had)."""
-    global _libc
     import ctypes
-    if _libc is None:
-        import ctypes.util
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     buf = ctypes.create_string_buffer(256)       # struct statfs: f_type first (a long)
-    if _libc.fstatfs(fd, buf) != 0:
+    if libc().fstatfs(fd, buf) != 0:
         return -1
     return ctypes.c_long.from_buffer(buf).value
 

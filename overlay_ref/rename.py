@@ -14,23 +14,16 @@ from .base import DIR, S_IFMT, Node, _err, _join
 from .copy_up import CopyUp
 from .dirfds import UPPER, _Loc
 from .readdir import ReaddirOps
+from .util import libc
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
 
-_libc = None
-
-
 def _renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> None:
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     import ctypes
-    if _libc.renameat2(olddirfd, old, newdirfd, new, flags) != 0:
+    if libc().renameat2(olddirfd, old, newdirfd, new, flags) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 

@@ -14,6 +14,19 @@ from .dirfds import _MISSING, _O_RDDIR, UPPER, _Loc
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
+_libc = None
+
+
+def libc():
+    """The C library this process already has loaded (ctypes, errno kept), for the calls ``os`` lacks.
+    Not ctypes.util.find_library("c"): that forks and execs ``ldconfig -p``, in every new daemon
+    (the outside suites remount, so start a daemon, after every step)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
 
 class LayerAccess(OverlayBase):
     def _at(self, layer: int, rel: bytes) -> _Loc:
