@@ -241,6 +241,33 @@ def test_the_helper_becomes_the_daemon(make_layers):
 
 @pytest.mark.fuse
 @requires_fuse
+def test_the_helper_does_not_run_an_overlay_ref_from_the_current_directory(make_layers, tmp_path):
+    """mount(8) runs the helper as root in the caller's directory; `python -m` would import a package
+    found there first. A planted overlay_ref/ in the cwd must not run; the real one mounts."""
+    layers = make_layers([{"a": "1"}])
+    planted = tmp_path / "cwd"
+    (planted / "overlay_ref").mkdir(parents=True)
+    marker = tmp_path / "planted-ran"
+    for mod in ("__init__.py", "mount_helper.py"):
+        (planted / "overlay_ref" / mod).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
+    opts = f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
+    r = subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
+                       capture_output=True, text=True, env=env, timeout=60, cwd=planted)
+    pid = None
+    try:
+        assert not marker.exists(), "the helper ran the overlay_ref of the current directory"
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(layers.mnt)
+        assert (layers.mnt / "a").read_text() == "1"
+        overlay_ref.umount(str(layers.mnt))
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)
+
+
+@pytest.mark.fuse
+@requires_fuse
 def test_cli_mount_with_a_relative_mount_point_starts_a_daemon_that_names_it_absolute(make_layers):
     """A forked daemon's command line is the caller's; with a relative mount point that would not name
     the mount, so the CLI starts `overlay_ref _serve` with the absolute path instead, and umount still
