@@ -30,7 +30,10 @@ files): every directory of the tree exists in every lower layer (a merged direct
 them), each file lives in one layer, every 10th name is also in the layer below it (shadowed) and
 every 20th name of the bottom layer is whited out in the top one.  The passthrough mirrors the
 merged view as one plain tree.  Each metric runs on a fresh mount with an empty upper layer:
-  ml mount+umount     cycles/s, mount and unmount (the outside suites remount between steps)
+  ml mount+umount     cycles/s, mount and unmount through the Python API (overlay_ref.mount/umount)
+  ml remount mount(8) cycles/s, what unionmount-testsuite does between steps: umount(8), drop the
+                      caches, mount(8) (-t fuse.kproto-ovl through /sbin/mount.fuse.kproto-ovl for
+                      the reference, running the column's package), one stat
   ml stat cold        lookups/s, lstat of every file by path, in random order, nothing listed
   ml stat absent      lookups/s, lstat of names that no layer has (each walks every layer)
   ml walk cold        entries/s, os.walk of the tree with an lstat of every entry
@@ -217,6 +220,29 @@ class Target:
             self._package().mount([str(p) for p in self.lowers], str(self.upper),
                                   str(self.work), str(self.mnt))
 
+    def mount8(self) -> None:
+        """Mount as the outside suites do: mount(8) for the kernel and the reference (its helper runs
+        this column's package: PYTHONPATH names it), the passthrough as usual."""
+        if self.kind not in ("ref", "before"):
+            self.mount()
+            return
+        for p in (self.upper, self.work, self.mnt):
+            if p.exists():
+                shutil.rmtree(p)
+            p.mkdir(parents=True)
+        pkg_parent = self.pkg if self.kind == "before" else Path(overlay_ref.__file__).resolve().parents[1]
+        opts = (f"lowerdir={':'.join(map(str, self.lowers))},upperdir={self.upper},"
+                f"workdir={self.work}")
+        subprocess.run(["mount", "-t", "fuse.kproto-ovl", "kproto-ovl", str(self.mnt), "-o", opts],
+                       check=True, env={**os.environ, "KPROTO_OVL_PYTHON": sys.executable,
+                                        "PYTHONPATH": str(pkg_parent)})
+
+    def umount8(self) -> None:
+        if self.kind in ("ref", "before"):
+            subprocess.run(["umount", str(self.mnt)], check=True)
+        else:
+            self.umount()
+
     def umount(self) -> None:
         if self.kind == "passthrough":
             assert self.proc is not None
@@ -284,6 +310,25 @@ def ml_mount_cycle(t: Target, count: int) -> float:
         os.stat(t.mnt)
         t.umount()
     return count / (time.perf_counter() - t0)
+
+
+def _num(v: float) -> str:
+    """A table figure: grouped integers, one decimal below 100 (mount cycles/s are single digits)."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def ml_remount8(t: Target, count: int) -> float:
+    """unionmount-testsuite's remount between steps, COUNT times: umount(8), drop_caches, mount(8), stat."""
+    t.mount8()
+    t0 = time.perf_counter()
+    for _ in range(count):
+        t.umount8()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        t.mount8()
+        os.stat(t.mnt)
+    rate = count / (time.perf_counter() - t0)
+    t.umount()            # the API's umount also waits for the daemon of the last mount to exit
+    return rate
 
 
 def ml_stat(mnt: Path, names: list[str]) -> float:
@@ -369,6 +414,9 @@ def measure_ml(targets: list[Target], args, visible: list[str],
     for _ in range(args.runs):
         for t in targets:
             add(t, "ml mount+umount (cycles/s)", ml_mount_cycle(t, 3))
+        if os.path.exists("/sbin/mount.fuse.kproto-ovl"):
+            for t in targets:
+                add(t, "ml remount mount(8) (cycles/s)", ml_remount8(t, 5))
         for t in targets:
             t.mount()
             try:
@@ -524,12 +572,12 @@ def main() -> int:
         row = {"name": n, "kernel": k, "passthrough": p, "reference": r,
                "ref/passthrough": rp, "ref/kernel": rk,
                "samples": {kind: samples[kind][n] for kind in kinds}}
-        line = f"{n:<{w}}  {k:>10,.0f}  {p:>11,.0f}  {r:>10,.0f}  {rp:>7.2f}x  {rk:>9.2f}x"
+        line = f"{n:<{w}}  {_num(k):>10}  {_num(p):>11}  {_num(r):>10}  {rp:>7.2f}x  {rk:>9.2f}x"
         if before is not None:
             b = results["before"][n]
             row["before"] = b
             row["ref/before"] = r / b if b else float("nan")
-            line += f"  {b:>10,.0f}  {row['ref/before']:>9.2f}x"
+            line += f"  {_num(b):>10}  {row['ref/before']:>9.2f}x"
         rows.append(row)
         print(line)
 
