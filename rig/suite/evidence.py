@@ -69,16 +69,23 @@ class Evidence:
                     out.setdefault(x.signature, x)
         return list(out.values())
 
+    def signatures(self) -> list[str]:
+        """Every splat signature seen on a boot of either kernel, sorted."""
+        return sorted(set(self.splat_counts("patched")) | set(self.splat_counts("baseline")))
+
+    def seen(self, sig: str) -> str:
+        """ "seen in 3/3 patched boots, 0/3 baseline boots" for one splat signature."""
+        return (f"seen in {self.splat_counts('patched').get(sig, 0)}/{len(self.patched)} patched boots, "
+                f"{self.splat_counts('baseline').get(sig, 0)}/{len(self.baseline)} baseline boots")
+
     def summary(self) -> str:
-        """ "splat seen in 3/3 patched boots, 0/3 baseline boots" style counts."""
-        nb, np_ = len(self.baseline), len(self.patched)
-        sigs = sorted(set(self.splat_counts("patched")) | set(self.splat_counts("baseline")))
+        """ "<title>: seen in 3/3 patched boots, 0/3 baseline boots" per splat signature."""
+        sigs = self.signatures()
         if sigs:
             parts = []
             for sig in sigs:
                 title = next((x.title for s in self.patched + self.baseline for x in s.splats if x.signature == sig), sig)
-                parts.append(f"{title}: seen in {self.splat_counts('patched').get(sig, 0)}/{np_} patched boots, "
-                             f"{self.splat_counts('baseline').get(sig, 0)}/{nb} baseline boots")
+                parts.append(f"{title}: {self.seen(sig)}")
             return "; ".join(parts)
         def tally(side: str) -> str:
             counts: dict[str, int] = {}
@@ -128,7 +135,9 @@ class Decision:
 def decide(ev: Evidence) -> Decision:
     lock = ev.new_lockdep()
     if lock:
-        return Decision("regressed", f"lockdep: {lock[0].title} [{ev.summary()}]")
+        # one splat: its counts after its title (the summary would repeat the title); more: every one's
+        counts = ev.seen(lock[0].signature) if ev.signatures() == [lock[0].signature] else ev.summary()
+        return Decision("regressed", f"lockdep: {lock[0].title} [{counts}]")
     flaky_sides = [side for side in ("patched", "baseline") if ev.varies(side)]
     if flaky_sides:
         boots = "; ".join(f"{s.boot}: {s.status}" + (f" ({', '.join(x.title for x in s.splats)})" if s.splats else "")
