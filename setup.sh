@@ -34,6 +34,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# Byte-compile the checkout: where PYTHONDONTWRITEBYTECODE is set (CI images, containers) Python never
+# writes __pycache__, so every kproto command and every reference daemon (one per mount) would compile
+# the sources again, ~40 ms of a daemon's start here. Files already compiled are skipped.
+.venv/bin/python -m compileall -q -j0 rig overlay_ref >/dev/null
+
 # mount -t fuse.kproto-ovl: the helper runs this checkout's venv python
 if [ "$(id -u)" = 0 ]; then
     .venv/bin/python -m overlay_ref install-helper /sbin/mount.fuse.kproto-ovl >&2
