@@ -205,6 +205,21 @@ def test_install_helper_keeps_the_other_checkouts_and_skips_removed_ones(tmp_pat
     assert mount_helper.baked_pythons(dest.read_text()) == [str(a)]
 
 
+def _run_helper(layers, cwd=None) -> subprocess.CompletedProcess:
+    """The mount(8) helper script of this checkout, running this interpreter, as mount(8) calls it."""
+    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
+    opts = f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
+    return subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
+
+
+def _umount_quietly(mnt, pid: int) -> None:
+    """`overlay_ref umount` succeeds without a word (it recognised the daemon) and the daemon exits."""
+    r = cli("umount", mnt)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert _wait_gone(pid)
+
+
 def _cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().decode().rstrip("\0").split("\0")
@@ -218,10 +233,7 @@ def test_the_helper_becomes_the_daemon(make_layers):
     daemon: its own session, cwd /, no hold on the caller's stdout/stderr (capture_output would wait
     for it otherwise), and umount knows it by its command line: no warning, and it exits."""
     layers = make_layers([{"a": "1"}, {"b": "2"}])
-    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
-    opts = f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
-    r = subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
-                       capture_output=True, text=True, env=env, timeout=60, cwd=layers.upper)
+    r = _run_helper(layers, cwd=layers.upper)
     pid = None
     try:
         assert r.returncode == 0 and r.stderr == "", r.stderr
@@ -232,9 +244,7 @@ def test_the_helper_becomes_the_daemon(make_layers):
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
         assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)} == {os.devnull}
         assert sorted(os.listdir(layers.mnt)) == ["a", "b"]
-        r = cli("umount", layers.mnt)
-        assert r.returncode == 0 and r.stderr == "", r.stderr
-        assert _wait_gone(pid)
+        _umount_quietly(layers.mnt, pid)
     finally:
         _cleanup(layers.mnt, pid)
 
@@ -250,10 +260,7 @@ def test_the_helper_does_not_run_an_overlay_ref_from_the_current_directory(make_
     marker = tmp_path / "planted-ran"
     for mod in ("__init__.py", "mount_helper.py"):
         (planted / "overlay_ref" / mod).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
-    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
-    opts = f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
-    r = subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
-                       capture_output=True, text=True, env=env, timeout=60, cwd=planted)
+    r = _run_helper(layers, cwd=planted)
     pid = None
     try:
         assert not marker.exists(), "the helper ran the overlay_ref of the current directory"
@@ -282,9 +289,7 @@ def test_cli_mount_with_a_relative_mount_point_starts_a_daemon_that_names_it_abs
         pid = _daemon_pid(layers.mnt)
         args = _cmdline(pid)
         assert "_serve" in args and str(layers.mnt) in args, args
-        r = cli("umount", layers.mnt)
-        assert r.returncode == 0 and r.stderr == "", r.stderr
-        assert _wait_gone(pid)
+        _umount_quietly(layers.mnt, pid)
     finally:
         _cleanup(layers.mnt, pid)
 
