@@ -207,6 +207,15 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    """/proc/PID/cmdline, or "" when the process has exited meanwhile (kproto's short-lived children,
+    e.g. git, come and go between the listing and the read)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
     import signal
     import subprocess
@@ -223,8 +232,7 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
     qemu: set[int] = set()
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not qemu and proc.poll() is None:
-        qemu = {p for p in _children(proc.pid)
-                if "qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")}
+        qemu = {p for p in _children(proc.pid) if "qemu-system" in _cmdline(p)}
         time.sleep(0.2)
     assert qemu, "kproto test never started a VM"
     import re
