@@ -214,7 +214,7 @@ class _Forked:
             pid, status = os.waitpid(self.pid, os.WNOHANG if deadline is not None else 0)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() >= deadline:       # type: ignore[operator]
+            elif deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
             else:
                 time.sleep(0.01)
@@ -233,6 +233,8 @@ def _fork_daemon(cfg: OverlayConfig, w: int, r: int, run_dir: str) -> _Forked:
     out = os.open(cfg.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644) \
         if cfg.log else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    sys.stdout.flush()                            # nothing of ours is written twice by the child
+    sys.stderr.flush()
     pid = os.fork()
     if pid:
         os.close(out)
@@ -245,8 +247,7 @@ def _fork_daemon(cfg: OverlayConfig, w: int, r: int, run_dir: str) -> _Forked:
         os.chdir("/")
         os.dup2(null, 0)
         os.dup2(out, 1)
-        os.dup2(out, 2)
-        sys.stdin = sys.stdout = sys.stderr = open(1, "w", closefd=False)  # noqa: SIM115
+        os.dup2(out, 2)                           # sys.std* write to the new fds 0-2
         serve(cfg, ready_fd=w, run_dir=run_dir)
         code = 0
     except OverlayRefError as e:                  # serve() reported it on the ready pipe

@@ -220,6 +220,20 @@ def _umount_quietly(mnt, pid: int) -> None:
     assert _wait_gone(pid)
 
 
+def _serves_a_then_unmounts(layers, r: subprocess.CompletedProcess) -> None:
+    """The mount command R worked: its daemon serves the lower file a ("1"), and overlay_ref.umount
+    unmounts it and waits for the daemon to exit (cleaned up whatever fails)."""
+    pid = None
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = _daemon_pid(layers.mnt)
+        assert (layers.mnt / "a").read_text() == "1"
+        overlay_ref.umount(str(layers.mnt))
+        assert _wait_gone(pid)
+    finally:
+        _cleanup(layers.mnt, pid)
+
+
 def _cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().decode().rstrip("\0").split("\0")
@@ -261,16 +275,9 @@ def test_the_helper_does_not_run_an_overlay_ref_from_the_current_directory(make_
     for mod in ("__init__.py", "mount_helper.py"):
         (planted / "overlay_ref" / mod).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     r = _run_helper(layers, cwd=planted)
-    pid = None
-    try:
-        assert not marker.exists(), "the helper ran the overlay_ref of the current directory"
-        assert r.returncode == 0, r.stderr
-        pid = _daemon_pid(layers.mnt)
-        assert (layers.mnt / "a").read_text() == "1"
-        overlay_ref.umount(str(layers.mnt))
-        assert _wait_gone(pid)
-    finally:
-        _cleanup(layers.mnt, pid)
+    # checked first: the planted code mounts nothing, so there is nothing to clean up if it ran
+    assert not marker.exists(), "the helper ran the overlay_ref of the current directory"
+    _serves_a_then_unmounts(layers, r)
 
 
 @pytest.mark.fuse
@@ -306,12 +313,4 @@ def test_mount_t_fuse_kproto_ovl(make_layers):
                         f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"],
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "KPROTO_OVL_PYTHON": sys.executable})
-    pid = None
-    try:
-        assert r.returncode == 0, r.stderr
-        pid = _daemon_pid(layers.mnt)
-        assert (layers.mnt / "a").read_text() == "1"
-        overlay_ref.umount(str(layers.mnt))
-        assert _wait_gone(pid)
-    finally:
-        _cleanup(layers.mnt, pid)
+    _serves_a_then_unmounts(layers, r)
