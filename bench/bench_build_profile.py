@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from rig.kernel import build, kconfig  # noqa: E402
 from rig.kernel.prepare import KernelSpec, open_tree  # noqa: E402
+from rig.kernel.tree import SourceTree  # noqa: E402
 
 TIMER = """#!/bin/sh
 s=$(date +%s.%N)
@@ -64,8 +65,7 @@ def busy_seconds(intervals: list[tuple[float, float]], start: float) -> float:
     return busy
 
 
-def profile(config: Path, top: int) -> None:
-    tree = open_tree(KernelSpec())
+def profile(tree: SourceTree, config: Path, top: int) -> None:
     with tempfile.TemporaryDirectory(prefix="kproto-profile-", dir="/var/tmp") as d:
         objdir, timer, log = Path(d) / "obj", Path(d) / "cctime", Path(d) / "cctime.log"
         objdir.mkdir()
@@ -108,15 +108,16 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=30, help="subsystems to list (default 30)")
     ap.add_argument("--config", type=Path, help="a .config to build (default: the default-config baseline's)")
     a = ap.parse_args()
+    tree = open_tree(KernelSpec())
     config = a.config
     if config is None:
-        config = build.objdir_for(open_tree(KernelSpec()), kconfig.requested()) / ".config"
+        config = build.objdir_for(tree, kconfig.requested()) / ".config"
         if not config.is_file():
             sys.exit("bench_build_profile: no default-config build in the kernel cache; run `.venv/bin/kproto build`"
                      " first (or give --config FILE)")
     elif not config.is_file():
         sys.exit(f"bench_build_profile: {config}: no such file; give a kernel .config")
-    profile(config, a.top)
+    profile(tree, config, a.top)
 
 
 if __name__ == "__main__":

@@ -343,12 +343,12 @@ def same_series(a: str, b: str) -> bool:
 def _expected(objdir: Path, stats_key: str, kind: str,
               version: str = "") -> tuple[int | None, float | None, str]:
     """(objects, seconds, measured) of the last build of this kind in this object tree; for a full build
-    with none, the last full build of the same config elsewhere, else (measured: the kernel version it was
-    measured on) kproto's own
-    measurement of that config on the same stable series as VERSION (build-estimates.json, scaled to this
-    machine's CPUs: a stable point release such as Debian's 6.12.117 -> 6.12.118 changes a few files, not
-    the object count). Incremental builds have no expected count (it depends on what the patch touches), only the
-    last one's duration; resumed builds neither."""
+    with none, the last full build of the same config elsewhere, else kproto's own measurement of that
+    config on the same stable series as VERSION (build-estimates.json, scaled to this machine's CPUs; a
+    stable point release such as Debian's 6.12.117 -> 6.12.118 changes a few files, not the object count),
+    and then MEASURED is the kernel version it was measured on ("" otherwise). Incremental builds have no
+    expected count (it depends on what the patch touches), only the last one's duration; resumed builds
+    neither."""
     last = _read_stats(objdir / STATS).get(kind)
     if kind == "full" and not isinstance(last, dict):
         last = _read_stats(_global_stats()).get(stats_key)
