@@ -75,7 +75,7 @@ def profile(tree: SourceTree, config: Path, top: int) -> None:
         make = ["make", "-C", str(tree.path), f"O={objdir}", "HOSTCC=gcc"]
         subprocess.run(make + ["olddefconfig"], check=True, capture_output=True)
         env = {**os.environ, "KPROTO_CCTIME_LOG": str(log), "KBUILD_BUILD_TIMESTAMP": "kproto"}
-        jobs = (os.cpu_count() or 1) + 1
+        jobs = build.make_jobs()
         t0 = time.time()
         proc = subprocess.run(make + [f"-j{jobs}", f"CC={timer} gcc", "bzImage"], env=env,
                               capture_output=True, text=True)

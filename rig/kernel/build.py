@@ -116,7 +116,8 @@ def _check_tools() -> None:
         raise MissingTool("libelf headers are missing (apt-get install libelf-dev)")
 
 
-def _jobs() -> int:
+def make_jobs() -> int:
+    """make's -j for every kernel build: one job more than CPUs (bench/bench_build_profile.py uses it too)."""
     return (os.cpu_count() or 1) + 1
 
 
@@ -141,7 +142,7 @@ def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: flo
     env = {**os.environ, "CCACHE_DIR": str(ccache_dir()), "CCACHE_BASEDIR": str(tree.path),
            "CCACHE_DEPEND": "1",
            "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto"}
-    cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]
+    cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{make_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]
     with open(log, "ab") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n".encode())
         fh.flush()
@@ -271,7 +272,7 @@ def _make_image(tree: SourceTree, objdir: Path, target: str, log: Path, what: st
     KIND: full (a freshly configured object tree), incremental (the tree holds a built image), resumed
     (an earlier build of the tree did not finish)."""
     expected, expected_s, measured = _expected(objdir, stats_key, kind, tree.version())
-    cmd = f"make -j{_jobs()} {target}"
+    cmd = f"make -j{make_jobs()} {target}"
     if kind == "incremental":
         note = f"{cmd}, incremental in the existing object tree" + \
             (f", last one took {progressmod.fmt_duration(expected_s)}" if expected_s else "")
