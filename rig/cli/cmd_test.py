@@ -100,6 +100,7 @@ def shell_cmd(patches, kernel_src, config, command):
     """Boot the kernel with PATCH... and open an SSH session into it; the VM is reaped on exit."""
     from rig.suite.testrun import new_run_dir
     from rig.machine.qemu import VM
+    from rig.machine.ssh import openssh_command
     if shutil.which("ssh") is None:
         raise MissingTool("ssh is missing (apt-get install openssh-client)")
     k = prepare.patched(prepare.KernelSpec(kernel_src, tuple(config)), prepare.open_series(patches), _say)[1]
@@ -108,9 +109,9 @@ def shell_cmd(patches, kernel_src, config, command):
         with VM(bzimage=k.bzimage, run_dir=run_dir, name="shell") as vm:
             boot = vm.wait_ready()
             _say(f"linux {k.version} up, SSH after {boot:.1f} s ({vm.accel}); console log {vm.console_log}")
-            ssh = ["ssh", "-q", "-p", str(vm.port), "-i", str(run_dir / "ssh" / "client_ed25519"),
-                   "-o", f"UserKnownHostsFile={vm.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                   "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "root@127.0.0.1"]
+            if vm.ssh is not None:      # the control port takes one connection at a time: ssh's
+                vm.ssh.close()
+            ssh = openssh_command(vm.control_sock, run_dir / "ssh" / "client_ed25519", vm.known_hosts)
             if command:
                 ssh.append(command)
             elif sys.stdin.isatty():

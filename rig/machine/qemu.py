@@ -1,6 +1,6 @@
 """QEMU guests: a curated root and the host's /usr over virtio-9p (read-only; rig/machine/guestroot.py),
-a writable per-run share, console to a file, user-mode networking with one hostfwd on 127.0.0.1, KVM only
-when it really works.
+a writable per-run share, console to a file, no network: SSH reaches the guest through a virtio-serial
+port on a unix socket in the run directory (rig/machine/control.py). KVM only when it really works.
 
 Every VM started here is reaped on every path: context manager exit, exceptions, KeyboardInterrupt,
 atexit, and PR_SET_PDEATHSIG so even a SIGKILLed kproto takes its QEMU down with it.
@@ -25,6 +25,7 @@ from typing import Callable
 from rig.core.errors import BootError, InfraError, MissingTool
 from rig.core import templates
 from rig.machine import arch
+from rig.machine import control
 from rig.machine import guestroot
 from rig.machine import ssh as sshmod
 
@@ -102,12 +103,6 @@ def ssh_server() -> str:
     raise MissingTool(f"no SSH server for the guest: {DROPBEAR} is missing (apt-get install dropbear-bin)")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pdeathsig() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -125,7 +120,6 @@ class VM:
     hung_task_timeout: int = 10
     extra_cmdline: str = ""
     proc: subprocess.Popen | None = None
-    port: int = 0
     accel: str = ""
     boot_s: float = 0.0
     ssh: "sshmod.GuestSSH | None" = None
@@ -140,6 +134,11 @@ class VM:
     @property
     def monitor_sock(self) -> Path:
         return self.run_dir / f"monitor-{self.name}.sock"
+
+    @property
+    def control_sock(self) -> Path:
+        """The unix socket QEMU serves the guest's SSH port on (rig/machine/control.py)."""
+        return self.run_dir / f"ssh-{self.name}.sock"
 
     @property
     def known_hosts(self) -> Path:
@@ -168,7 +167,8 @@ class VM:
         _write_if_changed(sshdir / "sshd_config", templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
         _write_if_changed(self.run_dir / "boot.plan", templates.render(
             "boot.plan.j2", scratch_mnt=SCRATCH_MNT, ready_marker=READY_MARKER,
-            hung_task_timeout=self.hung_task_timeout, ssh_server=server))
+            hung_task_timeout=self.hung_task_timeout, ssh_server=server, control_port=control.PORT_NAME,
+            hello=control.HELLO.decode(), ack=control.ACK.decode()))
 
     def command(self) -> list[str]:
         a = arch.load()
@@ -176,7 +176,7 @@ class VM:
             self.guest_root = guestroot.ensure()
         fill = dict(init=guestroot.INIT, guest_root=self.guest_root, run_dir=self.run_dir,
                     console_log=self.console_log, monitor_sock=self.monitor_sock, scratch_tag=SCRATCH_TAG,
-                    port=self.port)
+                    control_sock=self.control_sock, control_port=control.PORT_NAME)
         # after "--": the stage-1 init's arguments (rig/machine/init/init.c), the run share's tag and mount point
         cmdline = " ".join(p for p in (a.boot_cmdline(**fill), self.extra_cmdline, "--", SCRATCH_TAG, SCRATCH_MNT) if p)
         return [a.qemu, "-nodefaults", "-display", "none", "-no-reboot",
@@ -190,11 +190,8 @@ class VM:
         self.accel = "kvm" if kvm_works() else "tcg"
         self.console_log.write_text("")
         self.monitor_sock.unlink(missing_ok=True)
-        with _PREPARE_LOCK:          # a port no other guest of this process was given
-            taken = {vm.port for vm in _LIVE.values()}
-            self.port = free_port()
-            while self.port in taken:
-                self.port = free_port()
+        self.control_sock.unlink(missing_ok=True)
+        with _PREPARE_LOCK:
             self._t0 = time.monotonic()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
@@ -217,8 +214,8 @@ class VM:
             time.sleep(0.1)
         if on_init is not None:
             on_init(time.monotonic() - self._t0)
-        known_hosts = sshmod.write_known_hosts(self.run_dir / "ssh", self.port, self.known_hosts.name)
-        self.ssh = sshmod.GuestSSH(port=self.port, key=self.run_dir / "ssh" / "client_ed25519",
+        known_hosts = sshmod.write_known_hosts(self.run_dir / "ssh", self.known_hosts.name)
+        self.ssh = sshmod.GuestSSH(control_sock=self.control_sock, key=self.run_dir / "ssh" / "client_ed25519",
                                    known_hosts=known_hosts)
         while True:
             self._check_alive("before SSH answered")
@@ -231,7 +228,7 @@ class VM:
                     self.stop()
                     raise BootError(f"SSH to the guest never answered within {timeout:.0f} s ({e}); "
                                     f"console tail:\n{self.console_tail()}")
-                time.sleep(0.05)                # the server is starting: slirp refused at once, retry soon
+                time.sleep(0.05)                # QEMU's socket is not there yet, or the relay is starting
         self.boot_s = time.monotonic() - self._t0
         return self.boot_s
 
@@ -304,6 +301,7 @@ class VM:
         if self.proc.stdout:
             self.proc.stdout.close()
         self.monitor_sock.unlink(missing_ok=True)
+        self.control_sock.unlink(missing_ok=True)
 
     def __enter__(self) -> "VM":
         if self.proc is None:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -12,6 +14,7 @@ from typing import Callable
 import paramiko
 
 from rig.core.errors import GuestError, MissingTool
+from rig.machine import control
 
 
 # paramiko's transport thread logs every refused early connection attempt with a traceback; the
@@ -126,34 +129,49 @@ def dropbear_host_key(sshdir: Path) -> Path:
     return out
 
 
-def write_known_hosts(sshdir: Path, port: int, name: str = "known_hosts") -> Path:
-    """SSHDIR/NAME pinning the guests' host key on 127.0.0.1:PORT (one file per machine: guests that run
-    side by side share the run dir)."""
+def write_known_hosts(sshdir: Path, name: str = "known_hosts") -> Path:
+    """SSHDIR/NAME pinning the guests' host key under control.HOST_ALIAS (one file per machine: guests that
+    run side by side share the run dir)."""
     kind, blob = (sshdir / "host_ed25519.pub").read_text().split()[:2]
     path = sshdir / name
-    path.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+    path.write_text(f"{control.HOST_ALIAS} {kind} {blob}\n")
     return path
 
 
-class GuestSSH:
-    """A persistent paramiko connection (no key exchange per command)."""
+def openssh_command(control_sock: Path, key: Path, known_hosts: Path, user: str = "root") -> list[str]:
+    """OpenSSH's ssh into the guest through its control socket (`kproto shell`): the same pinned host key and
+    client key as paramiko's connection, `python -m rig.machine.control` as the ProxyCommand."""
+    proxy = f"{shlex.quote(sys.executable)} -P -m rig.machine.control {shlex.quote(str(control_sock))}"
+    return ["ssh", "-q", "-o", f"ProxyCommand={proxy}", "-i", str(key), "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            f"{user}@{control.HOST_ALIAS}"]
 
-    def __init__(self, port: int, key: Path, known_hosts: Path, user: str = "root") -> None:
-        self.port, self.key, self.known_hosts, self.user = port, key, known_hosts, user
+
+class GuestSSH:
+    """A persistent paramiko connection over the guest's control socket (rig/machine/control.py; no key
+    exchange per command)."""
+
+    def __init__(self, control_sock: Path, key: Path, known_hosts: Path, user: str = "root") -> None:
+        self.control_sock, self.key, self.known_hosts, self.user = control_sock, key, known_hosts, user
         self.client: paramiko.SSHClient | None = None
 
     def connect(self, timeout: float = 10.0) -> None:
         self.close()
+        try:
+            stream = control.connect(self.control_sock, timeout)
+        except control.ControlError as e:
+            raise SSHError(f"ssh connect failed: {e}")
         client = paramiko.SSHClient()
         client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
-            client.connect("127.0.0.1", port=self.port, username=self.user, key_filename=str(self.key),
+            client.connect(control.HOST_ALIAS, username=self.user, key_filename=str(self.key), sock=stream,  # type: ignore[arg-type]
                            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                            allow_agent=False, look_for_keys=False)
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
-            raise SSHError(f"ssh connect to 127.0.0.1:{self.port} failed: {e or type(e).__name__}")
+            stream.close()
+            raise SSHError(f"ssh connect over {self.control_sock} failed: {e or type(e).__name__}")
         transport = client.get_transport()
         assert transport is not None          # connect() succeeded
         transport.set_keepalive(5)

@@ -292,7 +292,7 @@ def _fill(d: Path, *, spec: KernelSpec, tree: SourceTree, series: Sequence[Patch
     (d / "series" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (d / "qemu-cmdline.txt").write_text(
         f"# QEMU command line of boot {boot.name} ({boot.accel}), exactly as it ran; the run directory\n"
-        f"# {boot.run_dir} and the SSH port were that run's (the directory is gone)\n" + boot.cmdline() + "\n")
+        f"# {boot.run_dir} and the sockets in it were that run's (the directory is gone)\n" + boot.cmdline() + "\n")
     (d / "guest").mkdir()
     guest_files = []
     for rel, text in sorted(boot.guest_files.items()):
@@ -547,7 +547,7 @@ def _config_note(b: Bundle, kernel: Kernel) -> str:
 
 
 def _normalise(argv: Sequence[str], run_dir: str, bzimage: str) -> list[str]:
-    """A command line with this run's own paths and port replaced by placeholders."""
+    """A command line with this run's own paths (and an older bundle's hostfwd port) replaced by placeholders."""
     out = []
     for a in argv:
         a = a.replace(run_dir, "<RUN_DIR>") if run_dir else a
@@ -569,7 +569,7 @@ def _boot_notes(b: Bundle, boot: BootRecord, kernel: Kernel) -> list[str]:
     new = _normalise(boot.argv, boot.run_dir, str(kernel.bzimage))
     notes = []
     if old == new:
-        notes.append("boot: the same QEMU command line as the bundle's (run directory, port and cache paths aside)")
+        notes.append("boot: the same QEMU command line as the bundle's (run directory and cache paths aside)")
     else:
         gone = [a for a in old if a not in new]
         added = [a for a in new if a not in old]

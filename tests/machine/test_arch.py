@@ -26,9 +26,14 @@ def test_x86_64_is_the_default_and_fills_in_the_boot_values(monkeypatch):
     assert (a.name, a.qemu, a.make_target, a.kernel_image) == \
         ("x86_64", "qemu-system-x86_64", "bzImage", "arch/x86/boot/bzImage")
     args = a.qemu_args("tcg", init="/init", guest_root="/g", run_dir="/r", console_log="/r/c.log",
-                       monitor_sock="/r/m.sock", scratch_tag="kproto", port=2222)
+                       monitor_sock="/r/m.sock", scratch_tag="kproto", control_sock="/r/ssh.sock",
+                       control_port="kproto.ssh")
     assert args[:4] == ["-accel", "tcg", "-cpu", "max"]
-    assert "hostfwd=tcp:127.0.0.1:2222-:22" in " ".join(args) and "file,id=con,path=/r/c.log" in args
+    assert "file,id=con,path=/r/c.log" in args
+    # no network device: SSH goes through a virtio-serial port on a unix socket in the run dir
+    assert "socket,id=ctl,path=/r/ssh.sock,server=on,wait=off" in args
+    assert "virtserialport,bus=ser0.0,chardev=ctl,name=kproto.ssh" in args
+    assert not any(x.startswith(("-netdev", "-nic")) or "virtio-net" in x for x in args)
     assert "{" not in " ".join(args)
     # the guest's root is the curated tree, its /usr the host's; the host's "/" is never exported
     paths = [x.split("path=")[1].split(",")[0] for x in args if x.startswith("local,")]

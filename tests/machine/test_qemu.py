@@ -55,9 +55,12 @@ def test_boot_ssh_and_isolation(baseline_kernel, run_dir):
         assert rc == 0 and (run_dir / "hello").read_text() == "from-guest\n"
         rc, out, _ = vm.ssh.run("grep ' /root ' /proc/mounts", timeout=30)
         assert out.split()[2] == "tmpfs"
-        # the only way in is hostfwd bound to loopback
-        assert f"hostfwd=tcp:127.0.0.1:{vm.port}-:22" in " ".join(vm.command())
-        assert "restrict=on" in " ".join(vm.command())
+        # no network at all: no TCP/IP in the kernel, no interface; the only way in is the control socket,
+        # a unix socket inside the 0700 run directory
+        rc, out, _ = vm.ssh.run("ls /sys/class/net; cat /proc/net/tcp 2>&1; echo end", timeout=30)
+        assert rc == 0 and out.split()[0] == "lo" and "No such file" in out, out
+        assert vm.control_sock.parent == run_dir and vm.control_sock.is_socket()
+        assert not any("-netdev" in a or "virtio-net" in a for a in vm.command())
         pid = vm.proc.pid
     assert vm.proc.poll() is not None, "QEMU must be reaped when the context exits"
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
@@ -145,10 +148,35 @@ def test_ssh_rejects_a_guest_with_another_host_key(baseline_kernel, run_dir):
         vm.wait_ready(120)
         other = run_dir / "other"
         sshmod.make_keys(other)
-        sshmod.write_known_hosts(other, vm.port)          # pins a key the guest does not have
-        bad = sshmod.GuestSSH(port=vm.port, key=run_dir / "ssh" / "client_ed25519", known_hosts=other / "known_hosts")
-        with pytest.raises(sshmod.SSHError):
+        sshmod.write_known_hosts(other)                   # pins a key the guest does not have
+        vm.ssh.close()                                    # one connection at a time on the control port
+        bad = sshmod.GuestSSH(control_sock=vm.control_sock, key=run_dir / "ssh" / "client_ed25519",
+                              known_hosts=other / "known_hosts")
+        with pytest.raises(sshmod.SSHError, match="kproto-guest"):
             bad.connect(timeout=10)
+        bad.close()
+        # the guest's relay starts a fresh server for the next connection
+        vm.ssh.connect(timeout=10)
+        assert vm.ssh.run("echo again", timeout=30) == (0, "again\n", "")
+
+
+def test_openssh_reaches_the_guest_through_the_control_socket(baseline_kernel, run_dir):
+    """`kproto shell`'s way in: OpenSSH's ssh with `python -m rig.machine.control` as the ProxyCommand, the
+    same pinned host key; paramiko connects again afterwards."""
+    import shutil
+    import subprocess
+    from rig.machine import ssh as sshmod
+    if shutil.which("ssh") is None:
+        pytest.skip("no OpenSSH client")
+    with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=run_dir, name="openssh") as vm:
+        vm.wait_ready(120)
+        vm.ssh.close()
+        argv = sshmod.openssh_command(vm.control_sock, run_dir / "ssh" / "client_ed25519", vm.known_hosts)
+        p = subprocess.run([*argv, "uname -r; echo $((6*7))"], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == [baseline_kernel.version, "42"]
+        assert vm.ssh.run("echo paramiko", timeout=30) == (0, "paramiko\n", "")
 
 
 def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline_kernel, run_dir):
@@ -170,23 +198,23 @@ def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline
         th = threading.Thread(target=long_command)
         th.start()
         time.sleep(2)
-        killer = sshmod.GuestSSH(port=vm.port, key=vm.ssh.key, known_hosts=vm.ssh.known_hosts)
-        killer.connect(timeout=10)
-        try:
-            killer.run("pkill -9 -f 'sleep 60'; pkill -9 sshd; pkill -9 dropbear", timeout=10)
+        try:                                       # a second channel of the same connection
+            vm.ssh.run("pkill -9 -f 'sleep 60'; pkill -9 sshd; pkill -9 dropbear", timeout=10)
         except sshmod.SSHError:
-            pass                                   # its own connection dies too
+            pass                                   # its own channel dies too
         th.join(timeout=60)
         assert not th.is_alive(), "a dropped SSH connection must not hang the rig"
         assert outcome["took"] < 50
         assert "error" in outcome or outcome["rc"] != 0
+        # the relay told the host the server ended (BYE); the next command reconnects to a new server
+        assert vm.ssh.run("echo back", timeout=30) == (0, "back\n", "")
 
 
-def test_two_vms_at_once_get_distinct_ports_and_both_work(baseline_kernel, tmp_path):
+def test_two_vms_at_once_get_distinct_control_sockets_and_both_work(baseline_kernel, tmp_path):
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     with vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=a_dir, name="a") as a, \
          vmmod.VM(bzimage=baseline_kernel.bzimage, run_dir=b_dir, name="b") as b:
-        assert a.port != b.port
+        assert a.control_sock != b.control_sock
         a.wait_ready(180)
         b.wait_ready(180)
         assert a.ssh.run(f"echo a > {vmmod.SCRATCH_MNT}/who", timeout=30)[0] == 0

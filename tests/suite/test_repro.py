@@ -44,7 +44,7 @@ def _boot(name: str = "patched-1", run_dir: str = RUN_DIR) -> repro.BootRecord:
             "-append", "root=/dev/root ro init=/init console=ttyS0 -- kproto /mnt/kproto",
             "-chardev", f"file,id=con,path={run_dir}/console-{name}.log",
             "-fsdev", f"local,id=scratch,path={run_dir},security_model=none,multidevs=remap",
-            "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40123-:22", "-accel", "tcg", "-cpu", "max")
+            "-chardev", f"socket,id=ctl,path={run_dir}/ssh-{name}.sock,server=on,wait=off", "-accel", "tcg", "-cpu", "max")
     return repro.BootRecord(name=name, argv=argv, run_dir=run_dir, accel="tcg",
                             guest_files={"boot.plan": f"# {run_dir}\nmount tmpfs /tmp tmpfs mode=1777\n"
                                                       f"spawn {run_dir}/sshd.log /usr/sbin/sshd -f {run_dir}/ssh/sshd_config\n",
@@ -156,7 +156,7 @@ def test_findings_of_a_report_and_the_run_that_showed_the_splat(tmp_path, fake_f
     assert "reproducer: c_gone: not run on this kernel, no bundle" in said
 
 
-def test_the_boot_is_compared_with_the_bundles_paths_and_port_aside(tmp_path, fake_finished):
+def test_the_boot_is_compared_with_the_bundles_paths_aside(tmp_path, fake_finished):
     d = repro.write_bundle(tmp_path / "repro", **fake_finished)
     b = repro.load_bundle(d)
     kernel = fake_finished["kernel"]
@@ -164,12 +164,12 @@ def test_the_boot_is_compared_with_the_bundles_paths_and_port_aside(tmp_path, fa
     new_dir = "/home/rev/.cache/kproto/runs/20261203-111111-wxyz"
 
     def now(argv_edit=lambda a: a, files=None) -> repro.BootRecord:
-        argv = [argv_edit(a.replace(RUN_DIR, new_dir).replace("40123", "41999")
+        argv = [argv_edit(a.replace(RUN_DIR, new_dir)
                           .replace("/cache/kernels/k1/bzImage", str(kernel.bzimage))) for a in old.argv]
         return repro.BootRecord(name="repro-1", argv=tuple(argv), run_dir=new_dir, accel="tcg",
                                 guest_files=files or {k: v.replace(RUN_DIR, new_dir) for k, v in old.guest_files.items()})
     assert repro._boot_notes(b, now(), kernel) == [
-        "boot: the same QEMU command line as the bundle's (run directory, port and cache paths aside)"]
+        "boot: the same QEMU command line as the bundle's (run directory and cache paths aside)"]
     notes = repro._boot_notes(b, now(lambda a: "kvm" if a == "tcg" else a, files={"boot.plan": "other\n"}), kernel)
     assert notes[0].startswith("boot: the QEMU command line differs from the bundle's: bundle had 'tcg'; now 'kvm'")
     assert notes[1:] == ["boot: the guest's boot.plan differs from the bundle's guest/boot.plan"]
@@ -191,7 +191,7 @@ def test_the_recorder_keeps_each_boots_command_line_and_guest_files(tmp_path, mo
     from rig.machine.qemu import VM
 
     def start(vm):
-        vm.proc, vm.port, vm.accel, vm.guest_root = object(), 40000 + len(vm.name), "tcg", tmp_path / "root"
+        vm.proc, vm.accel, vm.guest_root = object(), "tcg", tmp_path / "root"
         (vm.run_dir / "boot.plan").write_text(f"ready {vm.name}\n")
         return vm
 
@@ -211,10 +211,10 @@ def test_the_recorder_keeps_each_boots_command_line_and_guest_files(tmp_path, mo
     assert sorted(rec.boots) == ["patched-1", "patched-2"]
     one = rec.boots["patched-1"]
     assert one.guest_files == {"boot.plan": "ready patched-1\n"} and one.run_dir == str(run_dir)
-    vm = VM(bzimage=fake_finished["kernel"].bzimage, run_dir=run_dir, name="patched-1", port=40009, accel="tcg",
+    vm = VM(bzimage=fake_finished["kernel"].bzimage, run_dir=run_dir, name="patched-1", accel="tcg",
             guest_root=tmp_path / "root")
     assert one.argv == tuple(vm.command())
-    assert "hostfwd=tcp:127.0.0.1:40009-:22" in " ".join(one.argv) and str(run_dir) in " ".join(one.argv)
+    assert f"path={run_dir}/ssh-patched-1.sock" in " ".join(one.argv)
 
 
 # ------------------------------------------------------------------------------ a bad bundle

@@ -11,27 +11,28 @@
  *   mkdir DIR MODE                      mkdir(2), octal mode, an existing DIR is fine
  *   write PATH WORD...                  write the words and a newline to PATH (sysctls)
  *   copy SRC DEST MODE                  copy a file, octal mode
- *   ifup IFACE [ADDR/PREFIX]            set an IPv4 address and bring the interface up
  *   spawn LOG PROGRAM ARG...            start a program in its own session, stdout+stderr to LOG
+ *   relay PORT HELLO ACK LOG PROGRAM ARG...
+ *                                       serve the virtio-serial port named PORT (see relay() below):
+ *                                       each host connection gets its own PROGRAM, stderr to LOG
  *   ready MARKER                        print "MARKER <uptime>" on the console: the host waits for it
  *
  * A step that fails prints "kproto-init: <step>: <error>" on the console and the plan goes on (the
  * host then sees what is missing, e.g. SSH never answering, with this line in the console tail). After
  * the plan it reaps orphans forever. Doing this here instead of in a shell saves one exec per step
- * (sh, mount, ip, mkdir, cp: each 0.1-0.25 s under TCG).
+ * (sh, mount, mkdir, cp: each 0.1-0.25 s under TCG).
  *
  * The kernel passes argv[1..] from the words after "--" on its command line.
  */
-#include <arpa/inet.h>
+#define _GNU_SOURCE                  /* memmem */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <net/if.h>
-#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -100,46 +101,6 @@ static int copy_file(const char *src, const char *dst, mode_t mode)
 	return 0;
 }
 
-static int ifup(const char *name, const char *cidr)
-{
-	struct ifreq ifr;
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc = -1;
-
-	if (s < 0)
-		return -1;
-	memset(&ifr, 0, sizeof(ifr));
-	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
-	if (cidr) {
-		char addr[64];
-		const char *slash = strchr(cidr, '/');
-		int prefix = slash ? atoi(slash + 1) : 32;
-		size_t len = slash ? (size_t)(slash - cidr) : strlen(cidr);
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
-
-		if (len >= sizeof(addr) || prefix < 0 || prefix > 32)
-			goto out;
-		memcpy(addr, cidr, len);
-		addr[len] = 0;
-		sin->sin_family = AF_INET;
-		if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1) {
-			errno = EINVAL;
-			goto out;
-		}
-		if (ioctl(s, SIOCSIFADDR, &ifr))
-			goto out;
-		sin->sin_addr.s_addr = htonl(prefix ? 0xffffffffu << (32 - prefix) : 0);
-		if (ioctl(s, SIOCSIFNETMASK, &ifr))
-			goto out;
-	}
-	if (ioctl(s, SIOCGIFFLAGS, &ifr))
-		goto out;
-	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-	rc = ioctl(s, SIOCSIFFLAGS, &ifr);
-out:
-	close(s);
-	return rc;
-}
-
 static int spawn(const char *log, char **argv)
 {
 	pid_t pid = fork();
@@ -160,6 +121,247 @@ static int spawn(const char *log, char **argv)
 		fprintf(stderr, "kproto-init: exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
+	return 0;
+}
+
+/*
+ * The SSH control channel. The guest has no network: the host reaches its SSH server through a
+ * virtio-serial port, which QEMU connects to a unix socket in the run directory. The port is one byte
+ * stream, so a forked relay gives every host connection its own server process (PROGRAM, dropbear or
+ * sshd in inetd mode, whose stdin and stdout are one end of a socketpair; a socket, because dropbear
+ * asks the peer's address) and marks where a connection begins and ends:
+ *
+ *   host -> guest  HELLO      a new host connection: any server still running is killed, a new one
+ *                             is started, and its output is preceded by
+ *   guest -> host  ACK        everything before it belongs to an older connection: the host drops it;
+ *   guest -> host  frames     the server's output, each read of it as a 4-byte big-endian length and
+ *                             the bytes; a frame of length 0 says the server exited: the host reads
+ *                             end-of-file there, as from a closed TCP connection.
+ *
+ * The words come from the boot plan (rig/machine/control.py has them): 30-odd bytes with a random
+ * part, in a stream that is SSH ciphertext after the key exchange, so they do not occur by chance (a
+ * guest program's output is encrypted before it reaches the relay). The server's end is a frame, not a
+ * word: a host looking for an end word must hold back every tail that could be its start, and an SSH
+ * packet that happened to end so waited for data that never came. Host -> server bytes pass through
+ * unchanged; one 64 KiB buffer per direction; a direction is read only when its buffer is empty, so
+ * neither side can stall the other. virtio_console's read() returns 0 while no host is connected (poll() says
+ * POLLHUP): the session, if any, is ended and the relay looks again every 20 ms.
+ */
+#define FRAME_HEADER 4
+struct buf {
+	char d[65536];
+	size_t off, len;
+};
+
+static pid_t session_start(int *sock, char **argv, const char *log)
+{
+	int sv[2];
+	pid_t pid;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -1;
+	pid = fork();
+	if (pid < 0) {
+		close(sv[0]);
+		close(sv[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		int err = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+		setsid();
+		dup2(sv[1], 0);
+		dup2(sv[1], 1);
+		if (err >= 0)
+			dup2(err, 2);
+		execv(argv[0], argv);
+		fprintf(stderr, "kproto-init: relay: exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(sv[1]);
+	fcntl(sv[0], F_SETFL, O_NONBLOCK);
+	*sock = sv[0];
+	return pid;
+}
+
+static void session_end(int *sock, pid_t *pid)
+{
+	if (*sock >= 0)
+		close(*sock);
+	if (*pid > 0)
+		kill(*pid, SIGKILL);         /* reaped without blocking: it may be stuck in the kernel under test */
+	*sock = -1;
+	*pid = -1;
+}
+
+static void put(struct buf *b, const char *data, size_t n)
+{
+	if (n > sizeof(b->d) - b->len)
+		n = sizeof(b->d) - b->len;
+	memcpy(b->d + b->len, data, n);
+	b->len += n;
+}
+
+/* the device of the virtio-serial port whose name is NAME (/sys/class/virtio-ports/vportXpY/name) */
+static int port_path(const char *name, char *path, size_t size)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	struct dirent *e;
+	int found = -1;
+
+	if (!d)
+		return -1;
+	while (found && (e = readdir(d))) {
+		char file[512], got[256] = "";
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(file, sizeof(file), "/sys/class/virtio-ports/%s/name", e->d_name);
+		f = fopen(file, "re");
+		if (!f)
+			continue;
+		if (fgets(got, sizeof(got), f))
+			got[strcspn(got, "\n")] = 0;
+		fclose(f);
+		if (!strcmp(got, name)) {
+			snprintf(path, size, "/dev/%s", e->d_name);
+			found = 0;
+		}
+	}
+	closedir(d);
+	if (found)
+		errno = ENODEV;
+	return found;
+}
+
+/* a frame header: LEN in 4 big-endian bytes */
+static void frame_header(char *h, size_t len)
+{
+	h[0] = (char)(len >> 24);
+	h[1] = (char)(len >> 16);
+	h[2] = (char)(len >> 8);
+	h[3] = (char)len;
+}
+
+static void relay_loop(int port, const char *hello, const char *ack, const char *log, char **argv)
+{
+	static struct buf up, down;         /* up: host -> server, down: server -> host */
+	size_t hlen = strlen(hello), carry = 0;
+	char scan[sizeof(up.d) + 256];
+	int sock = -1;
+	pid_t pid = -1;
+
+	for (;;) {
+		struct pollfd p[2] = {
+			{ port, (up.len ? 0 : POLLIN) | (down.len ? POLLOUT : 0), 0 },
+			{ sock, sock < 0 ? 0 : (down.len ? 0 : POLLIN) | (up.len ? POLLOUT : 0), 0 },
+		};
+
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if (poll(p, 2, -1) < 0) {
+			if (errno != EINTR)
+				usleep(20000);
+			continue;
+		}
+		if ((p[0].revents & POLLHUP) && up.len) {
+			usleep(20000);              /* the server has not taken the last bytes yet: no spin */
+		} else if (p[0].revents & (POLLIN | POLLHUP)) {
+			ssize_t n = read(port, scan + carry, sizeof(up.d));
+
+			if (n == 0) {
+				/* no host connected (or it left): end the session, look again soon */
+				session_end(&sock, &pid);
+				up.len = up.off = down.len = down.off = carry = 0;
+				usleep(20000);
+				continue;
+			}
+			if (n > 0) {
+				size_t total = carry + (size_t)n;
+				char *h = memmem(scan, total, hello, hlen);
+
+				if (h) {
+					size_t rest = total - (size_t)(h - scan) - hlen;
+
+					session_end(&sock, &pid);
+					up.len = up.off = down.len = down.off = 0;
+					pid = session_start(&sock, argv, log);
+					if (pid < 0)
+						fprintf(stderr, "kproto-init: relay: cannot start %s: %s\n", argv[0], strerror(errno));
+					else
+						put(&up, h + hlen, rest);
+					put(&down, ack, strlen(ack));
+					if (pid < 0) {
+						char end[FRAME_HEADER];
+
+						frame_header(end, 0);   /* no server: the host reads end-of-file */
+						put(&down, end, FRAME_HEADER);
+					}
+					carry = 0;
+				} else {
+					if (sock >= 0)
+						put(&up, scan + carry, (size_t)n);
+					/* keep the tail: HELLO may straddle two reads */
+					carry = total < hlen - 1 ? total : hlen - 1;
+					memmove(scan, scan + total - carry, carry);
+				}
+			}
+		}
+		if ((p[0].revents & POLLOUT) && down.len) {
+			ssize_t n = write(port, down.d + down.off, down.len - down.off);
+
+			if (n > 0 && (down.off += (size_t)n) == down.len)
+				down.off = down.len = 0;
+		}
+		if (sock < 0)
+			continue;
+		if ((p[1].revents & POLLOUT) && up.len) {
+			ssize_t n = send(sock, up.d + up.off, up.len - up.off, MSG_NOSIGNAL);
+
+			if (n > 0 && (up.off += (size_t)n) == up.len)
+				up.off = up.len = 0;
+			else if (n < 0 && errno != EAGAIN)
+				up.off = up.len = 0;      /* the server is gone: its end-of-file follows */
+		}
+		if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) && !down.len) {
+			ssize_t n = read(sock, down.d + FRAME_HEADER, sizeof(down.d) - FRAME_HEADER);
+
+			if (n > 0) {
+				frame_header(down.d, (size_t)n);
+				down.len = FRAME_HEADER + (size_t)n;
+			} else if (n == 0 || errno != EAGAIN) {
+				session_end(&sock, &pid);
+				up.len = up.off = 0;
+				frame_header(down.d, 0);          /* the end frame */
+				down.len = FRAME_HEADER;
+			}
+		}
+	}
+}
+
+static int relay(char **w)
+{
+	char path[300];
+	pid_t pid;
+	int port;
+
+	if (port_path(w[0], path, sizeof(path)))
+		return -1;
+	port = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (port < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0) {
+		close(port);
+		return -1;
+	}
+	if (pid == 0) {
+		setsid();
+		relay_loop(port, w[1], w[2], w[3], w + 4);
+		_exit(1);
+	}
+	close(port);
 	return 0;
 }
 
@@ -208,8 +410,8 @@ static void step(char *line, int lineno)
 	} else if (!strcmp(w[0], "copy") && n == 4) {
 		if (copy_file(w[1], w[2], (mode_t)strtol(w[3], NULL, 8)))
 			say(label, strerror(errno));
-	} else if (!strcmp(w[0], "ifup") && (n == 2 || n == 3)) {
-		if (ifup(w[1], n == 3 ? w[2] : NULL))
+	} else if (!strcmp(w[0], "relay") && n >= 6) {
+		if (relay(w + 1))
 			say(label, strerror(errno));
 	} else if (!strcmp(w[0], "spawn") && n >= 3) {
 		if (spawn(w[1], w + 2))
