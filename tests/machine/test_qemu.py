@@ -288,6 +288,7 @@ def test_sigterm_while_the_guest_runs_reaps_qemu_and_cleans_up(baseline_kernel):
 def test_guest_ssh_server_is_dropbear_when_installed_and_can_be_forced(monkeypatch):
     from rig.machine import qemu as vmmod
     from rig.core.errors import MissingTool
+    monkeypatch.delenv("KPROTO_SSH_SERVER", raising=False)     # the choice below is the default one
     monkeypatch.setattr(vmmod, "DROPBEAR", "/nonexistent/dropbear")
     monkeypatch.setattr(vmmod, "SSHD", "/nonexistent/sshd")
     with pytest.raises(MissingTool, match="apt-get install dropbear-bin"):
