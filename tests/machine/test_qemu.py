@@ -206,7 +206,7 @@ def test_ssh_connection_dropping_mid_command_returns_instead_of_hanging(baseline
         assert not th.is_alive(), "a dropped SSH connection must not hang the rig"
         assert outcome["took"] < 50
         assert "error" in outcome or outcome["rc"] != 0
-        # the relay told the host the server ended (BYE); the next command reconnects to a new server
+        # the relay told the host the server ended (the end frame); the next command reconnects to a new server
         assert vm.ssh.run("echo back", timeout=30) == (0, "back\n", "")
 
 

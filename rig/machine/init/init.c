@@ -244,6 +244,15 @@ static void frame_header(char *h, size_t len)
 	h[3] = (char)len;
 }
 
+/* the end frame (length 0) into B: the host reads end-of-file there */
+static void put_end_frame(struct buf *b)
+{
+	char end[FRAME_HEADER];
+
+	frame_header(end, 0);
+	put(b, end, FRAME_HEADER);
+}
+
 static void relay_loop(int port, const char *hello, const char *ack, const char *log, char **argv)
 {
 	static struct buf up, down;         /* up: host -> server, down: server -> host */
@@ -292,12 +301,8 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 					else
 						put(&up, h + hlen, rest);
 					put(&down, ack, strlen(ack));
-					if (pid < 0) {
-						char end[FRAME_HEADER];
-
-						frame_header(end, 0);   /* no server: the host reads end-of-file */
-						put(&down, end, FRAME_HEADER);
-					}
+					if (pid < 0)
+						put_end_frame(&down);   /* no server */
 					carry = 0;
 				} else {
 					if (sock >= 0)
@@ -333,8 +338,7 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 			} else if (n == 0 || errno != EAGAIN) {
 				session_end(&sock, &pid);
 				up.len = up.off = 0;
-				frame_header(down.d, 0);          /* the end frame */
-				down.len = FRAME_HEADER;
+				put_end_frame(&down);
 			}
 		}
 	}
