@@ -2,7 +2,7 @@
 """Where a cold kernel build's time goes: every compiler run of the default config timed, summed per
 subsystem.
 
-    .venv/bin/python bench/bench_build_profile.py [--top 30] [--config FILE]
+    .venv/bin/python bench/bench_build_profile.py [--top 30] [--objects N] [--config FILE]
 
 Builds bzImage from the cached kproto source tree with the .config of the default-config baseline
 (`kproto build` makes it; --config names another .config) in a scratch object tree under /var/tmp,
@@ -65,7 +65,7 @@ def busy_seconds(intervals: list[tuple[float, float]], start: float) -> float:
     return busy
 
 
-def profile(tree: SourceTree, config: Path, top: int) -> None:
+def profile(tree: SourceTree, config: Path, top: int, objects: int) -> None:
     with tempfile.TemporaryDirectory(prefix="kproto-profile-", dir="/var/tmp") as d:
         objdir, timer, log = Path(d) / "obj", Path(d) / "cctime", Path(d) / "cctime.log"
         objdir.mkdir()
@@ -101,11 +101,16 @@ def profile(tree: SourceTree, config: Path, top: int) -> None:
         print(f"{key:<28} {count[key]:>5} {secs:>10.1f} {100 * secs / total:>5.1f}%")
     net = sum(v for k, v in per.items() if k.startswith("net") or k == "drivers/net")
     print(f"networking (net/*, drivers/net): {net:.0f} compile-seconds, {100 * net / total:.1f}%")
+    if objects:
+        print(f"the {objects} slowest compiler runs:")
+        for s, e, o in sorted(rows, key=lambda r: r[0] - r[1])[:objects]:
+            print(f"  {e - s:6.2f} s  {o}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--top", type=int, default=30, help="subsystems to list (default 30)")
+    ap.add_argument("--objects", type=int, default=0, help="also list the N slowest compiler runs")
     ap.add_argument("--config", type=Path, help="a .config to build (default: the default-config baseline's)")
     a = ap.parse_args()
     tree = open_tree(KernelSpec())
@@ -117,7 +122,7 @@ def main() -> None:
                      " first (or give --config FILE)")
     elif not config.is_file():
         sys.exit(f"bench_build_profile: {config}: no such file; give a kernel .config")
-    profile(tree, config, a.top)
+    profile(tree, config, a.top, a.objects)
 
 
 if __name__ == "__main__":
