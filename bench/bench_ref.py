@@ -33,7 +33,9 @@ merged view as one plain tree.  Each metric runs on a fresh mount with an empty 
   ml mount+umount     cycles/s, mount and unmount through the Python API (overlay_ref.mount/umount)
   ml remount mount(8) cycles/s, what unionmount-testsuite does between steps: umount(8), drop the
                       caches, mount(8) (-t fuse.kproto-ovl through /sbin/mount.fuse.kproto-ovl for
-                      the reference, running the column's package), one stat
+                      the reference, running the column's package; the first mount(8) starts the
+                      helper's template process, overlay_ref/zygote.py, when the package has one),
+                      one stat
   ml stat cold        lookups/s, lstat of every file by path, in random order, nothing listed
   ml stat absent      lookups/s, lstat of names that no layer has (each walks every layer)
   ml walk cold        entries/s, os.walk of the tree with an lstat of every entry
@@ -60,6 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import overlay_ref  # noqa: E402
+from overlay_ref import zygote  # noqa: E402
 
 MiB = 1 << 20
 
@@ -328,6 +331,8 @@ def ml_remount8(t: Target, count: int) -> float:
         os.stat(t.mnt)
     rate = count / (time.perf_counter() - t0)
     t.umount()            # the API's umount also waits for the daemon of the last mount to exit
+    if t.kind == "ref":
+        zygote.stop()     # the helper's template process (started by the first mount(8)) goes too
     return rate
 
 

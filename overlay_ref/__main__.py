@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-o", dest="options", action="append", default=[])
     s.add_argument("--ready-fd", type=int)
     s.add_argument("--run-dir")             # the runtime directory spawn() chose (re-verified)
+    z = sub.add_parser("_zygote")           # internal: the mount(8) helper's template process (zygote.py)
+    z.add_argument("--run-dir")
     u = sub.add_parser("umount", help="umount MOUNTPOINT")
     u.add_argument("mountpoint")
     ih = sub.add_parser("install-helper",
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                 daemon.serve(cfg)
             else:                           # a fork of this process when the mount point is absolute
                 daemon.spawn(cfg, fork=os.path.isabs(args.mountpoint))
+        elif args.cmd == "_zygote":
+            from . import zygote
+            return zygote.serve(args.run_dir)
         elif args.cmd == "umount":
             from . import daemon
             daemon.umount(args.mountpoint)

@@ -16,7 +16,7 @@ import time
 from .config import OverlayConfig
 from .errors import BadInput, OverlayRefError, _warn
 from .procs import _children, _reap
-from .rundir import (RunDir, RuntimeDirError, _pidname, _read_pidfile, _remove_pidfile,
+from .rundir import (RunDir, RuntimeDirError, _pidname, _read_pidfile_entry, _remove_pidfile,
                      _write_pidfile, open_runtime_dir)
 
 READY_TIMEOUT = 30.0
@@ -375,19 +375,19 @@ def umount(mountpoint: str, wait: float = 10.0) -> None:
     if not is_mounted(mp):
         raise BadInput(f"{mp} is not mounted")
     ent = mount_entry(mp)
-    pid = None
+    pid = started = None
     pidname = _pidname(mp)
     rd: RunDir | None = None
     try:
         rd = open_runtime_dir(create=False)
         if rd is not None:
-            pid = _read_pidfile(rd, pidname)
+            pid, started = _read_pidfile_entry(rd, pidname)
     except RuntimeDirError as e:
         _warn(f"not using the daemon's pidfile: {e}")
     try:
         _unmount(mp, ent)
         if pid is not None:
-            _reap(pid, wait, mp)
+            _reap(pid, wait, mp, started)
         if rd is not None:
             _remove_pidfile(rd, pidname, only_pid=pid)
     finally:

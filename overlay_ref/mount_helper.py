@@ -48,20 +48,38 @@ def parse_args(argv: list[str]) -> tuple[str, str, dict, bool]:
     return pos[0], pos[1], opts, foreground
 
 
+def config_from_argv(argv: list[str]) -> tuple[OverlayConfig, bool]:
+    """mount(8)'s arguments as a validated configuration (relative paths are the current
+    directory's), and whether -f (foreground) was given.  Raises BadInput."""
+    _source, mnt, opts, foreground = parse_args(argv)
+    try:
+        lower = opts.pop("lowerdir")
+        upper = opts.pop("upperdir")
+        work = opts.pop("workdir")
+    except KeyError as e:
+        raise BadInput(f"missing option {e.args[0]}=") from None
+    cfg = OverlayConfig.build(str(lower), str(upper), str(work), mnt, opts)
+    cfg.validate()
+    return cfg, foreground
+
+
+def exit_code(e: OverlayRefError) -> int:
+    """mount(8)'s convention: 1 = bad usage, 32 = mount failure."""
+    return 1 if e.exit_code == 2 else 32
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import zygote
     argv = sys.argv[1:] if argv is None else argv
     try:
-        _source, mnt, opts, foreground = parse_args(argv)
-        try:
-            lower = opts.pop("lowerdir")
-            upper = opts.pop("upperdir")
-            work = opts.pop("workdir")
-        except KeyError as e:
-            raise BadInput(f"missing option {e.args[0]}=") from None
-        for k in ("lowerdir", "upperdir", "workdir"):
-            opts.pop(k, None)
-        cfg = OverlayConfig.build(str(lower), str(upper), str(work), mnt, opts)
-        cfg.validate()
+        _source, mnt, _opts, foreground = parse_args(argv)
+        # a template process (zygote.py) already running forks the daemon: no interpreter start, no
+        # imports; None when none answered (none running, stale, or turned off)
+        if not foreground and os.path.isabs(mnt):
+            answered = zygote.mount(argv)
+            if answered is not None:
+                return answered
+        cfg, foreground = config_from_argv(argv)
         from . import daemon
         if foreground:
             daemon.serve(cfg)
@@ -70,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             # knows it by the mount point on its command line, so that must be absolute (mount(8)
             # passes it so)
             daemon.spawn(cfg, fork=os.path.isabs(mnt))
+            if os.path.isabs(mnt):
+                zygote.start()              # for the next mount (none when turned off or running)
     except OverlayRefError as e:
         print(f"mount.fuse.kproto-ovl: {e}", file=sys.stderr)
-        # mount(8) convention: 1 = bad usage, 32 = mount failure
-        return 1 if e.exit_code == 2 else 32
+        return exit_code(e)
     return 0
 
 

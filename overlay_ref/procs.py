@@ -10,16 +10,19 @@ import subprocess
 import time
 
 from .errors import _warn
+from .rundir import start_time
 
 _children: dict[int, subprocess.Popen] = {}     # daemons spawn() started, by pid
 
 _NO_CMDLINE = "has no command line (exiting, or a kernel thread)"
 
 
-def daemon_mismatch(pid: int, mountpoint: str) -> str | None:
+def daemon_mismatch(pid: int, mountpoint: str, started: int | None = None) -> str | None:
     """None when ``pid`` is an overlay_ref daemon of ``mountpoint`` running as our euid (its
-    /proc/PID/status real and effective uid are ours, and its command line names overlay_ref
-    and the mountpoint); else why not."""
+    /proc/PID/status real and effective uid are ours, its command line names overlay_ref, and
+    either names the mountpoint or ``pid`` is the process that started at ``started``, the start
+    time its pidfile recorded: a daemon forked from the mount(8) helper's template process has
+    the template's command line); else why not."""
     mp = os.path.abspath(mountpoint)
     euid = os.geteuid()
     if pid <= 1:
@@ -51,6 +54,8 @@ def daemon_mismatch(pid: int, mountpoint: str) -> str | None:
     except OSError:
         cwd = "/"
     if not any(os.path.normpath(os.path.join(cwd, a)) == mp for a in args[idx + 1:] if a):
+        if started is not None and start_time(pid) == started:
+            return None
         return f"pid {pid} does not serve {mp} ({shown})"
     return None
 
@@ -72,15 +77,15 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _verify_daemon(pid: int, mountpoint: str) -> str | None:
+def _verify_daemon(pid: int, mountpoint: str, started: int | None = None) -> str | None:
     """daemon_mismatch(), except that a process that exits meanwhile is no mismatch (a daemon
     that is exiting after the unmount has no command line for a moment)."""
-    why = daemon_mismatch(pid, mountpoint)
+    why = daemon_mismatch(pid, mountpoint, started)
     deadline = time.monotonic() + 1.0
     while (why is not None and why.endswith(_NO_CMDLINE) and _pid_alive(pid)
            and time.monotonic() < deadline):
         time.sleep(0.02)
-        why = daemon_mismatch(pid, mountpoint)
+        why = daemon_mismatch(pid, mountpoint, started)
     if why is not None and not _pid_alive(pid):
         return None
     return why
@@ -101,7 +106,7 @@ def _wait_exit(pid: int, pidfd: int | None, timeout: float) -> None:
             time.sleep(min(left, 0.02))
 
 
-def _reap(pid: int, wait: float, mountpoint: str) -> None:
+def _reap(pid: int, wait: float, mountpoint: str, started: int | None = None) -> None:
     """Wait for the daemon ``pid`` of ``mountpoint`` to exit; SIGTERM, then SIGKILL it if it
     does not.  Nothing is waited for or signalled unless ``pid`` is that daemon
     (daemon_mismatch); the signals go through a pidfd taken before the check, so a pid reused
@@ -113,7 +118,7 @@ def _reap(pid: int, wait: float, mountpoint: str) -> None:
     except OSError:
         pidfd = None
     try:
-        why = _verify_daemon(pid, mountpoint)
+        why = _verify_daemon(pid, mountpoint, started)
         if why is not None:
             _warn(f"not signalling pid {pid} from the pidfile of {mountpoint}: {why}")
             return
@@ -121,7 +126,7 @@ def _reap(pid: int, wait: float, mountpoint: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if not _pid_alive(pid):
                 break
-            why = _verify_daemon(pid, mountpoint)
+            why = _verify_daemon(pid, mountpoint, started)
             if why is not None:
                 _warn(f"not signalling pid {pid} from the pidfile of {mountpoint}: {why}")
                 return

@@ -22,8 +22,10 @@ from .errors import OverlayRefError
 # group/other permission bit is refused (someone else could have planted it).  Files in it are
 # only ever opened relative to that fd, with O_NOFOLLOW; the pidfile is written to a fresh
 # O_EXCL temporary name and renamed into place (which replaces a planted symlink, never writes
-# through it).  Before umount signals the pid a pidfile names, it checks that the process is an
-# overlay_ref daemon of that mountpoint running as our euid.
+# through it).  A pidfile holds "PID STARTTIME" (STARTTIME: field 22 of /proc/PID/stat, which
+# a reused pid does not repeat).  Before umount signals the pid a pidfile names, it checks that the
+# process is an overlay_ref daemon running as our euid that is the one the pidfile recorded (same
+# start time) or names that mountpoint on its command line.
 
 RUNTIME_SUBDIR = "kproto-ovl"
 _RUN_USER = "/run/user"          # tests may point this elsewhere
@@ -177,9 +179,18 @@ def pidfile_for(mountpoint: str) -> str:
         return os.path.join(rd.path, _pidname(mountpoint))
 
 
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _write_pidfile(rd: RunDir, name: str, pid: int) -> None:
-    """Write ``pid`` to ``name`` in ``rd``: a new O_EXCL|O_NOFOLLOW 0600 file renamed into place
-    (a symlink or file already at ``name`` is replaced, never written through)."""
+    """Write ``pid`` and its start time to ``name`` in ``rd``: a new O_EXCL|O_NOFOLLOW 0600 file
+    renamed into place (a symlink or file already at ``name`` is replaced, never written through)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
         tmp = f".{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
@@ -192,7 +203,7 @@ def _write_pidfile(rd: RunDir, name: str, pid: int) -> None:
         raise RuntimeDirError(f"cannot create a temporary pidfile in {rd.path}")
     try:
         try:
-            os.write(fd, f"{pid}\n".encode())
+            os.write(fd, f"{pid} {start_time(pid) or 0}\n".encode())
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=rd.fd, dst_dir_fd=rd.fd)
@@ -207,12 +218,18 @@ def _write_pidfile(rd: RunDir, name: str, pid: int) -> None:
 def _read_pidfile(rd: RunDir, name: str) -> int | None:
     """The pid in ``name`` (None when there is none).  Raises RuntimeDirError when the file is
     a symlink, not a regular file, or not owned by us."""
+    return _read_pidfile_entry(rd, name)[0]
+
+
+def _read_pidfile_entry(rd: RunDir, name: str) -> tuple[int | None, int | None]:
+    """The pid in ``name`` and the start time recorded with it (None for what is not there: no
+    file, or a pidfile of a version that wrote the pid alone).  Raises as _read_pidfile."""
     path = os.path.join(rd.path, name)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=rd.fd)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise RuntimeDirError(f"pidfile {path} is a symlink; not following it") from None
@@ -227,11 +244,15 @@ def _read_pidfile(rd: RunDir, name: str) -> int | None:
         data = os.read(fd, 64)
     finally:
         os.close(fd)
+    words = data.decode("ascii", "replace").split()
     try:
-        pid = int(data.decode("ascii", "replace").strip())
-    except ValueError:
-        return None
-    return pid if pid > 0 else None
+        pid = int(words[0])
+        started = int(words[1]) if len(words) > 1 else None
+    except (IndexError, ValueError):
+        return None, None
+    if pid <= 0:
+        return None, None
+    return pid, (started or None)
 
 
 def _remove_pidfile(rd: RunDir, name: str, only_pid: int | None = None) -> None:

@@ -20,6 +20,10 @@ if "overlay_ref" in sys.modules and getattr(sys.modules["overlay_ref"], "__file_
 import overlay_ref  # noqa: E402
 from overlay_ref import daemon, procs  # noqa: E402
 
+# The mount(8) helper's template process (overlay_ref/zygote.py) is off unless a test turns it on:
+# a template started by one test would serve the mounts of the next (test_ovlref_zygote.py tests it).
+os.environ["KPROTO_OVL_ZYGOTE"] = "0"
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ovl_helpers import HERE, Layers  # noqa: E402
 

@@ -27,7 +27,7 @@ def cli(*args, env=None):
 
 def _daemon_pid(mnt) -> int:
     with open(rundir.pidfile_for(str(mnt))) as f:
-        return int(f.read())
+        return int(f.read().split()[0])
 
 
 def _cleanup(mnt, pid=None):

@@ -87,7 +87,7 @@ def _mount(layers, xdg) -> tuple[Path, int]:
     r = cli("mount", layers.lowerdir, layers.upper, layers.work, layers.mnt)
     assert r.returncode == 0, r.stderr
     pidfile = xdg / pidname(layers.mnt)
-    return pidfile, int(pidfile.read_text())
+    return pidfile, int(pidfile.read_text().split()[0])
 
 
 def _cleanup(mnt, *pids):
@@ -265,7 +265,7 @@ def test_planted_pidfile_symlink_not_written_through(xdg, tmp_path, make_layers)
             st = os.lstat(link)
             assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
             assert st.st_uid == os.geteuid()
-            pid = int(link.read_text())
+            pid = int(link.read_text().split()[0])
             assert procs.daemon_mismatch(pid, str(layers.mnt)) is None
             assert (layers.mnt / "a").read_text() == "1"
         else:
@@ -380,7 +380,7 @@ def test_mount_umount_private_state(xdg, make_layers):
         assert rundir.pidfile_for(str(layers.mnt)) == str(pidfile)
         pst = os.lstat(pidfile)
         assert stat.S_ISREG(pst.st_mode) and stat.S_IMODE(pst.st_mode) == 0o600
-        pid = int(pidfile.read_text())
+        pid = int(pidfile.read_text().split()[0])
         assert procs.daemon_mismatch(pid, str(layers.mnt)) is None
         assert sorted(os.listdir(layers.mnt)) == ["a", "b"]
         assert sorted(os.listdir(xdg)) == [pidfile.name]
@@ -412,7 +412,7 @@ def test_library_mount_tmp_fallback(tmp_path, monkeypatch, make_layers, capfd):
         pid = overlay_ref.mount([str(layers.lowers[0])], str(layers.upper), str(layers.work),
                                 str(layers.mnt))
         assert stat.S_IMODE(os.lstat(state).st_mode) == 0o700
-        assert int((state / pidname(layers.mnt)).read_text()) == pid
+        assert int((state / pidname(layers.mnt)).read_text().split()[0]) == pid
         overlay_ref.umount(str(layers.mnt))
         assert not _alive(pid) and not daemon.is_mounted(str(layers.mnt))
         assert os.listdir(state) == []
