@@ -18,6 +18,8 @@ template running, the helper only connects, sends its arguments and waits for th
 - It exits after ``KPROTO_OVL_ZYGOTE_IDLE`` seconds (default 30) without a request, and when the
   package's source files changed since it started (the request is answered ``STALE`` and the helper
   mounts by itself).  ``KPROTO_OVL_ZYGOTE=0`` turns it off: every mount starts its own interpreter.
+- Its daemons run with the environment of the mount that started the template (the daemon reads
+  none of it: the runtime directory is passed on, the rest comes in the request).
 - umount knows a daemon forked here by the pid and start time in its pidfile (its command line is
   the template's, which does not name the mount point)."""
 
@@ -30,8 +32,12 @@ import signal
 import socket
 import struct
 import sys
+from typing import TYPE_CHECKING
 
 from .errors import BadInput, OverlayRefError
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 ENV_SWITCH = "KPROTO_OVL_ZYGOTE"          # "0": no template; mount(8) starts an interpreter per mount
 ENV_IDLE = "KPROTO_OVL_ZYGOTE_IDLE"       # seconds a template waits for the next mount before it exits
@@ -75,13 +81,18 @@ def code_stamp() -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def _runtime_path() -> str | None:
-    """The verified runtime directory's path, None when there is none yet (no template then)."""
+def _existing_runtime_dir() -> RunDir | None:
+    """The verified runtime directory, open; None when there is none yet or it is unsafe (no
+    template then: mounts refuse an unsafe one with their own message)."""
     from .rundir import RuntimeDirError, open_runtime_dir
     try:
-        rd = open_runtime_dir(create=False)
+        return open_runtime_dir(create=False)
     except RuntimeDirError:
         return None
+
+
+def _runtime_path() -> str | None:
+    rd = _existing_runtime_dir()
     if rd is None:
         return None
     rd.close()
@@ -154,11 +165,8 @@ def start() -> None:
 def running_pid() -> int | None:
     """The pid of this tag's running template (from its pidfile), None when none runs."""
     from .procs import _pid_alive
-    from .rundir import RuntimeDirError, _read_pidfile_entry, open_runtime_dir, start_time
-    try:
-        rd = open_runtime_dir(create=False)
-    except RuntimeDirError:
-        return None
+    from .rundir import RuntimeDirError, _read_pidfile_entry, start_time
+    rd = _existing_runtime_dir()
     if rd is None:
         return None
     try:
@@ -302,6 +310,7 @@ def _handle(conn: socket.socket, srv: socket.socket, lock: int, run_dir: str, st
                 if os.fork():             # the daemon's parent is init, as with the helper's own fork
                     code = 0
                 else:
+                    conn.settimeout(None)     # blocking again: the daemon writes its answer with os.write
                     code = _daemon(conn.detach(), argv, cwd, run_dir)
             finally:
                 os._exit(code)
