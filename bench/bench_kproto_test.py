@@ -11,7 +11,7 @@ worktree, same kernel cache) for a before/after in one run; `--jobs N` is passed
 `kproto test` (not to REV's, which may not have it).
 --cold builds the baseline kernel with an empty kernel cache and an empty ccache (a temporary
 $KPROTO_CACHE; ~4 min on 2 cores) and prints the build seconds, the compiles and ccache's hits and
-misses: the figures issue #17's cold-build goal is measured with. `--cold --against REV` alternates
+misses: the figures issue #17's cold-build goal is measured with. `--cold --against REV` alternates (ABBA)
 with the kproto of an older commit (a temporary git worktree) for a before/after in one run:
     .venv/bin/python bench/bench_kproto_test.py --cold --against 6caa081 --runs 1
 """
@@ -96,7 +96,12 @@ def cold(against: str | None, runs: int) -> None:
     rows: dict[str, list[dict]] = {k: [] for k in sides}
     try:
         for i in range(runs):
-            for name, checkout in sides.items():
+            # ABBA: every other round the other side goes first (a long build can leave this machine
+            # slower for the next one; one fixed order would always charge that to the same side)
+            order = list(sides.items())
+            if i % 2:
+                order.reverse()
+            for name, checkout in order:
                 r = cold_build(checkout)
                 rows[name].append(r)
                 print(f"run {i + 1} {name}: build {r['build_s']:.0f} s (kproto build wall {r['wall_s']:.0f} s), "
