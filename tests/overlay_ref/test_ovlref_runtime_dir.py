@@ -419,3 +419,34 @@ def test_library_mount_tmp_fallback(tmp_path, monkeypatch, make_layers, capfd):
         assert "warning" not in capfd.readouterr().err
     finally:
         _cleanup(layers.mnt, pid)
+
+
+def test_a_recorded_start_time_identifies_a_daemon_whose_command_line_does_not_name_the_mount(tmp_path):
+    """A daemon forked by the helper's template has the template's command line; umount accepts it only
+    as the very process its pidfile recorded (same start time), never by pid alone, never another uid."""
+    mnt = tmp_path / "mnt"
+    decoy = _decoy("other_mountpoint", mnt)          # names overlay_ref, runs as us, another mount point
+    other = _decoy("other_uid", mnt)
+    try:
+        assert _wait_cmdline(decoy.pid) and _wait_cmdline(other.pid)
+        started = rundir.start_time(decoy.pid)
+        assert started is not None
+        assert "does not serve" in procs.daemon_mismatch(decoy.pid, str(mnt))
+        assert procs.daemon_mismatch(decoy.pid, str(mnt), started) is None
+        assert "does not serve" in procs.daemon_mismatch(decoy.pid, str(mnt), started + 1)
+        assert "runs as uid" in procs.daemon_mismatch(other.pid, str(mnt), rundir.start_time(other.pid))
+    finally:
+        for p in (decoy, other):
+            p.kill()
+            p.wait()
+
+
+def _wait_cmdline(pid: int, t: float = 10.0) -> bool:
+    """The decoy has exec'ed (its command line is python's with our arguments, not pytest's)."""
+    deadline = time.monotonic() + t
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"_serve" in f.read():
+                return True
+        time.sleep(0.02)
+    return False
