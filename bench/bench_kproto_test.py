@@ -6,7 +6,7 @@
 
 The first run of each side may build kernels or fill the result caches; it is reported but not counted.
 Prints each run's verdict and new splat signatures (so agreement is counted, not assumed) and a table of
-medians. `--against REV` alternates warm runs with the kproto of an older commit (a temporary git
+medians. `--against REV` alternates (ABBA) warm runs with the kproto of an older commit (a temporary git
 worktree, same kernel cache) for a before/after in one run; `--jobs N` is passed to this checkout's
 `kproto test` (not to REV's, which may not have it).
 --cold builds the baseline kernel with an empty kernel cache and an empty ccache (a temporary
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TypeVar
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +54,17 @@ def one_run(patch: str, checkout: Path = REPO, extra: tuple[str, ...] = ()) -> t
         rep = json.loads(out.read_text())
         sigs = ",".join(sorted(s["signature"] for s in rep["splats"]["new"]))
         return rep["timings"], wall, f"{rep['verdict']} {sigs or '-'}"
+
+
+T = TypeVar("T")
+
+
+def abba(sides: dict[str, T], round_: int) -> list[tuple[str, T]]:
+    """The sides in the order of round ROUND_ (from 0): as given, then reversed, and so on (ABBA). A long
+    build or run can leave this machine slower for the next one; a fixed order would always charge that
+    to the same side."""
+    order = list(sides.items())
+    return order[::-1] if round_ % 2 else order
 
 
 def cold_build(checkout: Path) -> dict:
@@ -96,12 +108,7 @@ def cold(against: str | None, runs: int) -> None:
     rows: dict[str, list[dict]] = {k: [] for k in sides}
     try:
         for i in range(runs):
-            # ABBA: every other round the other side goes first (a long build can leave this machine
-            # slower for the next one; one fixed order would always charge that to the same side)
-            order = list(sides.items())
-            if i % 2:
-                order.reverse()
-            for name, checkout in order:
+            for name, checkout in abba(sides, i):
                 r = cold_build(checkout)
                 rows[name].append(r)
                 print(f"run {i + 1} {name}: build {r['build_s']:.0f} s (kproto build wall {r['wall_s']:.0f} s), "
@@ -148,7 +155,7 @@ def warm(patch: str, against: str | None, runs: int, extra: tuple[str, ...]) -> 
             first, wall, answer = one_run(patch, checkout, ex)
             print(f"warm-up {name}: total {first['total_s']:.1f} s (wall {wall:.1f} s): {answer}", flush=True)
         for i in range(runs):
-            for name, (checkout, ex) in sides.items():
+            for name, (checkout, ex) in abba(sides, i):
                 r = one_run(patch, checkout, ex)
                 rows[name].append(r)
                 print(f"run {i + 1} {name}: total {r[0]['total_s']:.1f} s (wall {r[1]:.1f} s): {r[2]}", flush=True)
