@@ -14,7 +14,7 @@ import threading
 import time
 
 from .config import OverlayConfig
-from .errors import BadInput, OverlayRefError, _warn
+from .errors import BadInput, OverlayRefError, _warn, from_ready_error_line, ready_error_line
 from .procs import _children, _reap
 from .rundir import (RunDir, RuntimeDirError, _pidname, _read_pidfile_entry, _remove_pidfile,
                      _write_pidfile, open_runtime_dir)
@@ -116,7 +116,7 @@ def serve(cfg: OverlayConfig, ready_fd: int | None = None, run_dir: str | None =
 
     def _report(e: OverlayRefError) -> None:
         if ready_fd is not None:
-            os.write(ready_fd, f"ERR {e.exit_code} {e}\n".encode())
+            os.write(ready_fd, ready_error_line(e))
             os.close(ready_fd)
 
     rd: RunDir | None = None
@@ -227,12 +227,40 @@ class _Forked:
             pass
 
 
-def _fork_daemon(cfg: OverlayConfig, w: int, r: int, run_dir: str) -> _Forked:
-    """Fork this (single-threaded) process into the daemon: what spawn() does without starting a
-    second interpreter and importing the package again, which is most of a mount's cost."""
+def detached_stdio(cfg: OverlayConfig) -> tuple[int, int]:
+    """The fds a detached daemon's stdio goes to: (/dev/null for stdin, the log or /dev/null for
+    stdout and stderr)."""
     out = os.open(cfg.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644) \
         if cfg.log else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return null, out
+
+
+def serve_detached(cfg: OverlayConfig, ready_fd: int, run_dir: str, stdio: tuple[int, int]) -> int:
+    """The body of a forked daemon (the helper's fork, the template's): fds 0-2 on STDIO
+    (detached_stdio()), then serve(); returns the exit status.  serve() reports its own errors on
+    the ready pipe; anything else goes to the log (the waiting side gets EOF)."""
+    null, out = stdio
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)                               # sys.std* write to the new fds 0-2
+    try:
+        serve(cfg, ready_fd=ready_fd, run_dir=run_dir)
+    except OverlayRefError as e:                  # serve() reported it on the ready pipe
+        return e.exit_code
+    except BaseException as e:                    # noqa: BLE001 - the waiting side gets EOF
+        try:
+            os.write(2, f"overlay_ref daemon: {type(e).__name__}: {e}\n".encode())
+        except OSError:
+            pass
+        return 3
+    return 0
+
+
+def _fork_daemon(cfg: OverlayConfig, w: int, r: int, run_dir: str) -> _Forked:
+    """Fork this (single-threaded) process into the daemon: what spawn() does without starting a
+    second interpreter and importing the package again, which is most of a mount's cost."""
+    null, out = stdio = detached_stdio(cfg)
     sys.stdout.flush()                            # nothing of ours is written twice by the child
     sys.stderr.flush()
     pid = os.fork()
@@ -245,18 +273,7 @@ def _fork_daemon(cfg: OverlayConfig, w: int, r: int, run_dir: str) -> _Forked:
         os.close(r)
         os.setsid()
         os.chdir("/")
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)                           # sys.std* write to the new fds 0-2
-        serve(cfg, ready_fd=w, run_dir=run_dir)
-        code = 0
-    except OverlayRefError as e:                  # serve() reported it on the ready pipe
-        code = e.exit_code
-    except BaseException as e:                    # noqa: BLE001 - the parent gets EOF and our status
-        try:
-            os.write(2, f"overlay_ref daemon: {type(e).__name__}: {e}\n".encode())
-        except OSError:
-            pass
+        code = serve_detached(cfg, w, run_dir, stdio)
     finally:
         os._exit(code)
 
@@ -352,9 +369,7 @@ def _await_ready(cfg: OverlayConfig, proc: subprocess.Popen | _Forked, r: int) -
         proc.wait()
     _children.pop(proc.pid, None)
     if line.startswith("ERR"):
-        _, code, msg = (line.split(" ", 2) + ["", ""])[:3]
-        exc = BadInput if code == "2" else OverlayRefError
-        raise exc(msg)
+        raise from_ready_error_line(line)
     raise OverlayRefError(f"daemon exited with status {proc.returncode} before the mount "
                           f"was ready")
 

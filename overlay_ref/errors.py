@@ -20,5 +20,16 @@ class BadInput(OverlayRefError):
     bad_input = True
 
 
+def ready_error_line(e: OverlayRefError) -> bytes:
+    """The daemon's ``ERR code message`` line on its ready pipe for E."""
+    return f"ERR {e.exit_code} {e}\n".encode()
+
+
+def from_ready_error_line(line: str) -> OverlayRefError:
+    """The exception an ``ERR code message`` line stands for (BadInput for code 2)."""
+    _, code, msg = (line.split(" ", 2) + ["", ""])[:3]
+    return (BadInput if code == "2" else OverlayRefError)(msg)
+
+
 def _warn(msg: str) -> None:
     print(f"overlay_ref: warning: {' '.join(msg.split())}", file=sys.stderr)

@@ -34,7 +34,7 @@ import struct
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import BadInput, OverlayRefError
+from .errors import OverlayRefError, from_ready_error_line, ready_error_line
 
 if TYPE_CHECKING:
     from .rundir import RunDir
@@ -140,8 +140,7 @@ def mount(argv: list[str]) -> int | None:
     if line.startswith("OK"):
         return 0
     if line.startswith("ERR"):
-        _, code, msg = (line.split(" ", 2) + ["", ""])[:3]
-        raise (BadInput if code == "2" else OverlayRefError)(msg)
+        raise from_ready_error_line(line)
     raise OverlayRefError(f"the daemon exited before the mount was ready ({line or 'no answer'})")
 
 
@@ -183,18 +182,21 @@ def running_pid() -> int | None:
 def stop(timeout: float = 10.0) -> int | None:
     """SIGTERM this tag's running template and wait for it to exit (it removes its socket and
     pidfile as when idle); its pid, None when none was running."""
-    import time
-    from .procs import _pid_alive
+    from .procs import _wait_exit
     pid = running_pid()
     if pid is None:
         return None
     try:
-        os.kill(pid, signal.SIGTERM)
+        pidfd = os.pidfd_open(pid)        # taken before the signal: a reused pid is never hit
     except ProcessLookupError:
         return pid
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        _wait_exit(pid, pidfd, timeout)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
     return pid
 
 
@@ -330,25 +332,8 @@ def _daemon(ready: int, argv: list[str], cwd: str, run_dir: str) -> int:
     except (OverlayRefError, OSError) as e:
         err = e if isinstance(e, OverlayRefError) else OverlayRefError(f"cannot enter {cwd}: {e.strerror}")
         try:
-            os.write(ready, f"ERR {err.exit_code} {err}\n".encode())
+            os.write(ready, ready_error_line(err))
         except OSError:
             pass
         return err.exit_code
-    out = os.open(cfg.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if cfg.log else os.open(os.devnull, os.O_WRONLY)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(null)
-    os.close(out)
-    try:
-        daemon.serve(cfg, ready_fd=ready, run_dir=run_dir)
-    except OverlayRefError as e:          # serve() reported it on the ready pipe
-        return e.exit_code
-    except BaseException as e:            # noqa: BLE001 - the helper gets EOF, the log the reason
-        try:
-            os.write(2, f"overlay_ref daemon: {type(e).__name__}: {e}\n".encode())
-        except OSError:
-            pass
-        return 3
-    return 0
+    return daemon.serve_detached(cfg, ready, run_dir, daemon.detached_stdio(cfg))
