@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -179,3 +180,25 @@ class Layers:
         return ":".join(str(d) for d in self.lowers)
 
 
+HELPER = HERE.parents[1] / "overlay_ref" / "mount.fuse.kproto-ovl"
+
+
+def run_helper(layers: "Layers", cwd=None, lowerdir: str | None = None) -> subprocess.CompletedProcess:
+    """The mount(8) helper script of this checkout, running this interpreter, as mount(8) calls it
+    (LOWERDIR instead of the layers' own lowerdir= when given, e.g. a relative one)."""
+    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
+    opts = f"lowerdir={lowerdir or layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
+    return subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
+
+
+def daemon_pid(mnt) -> int:
+    """The pid in the pidfile of the mount MNT."""
+    from overlay_ref import rundir
+    with open(rundir.pidfile_for(str(mnt))) as f:
+        return int(f.read().split()[0])
+
+
+def cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().rstrip("\0").split("\0")

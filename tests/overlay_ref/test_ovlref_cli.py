@@ -13,21 +13,16 @@ from pathlib import Path
 import pytest
 
 import overlay_ref
-from overlay_ref import daemon, procs, rundir
-from ovl_helpers import requires_fuse
+from overlay_ref import daemon, procs
+from ovl_helpers import HELPER, requires_fuse
+from ovl_helpers import cmdline as _cmdline, daemon_pid as _daemon_pid, run_helper as _run_helper
 
 REPO = Path(overlay_ref.__file__).resolve().parents[1]
-HELPER = REPO / "overlay_ref" / "mount.fuse.kproto-ovl"
 
 
 def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "overlay_ref", *map(str, args)],
                           capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
-
-
-def _daemon_pid(mnt) -> int:
-    with open(rundir.pidfile_for(str(mnt))) as f:
-        return int(f.read().split()[0])
 
 
 def _cleanup(mnt, pid=None):
@@ -205,14 +200,6 @@ def test_install_helper_keeps_the_other_checkouts_and_skips_removed_ones(tmp_pat
     assert mount_helper.baked_pythons(dest.read_text()) == [str(a)]
 
 
-def _run_helper(layers, cwd=None) -> subprocess.CompletedProcess:
-    """The mount(8) helper script of this checkout, running this interpreter, as mount(8) calls it."""
-    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
-    opts = f"lowerdir={layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
-    return subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
-                          capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
-
-
 def _umount_quietly(mnt, pid: int) -> None:
     """`overlay_ref umount` succeeds without a word (it recognised the daemon) and the daemon exits."""
     r = cli("umount", mnt)
@@ -232,11 +219,6 @@ def _serves_a_then_unmounts(layers, r: subprocess.CompletedProcess) -> None:
         assert _wait_gone(pid)
     finally:
         _cleanup(layers.mnt, pid)
-
-
-def _cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().decode().rstrip("\0").split("\0")
 
 
 @pytest.mark.fuse

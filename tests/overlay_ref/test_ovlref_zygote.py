@@ -14,10 +14,9 @@ import pytest
 
 import overlay_ref
 from overlay_ref import daemon, procs, rundir, zygote
-from ovl_helpers import requires_fuse
+from ovl_helpers import cmdline as _cmdline, daemon_pid as _daemon_pid, requires_fuse, run_helper
 
 REPO = Path(overlay_ref.__file__).resolve().parents[1]
-HELPER = REPO / "overlay_ref" / "mount.fuse.kproto-ovl"
 
 pytestmark = [pytest.mark.fuse, requires_fuse]
 
@@ -54,20 +53,7 @@ def _wait(cond, t: float = 10.0) -> bool:
 def _helper(layers, lowerdir: str | None = None, cwd=None) -> subprocess.CompletedProcess:
     """The helper script as mount(8) runs it, with this interpreter (so the template is this
     checkout's, the tag zygote.running_pid() looks for)."""
-    env = dict(os.environ, KPROTO_OVL_PYTHON=sys.executable)
-    opts = f"lowerdir={lowerdir or layers.lowerdir},upperdir={layers.upper},workdir={layers.work}"
-    return subprocess.run([str(HELPER), "kproto-ovl", str(layers.mnt), "-o", opts],
-                          capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
-
-
-def _daemon_pid(mnt) -> int:
-    with open(rundir.pidfile_for(str(mnt))) as f:
-        return int(f.read().split()[0])
-
-
-def _cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().decode().rstrip("\0").split("\0")
+    return run_helper(layers, cwd=cwd, lowerdir=lowerdir)
 
 
 def _umount_quietly(mnt) -> None:
