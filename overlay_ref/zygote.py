@@ -32,7 +32,7 @@ import signal
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .errors import OverlayRefError, from_ready_error_line, ready_error_line
 
@@ -241,15 +241,32 @@ def serve(run_dir: str | None = None) -> int:
             os.umask(old)
         srv.listen(32)
         _write_pidfile(rd, pid_name, os.getpid())
+        left = False
+
+        def leave() -> None:
+            """Give up the name before the last answers: no new connection can come once the socket
+            is unlinked, and with the pidfile gone and the lock released a new template can start at
+            once (the helper that got STALE starts one with the new code)."""
+            nonlocal left
+            if left:
+                return
+            left = True
+            try:
+                os.unlink(sock_name, dir_fd=rd.fd)
+            except FileNotFoundError:
+                pass
+            _remove_pidfile(rd, pid_name, only_pid=os.getpid())
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
         try:
             while True:
                 if not select.select([srv], [], [], idle)[0]:
                     break
                 conn, _ = srv.accept()
-                if not _handle(conn, srv, lock, rd.path, stamp):
+                if not _handle(conn, srv, lock, rd.path, stamp, leave):
                     break
-            # no new connection can come once the name is gone; answer those already queued
-            os.unlink(sock_name, dir_fd=rd.fd)
+            leave()
+            # answer the connections already queued
             srv.setblocking(False)
             while True:
                 try:
@@ -257,14 +274,10 @@ def serve(run_dir: str | None = None) -> int:
                 except BlockingIOError:
                     break
                 conn.setblocking(True)
-                _handle(conn, srv, lock, rd.path, stamp)
+                _handle(conn, srv, lock, rd.path, stamp, leave)
         finally:
-            try:
-                os.unlink(sock_name, dir_fd=rd.fd)
-            except FileNotFoundError:
-                pass
+            leave()
             srv.close()
-            _remove_pidfile(rd, pid_name, only_pid=os.getpid())
     finally:
         os.close(lock)
         rd.close()
@@ -276,8 +289,10 @@ def _peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def _handle(conn: socket.socket, srv: socket.socket, lock: int, run_dir: str, stamp: tuple) -> bool:
-    """Answer one request; False when this template should exit (its code changed)."""
+def _handle(conn: socket.socket, srv: socket.socket, lock: int, run_dir: str, stamp: tuple,
+            leave: Callable[[], None]) -> bool:
+    """Answer one request; False when this template should exit (its code changed: it LEAVEs before
+    it answers STALE, so the helper's next template is not refused by this one's lock)."""
     with conn:
         if _peer_uid(conn) != os.geteuid():
             return True                   # closed unanswered: the runtime directory is 0700 anyway
@@ -295,6 +310,7 @@ def _handle(conn: socket.socket, srv: socket.socket, lock: int, run_dir: str, st
         except (OSError, ValueError, KeyError, TypeError):
             return True
         if code_stamp() != stamp:
+            leave()
             try:
                 conn.sendall(b"STALE\n")
             except OSError:

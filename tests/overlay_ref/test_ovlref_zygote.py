@@ -33,12 +33,33 @@ def template(monkeypatch):
 
 
 def _stop() -> None:
-    """SIGTERM the running template; it leaves as when idle: its socket and pidfile removed."""
-    pid = zygote.stop()
-    if pid is not None:
-        assert not procs._pid_alive(pid)
-        state = Path(rundir.runtime_dir())
-        assert not (state / zygote.names()[0]).exists() and not (state / zygote.names()[2]).exists()
+    """SIGTERM the running template; it leaves as when idle: its socket and pidfile removed.  A
+    template still starting (a helper's Popen, no pidfile yet) is waited for and stopped too."""
+    deadline = time.monotonic() + 15
+    while True:
+        pid = zygote.stop()
+        if pid is not None:
+            assert not procs._pid_alive(pid)
+            state = Path(rundir.runtime_dir())
+            assert not (state / zygote.names()[0]).exists() and not (state / zygote.names()[2]).exists()
+        if not _templates():
+            return
+        assert time.monotonic() < deadline, f"templates left running: {_templates()}"
+        time.sleep(0.05)
+
+
+def _templates() -> list[int]:
+    """Pids of this interpreter's template processes, running or still starting."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:1] == [os.fsencode(sys.executable)] and b"_zygote" in argv:
+                pids.append(int(d))
+    return pids
 
 
 def _wait(cond, t: float = 10.0) -> bool:
@@ -182,6 +203,8 @@ def test_a_template_whose_code_changed_exits_and_the_mount_still_works(template,
         assert r.returncode == 0 and r.stderr == "", r.stderr
         assert "overlay_ref.mount_helper" in _cmdline(_daemon_pid(b.mnt)), "the old template served it"
         assert _wait(lambda: not procs._pid_alive(tpl)), "the old template did not exit"
+        # it gave up its lock before it answered: the helper's new template (the new code) runs
+        assert _wait(lambda: zygote.running_pid() not in (None, tpl)), "no template with the new code"
         _umount_quietly(a.mnt)
         _umount_quietly(b.mnt)
     finally:
@@ -195,7 +218,7 @@ def test_turned_off_no_template_starts(template, monkeypatch, make_layers):
     try:
         assert _helper(a).returncode == 0
         time.sleep(1.0)
-        assert zygote.running_pid() is None
+        assert zygote.running_pid() is None and not _templates()
         assert "overlay_ref.mount_helper" in _cmdline(_daemon_pid(a.mnt))
         _umount_quietly(a.mnt)
     finally:
