@@ -167,7 +167,7 @@ def warm(patch: str, against: str | None, runs: int, extra: tuple[str, ...]) -> 
         print(f"\nwarm `kproto test {Path(patch).name}`, {name}, {runs} runs (medians, seconds)")
         print(f"{'stage':<20}{'median':>10}{'min':>10}{'max':>10}")
         for stage in STAGES:
-            vals = [r[0].get(stage) for r in got if isinstance(r[0].get(stage), (int, float))]
+            vals = [float(v) for r in got if isinstance(v := r[0].get(stage), (int, float))]
             if vals:
                 print(f"{stage:<20}{statistics.median(vals):>10.1f}{min(vals):>10.1f}{max(vals):>10.1f}")
         walls = [r[1] for r in got]

@@ -116,8 +116,8 @@ def main() -> int:
     print(f"4-series matrix on the fake kernel tree, stand-in boot {a.boot_s:g} s, {os.cpu_count()} cores here; "
           "cold caches each run", flush=True)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="kproto-bench-cluster-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="kproto-bench-cluster-") as tmpname:
+        tmp = Path(tmpname)
         source = fake_source(tmp)
         for r in range(1, a.rounds + 1):
             e = night(tmp / f"embedded-{r}", source, None)

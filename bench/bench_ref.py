@@ -594,12 +594,12 @@ def main() -> int:
                           ("multi-lower stat, cold", "ml stat cold"),
                           ("multi-lower walk, cold", "ml walk cold"),
                           ("multi-lower copy-up mix", "ml copy-up mix")):
-        row = next((x for x in rows if str(x["name"]).startswith(prefix)), None)
-        if row is None:
+        found = next((x for x in rows if str(x["name"]).startswith(prefix)), None)
+        if found is None:
             continue
-        print(f"{label + ':':<31}reference/passthrough {row['ref/passthrough']:.2f}x, "
-              f"reference/kernel {row['ref/kernel']:.2f}x"
-              + (f", reference/before {row['ref/before']:.2f}x" if before is not None else ""))
+        print(f"{label + ':':<31}reference/passthrough {found['ref/passthrough']:.2f}x, "
+              f"reference/kernel {found['ref/kernel']:.2f}x"
+              + (f", reference/before {found['ref/before']:.2f}x" if before is not None else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"metrics": rows}, f, indent=2)
