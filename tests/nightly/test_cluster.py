@@ -446,7 +446,10 @@ def test_worker_killed_mid_task_the_run_completes_with_the_same_results(tmp_path
     monkeypatch.delenv("KPROTO_ACCEL")
     monkeypatch.setenv("KPROTO_CACHE", str(tmp_path / "driver-cache"))
     slow = {"FAKE_BUILD_SLEEP": "3"} if when == "build" else {"KPROTO_FAKE_BOOT_S": "4"}
-    victim = ("plain-worker", {**PLAIN_WORKER[1], **slow}, [])
+    # its stage directories go under tmp_path, not /tmp: the SIGKILLed worker cannot remove the one it has
+    victim_tmp = tmp_path / "victim-tmp"
+    victim_tmp.mkdir()
+    victim = ("plain-worker", {**PLAIN_WORKER[1], **slow, "TMPDIR": str(victim_tmp)}, [])
     dask = LocalDask(tmp_path / "dask", [KVM_WORKER, victim])
     out: dict = {}
 
