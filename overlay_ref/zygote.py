@@ -18,7 +18,8 @@ template running, the helper only connects, sends its arguments and waits for th
 - It exits after ``KPROTO_OVL_ZYGOTE_IDLE`` seconds (default 30) without a request, and when the
   package's source files changed since it started (the request is answered ``STALE`` and the helper
   mounts by itself, then starts a template with the new code: the old one gave up its socket,
-  pidfile and lock before answering).  ``KPROTO_OVL_ZYGOTE=0`` turns it off: every mount starts its own interpreter.
+  pidfile and lock before answering).  ``KPROTO_OVL_ZYGOTE=0`` turns it off: every mount starts its
+  own interpreter.
 - Its daemons run with the environment of the mount that started the template (the daemon reads
   none of it: the runtime directory is passed on, the rest comes in the request).
 - umount knows a daemon forked here by the pid and start time in its pidfile (its command line is
