@@ -30,7 +30,7 @@
 #define FIRST_SIZE (1u << 20)     /* first shared mmap of a lower file */
 #define FIRST_N    6
 #define FIRST_SETS 8             /* a fresh set of FIRST_N files per run within one boot */
-#define FIRST_STATE "/tmp/ovlbench-first-set"
+#define FIRST_STATE "/tmp/ovlbench-first-set"   /* per boot (the guest's /tmp); OVLBENCH_STATE: another file */
 #define COLD_N     3
 #define SEQ_BUF    (64u << 10)
 
@@ -246,6 +246,15 @@ static double seqread_cold(const char *file)
 	return bytes / t;
 }
 
+/* Where the set rotation below is kept: FIRST_STATE in the guest, the run's own directory on the host
+ * (rig/bench/sides.py HostSide sets OVLBENCH_STATE), so a host run leaves nothing in the host's /tmp. */
+static const char *first_state(void)
+{
+	const char *p = getenv("OVLBENCH_STATE");
+
+	return p && *p ? p : FIRST_STATE;
+}
+
 /* First MAP_SHARED mapping of lower files, touched page by page: a kernel that copies up on
  * shared mmap pays the copy-up here. Mean microseconds per file. */
 static double mmap_shared_first(void)
@@ -253,7 +262,7 @@ static double mmap_shared_first(void)
 	double t = 0, t0;
 	char name[64];
 	int i, fd, set = 0;
-	FILE *st = fopen(FIRST_STATE, "r");
+	FILE *st = fopen(first_state(), "r");
 
 	/* Every run of one boot must map files nobody mapped before: a kernel that copies up on a
 	 * shared mmap has already copied up the previous run's files, so reusing them would measure
@@ -263,7 +272,7 @@ static double mmap_shared_first(void)
 			set = 0;
 		fclose(st);
 	}
-	st = fopen(FIRST_STATE, "w");
+	st = fopen(first_state(), "w");
 	if (st) {
 		fprintf(st, "%d\n", set + 1);
 		fclose(st);

@@ -127,6 +127,11 @@ class HostSide:
         pass
 
     @property
+    def state_file(self) -> Path:
+        """ovlbench's first-mapping set rotation (in the guest: its /tmp), on this side's tmpfs."""
+        return self.base / "ovlbench-first-set"
+
+    @property
     def work(self) -> str:
         """BASE of the repetitions: the layers live under it, on this side's tmpfs."""
         return str(self.base / "kb")
@@ -145,7 +150,8 @@ class HostSide:
         return rep_script(str(self.bins / PROGRAM), self.work, mount, umount, self.opts.duration_ms, cold=False)
 
     def rep(self) -> dict[str, Reading]:
-        p = subprocess.run(["sh", "-c", self.script()], capture_output=True, text=True, timeout=600)
+        p = subprocess.run(["sh", "-c", self.script()], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OVLBENCH_STATE": str(self.state_file)})
         got = parse(p.stdout)
         if p.returncode != 0 or not got:
             raise InfraError(f"[{self.label}] benchmark on the host failed (exit {p.returncode}): "

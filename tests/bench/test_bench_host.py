@@ -36,6 +36,8 @@ def test_ovlbench_on_host_overlayfs(tmp_path):
         side.start(1)
         side.ready()
         got = side.rep()
+        # ovlbench keeps its set rotation in the side's own directory, not in the host's /tmp
+        assert side.state_file.read_text().strip() == "1"
     finally:
         side.close()
     expected = {f"{m}_{l}" for m in ("seqread_hot", "pread4k_rand", "open_read_close", "stat", "mmap_read")
