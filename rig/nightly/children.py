@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 _CHILDREN: dict[str, set[subprocess.Popen]] = {}
@@ -37,37 +36,65 @@ def run_child(target: str, payload: dict, on_line: Callable[[str], None], token:
     worker: its own process group, SIGTERM'd by the kernel when the worker thread that started it dies
     (a SIGKILLed worker), unwinding like Ctrl-C (VMs reaped, builds stopped, source trees restored).
     Lines it prints are progress. Returns its result dict; {"interrupted": True} if it was stopped."""
-    with tempfile.TemporaryDirectory(prefix="kproto-stage-") as d:
-        inp, out = Path(d) / "in.pickle", Path(d) / "out.pickle"
-        inp.write_bytes(pickle.dumps({"target": target, "payload": payload}))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the job goes in on stdin and the result comes back on a pipe: no file of the stage's is left behind
+    # by a worker that is SIGKILLed (it cannot clean up; the stage process unwinds and cleans its own)
+    job = pickle.dumps({"target": target, "payload": payload})
+    rfd, wfd = os.pipe()
+    try:
         with _CHILDREN_LOCK:
             if token in _CANCELLED:
+                os.close(rfd)
                 return {"interrupted": True}
-            proc = subprocess.Popen([sys.executable, "-m", "rig.nightly.children", "child", str(inp), str(out)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    cwd=d, env=env, start_new_session=True, preexec_fn=_child_preexec(os.getpid()))
+            proc = subprocess.Popen([sys.executable, "-m", "rig.nightly.children", "child", str(wfd)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    pass_fds=(wfd,), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                    start_new_session=True, preexec_fn=_child_preexec(os.getpid()))
             _CHILDREN.setdefault(token, set()).add(proc)
-        tail: list[str] = []
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)                       # the child holds the write end; EOF when it is gone
+    result: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(rfd, result), daemon=True)
+    reader.start()
+    tail: list[str] = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
         try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                tail = (tail + [line])[-40:]
-                on_line(line)
-            rc = proc.wait()
-        except BaseException:
-            _stop(proc)
-            raise
-        finally:
-            with _CHILDREN_LOCK:
-                _CHILDREN.get(token, set()).discard(proc)
-        if out.is_file():
-            return pickle.loads(out.read_bytes())
-        if rc < 0 and -rc in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-            return {"interrupted": True}
-        return {"error": f"stage process {target} died (exit {rc}) without a result: "
-                         + (" | ".join(l for l in tail[-3:] if l.strip()) or "no output")}
+            proc.stdin.write(job)
+            proc.stdin.close()
+        except BrokenPipeError:             # it died before reading: its output says why
+            pass
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail = (tail + [line])[-40:]
+            on_line(line)
+        rc = proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.get(token, set()).discard(proc)
+        reader.join(timeout=10)
+    if result and result[0]:
+        return pickle.loads(result[0])
+    if rc < 0 and -rc in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        return {"interrupted": True}
+    return {"error": f"stage process {target} died (exit {rc}) without a result: "
+                     + (" | ".join(l for l in tail[-3:] if l.strip()) or "no output")}
+
+
+def _read_all(fd: int, into: list[bytes]) -> None:
+    """Read FD to its end into INTO[0], then close it."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+        into.append(b"".join(chunks))
 
 
 def _stop(proc: subprocess.Popen, grace: float = 60.0) -> None:
@@ -108,26 +135,33 @@ def resolve(ref: str) -> Any:
     return obj
 
 
-def _child_main(inp: str, out: str) -> int:
+def _child_main(result_fd: int) -> int:
+    """One stage: the job (pickled) on stdin, progress lines on stdout, the result (pickled) on
+    RESULT_FD; its working directory a temporary one of its own, removed when it ends."""
     def term(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, term)
     signal.signal(signal.SIGINT, term)
+    os.set_inheritable(result_fd, False)    # nothing the stage starts holds the result pipe open
 
     def say(msg: str) -> None:
         for line in str(msg).splitlines() or [""]:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    job = pickle.loads(Path(inp).read_bytes())
+    job = pickle.loads(sys.stdin.buffer.read())
     try:
-        try:
-            result = resolve(job["target"])(job["payload"], say)
-        except KeyboardInterrupt:
-            result = {"interrupted": True}
-        tmp = Path(out + ".tmp")
-        tmp.write_bytes(pickle.dumps(result))
-        os.replace(tmp, out)
+        with tempfile.TemporaryDirectory(prefix="kproto-stage-", ignore_cleanup_errors=True) as d:
+            os.chdir(d)
+            try:
+                result = resolve(job["target"])(job["payload"], say)
+            except KeyboardInterrupt:
+                result = {"interrupted": True}
+            finally:
+                os.chdir("/")
+        with contextlib.suppress(BrokenPipeError):      # the worker is gone: nobody reads it
+            with os.fdopen(result_fd, "wb") as f:
+                f.write(pickle.dumps(result))
     finally:
         # nothing this stage started outlives it: whatever is left in its process group (a make, a shell
         # and its sleep) goes too; QEMU has its own session and PR_SET_PDEATHSIG (rig/machine/qemu.py)
@@ -138,7 +172,8 @@ def _child_main(inp: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "child":
-        sys.exit(_child_main(sys.argv[2], sys.argv[3]))
-    print("usage: python -m rig.nightly.children child IN OUT   (internal: one nightly stage)", file=sys.stderr)
+    if len(sys.argv) == 3 and sys.argv[1] == "child" and sys.argv[2].isdigit():
+        sys.exit(_child_main(int(sys.argv[2])))
+    print("usage: python -m rig.nightly.children child RESULT_FD   (internal: one nightly stage; the job on stdin)",
+          file=sys.stderr)
     sys.exit(2)

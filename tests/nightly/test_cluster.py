@@ -440,14 +440,13 @@ def test_cluster_run_matches_embedded_run_placement_and_artifacts(tmp_path, fake
 def test_worker_killed_mid_task_the_run_completes_with_the_same_results(tmp_path, fake_source, fakes_importable,
                                                                          monkeypatch, when):
     """SIGKILL the worker without KVM in the middle of a kernel build (its fake build sleeps) or of a "boot"
-    (the stand-in QEMU runs): Dask retries its tasks on the other worker, nothing it started outlives it, and
-    the run completes with the embedded run's results."""
+    (the stand-in QEMU runs): Dask retries its tasks on the other worker, nothing it started outlives it (no
+    process, no file), and the run completes with the embedded run's results."""
     emb = embedded_run(tmp_path / "embedded", fake_source, monkeypatch)
     monkeypatch.delenv("KPROTO_ACCEL")
     monkeypatch.setenv("KPROTO_CACHE", str(tmp_path / "driver-cache"))
     slow = {"FAKE_BUILD_SLEEP": "3"} if when == "build" else {"KPROTO_FAKE_BOOT_S": "4"}
-    # its stage directories go under tmp_path, not /tmp: the SIGKILLed worker cannot remove the one it has
-    victim_tmp = tmp_path / "victim-tmp"
+    victim_tmp = tmp_path / "victim-tmp"               # its TMPDIR: where its stage processes work
     victim_tmp.mkdir()
     victim = ("plain-worker", {**PLAIN_WORKER[1], **slow, "TMPDIR": str(victim_tmp)}, [])
     dask = LocalDask(tmp_path / "dask", [KVM_WORKER, victim])
@@ -481,6 +480,8 @@ def test_worker_killed_mid_task_the_run_completes_with_the_same_results(tmp_path
         while procs_with_cache(cache) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert procs_with_cache(cache) == []
+        # nor any file of the stage's: its job and result went through pipes, its directory went with it
+        assert not any(victim_tmp.glob("kproto-stage-*")), sorted(p.name for p in victim_tmp.iterdir())
         t.join(timeout=300)
         assert not t.is_alive()
     finally:
