@@ -21,7 +21,7 @@ import pytest
 
 import overlay_ref
 from overlay_ref import daemon, procs, rundir
-from ovl_helpers import requires_fuse
+from ovl_helpers import cmdline, requires_fuse
 
 REPO = Path(overlay_ref.__file__).resolve().parents[1]
 NOBODY = 65534
@@ -445,8 +445,7 @@ def _wait_cmdline(pid: int, t: float = 10.0) -> bool:
     """The decoy has exec'ed (its command line is python's with our arguments, not pytest's)."""
     deadline = time.monotonic() + t
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"_serve" in f.read():
-                return True
+        if "_serve" in cmdline(pid):
+            return True
         time.sleep(0.02)
     return False

@@ -54,10 +54,10 @@ def _templates() -> list[int]:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
-            except OSError:
+                argv = _cmdline(int(d))
+            except (OSError, ValueError):        # gone, or not UTF-8 (not ours)
                 continue
-            if argv[:1] == [os.fsencode(sys.executable)] and b"_zygote" in argv:
+            if argv[:1] == [sys.executable] and "_zygote" in argv:
                 pids.append(int(d))
     return pids
 
