@@ -10,8 +10,9 @@ stage() lays out RUN_DIR/guest/ for the VM: bins/, tests/ (specs, fixtures, and 
 specs parsed, rig/guest/spec.py) and harness.zip, the stdlib-only harness modules as a package
 (rig/__init__.py, rig/guest/*.py, each beside its byte code), run in the guest as
 `PYTHONPATH=guest/harness.zip python3 -S -m rig.guest.harness`. One zip and one JSON file, because the
-run share is an uncached 9p mount: under TCG every stat or open on it is a round trip of about 1 ms,
-and compiling the modules in the guest took another 0.4 s (issue #17).
+run share is an uncached mount (virtio-fs with cache=none; 9p when this was measured): under TCG every
+stat or open on it is a round trip of about 1 ms, and compiling the modules in the guest took another
+0.4 s (issue #17).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from rig.guest.spec import write_bundle
 
 CC = "gcc"
 CFLAGS = ["-static", "-O2", "-Wall"]
+SHARED_CFLAGS = ["-shared", "-fPIC", "-O2", "-Wall"]      # a shared library (the guest's socket shim)
 GUEST_PKG = Path(__file__).resolve().parent               # rig/guest
 # The modules the harness needs in the guest (all stdlib-only); staged as rig/guest/<name> in harness.zip.
 HARNESS_MODULES = ("__init__.py", "harness.py", "spec.py", "layers.py", "mount.py", "observe.py", "run.py")
@@ -81,16 +83,16 @@ def _select(src_dir: Path, sources: Sequence[Path] | None) -> list[Path]:
     return sorted(out)
 
 
-def _hash(src_dir: Path, progs: Sequence[Path], cc: str) -> str:
+def _hash(src_dir: Path, progs: Sequence[Path], cc: str, cflags: Sequence[str] = CFLAGS) -> str:
     h = hashlib.sha256()
-    h.update(" ".join([cc, *CFLAGS, _cc_version(cc)]).encode())
+    h.update(" ".join([cc, *cflags, _cc_version(cc)]).encode())
     for p in sorted(set(progs) | set(src_dir.glob("*.h"))):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def _compile(cc: str, src: Path, out: Path) -> tuple[Path, str | None]:
-    p = subprocess.run([cc, *CFLAGS, "-o", str(out), str(src)], capture_output=True, text=True,
+def _compile(cc: str, src: Path, out: Path, cflags: Sequence[str] = CFLAGS) -> tuple[Path, str | None]:
+    p = subprocess.run([cc, *cflags, "-o", str(out), str(src)], capture_output=True, text=True,
                        cwd=src.parent)
     if p.returncode != 0:
         lines = [ln for ln in p.stderr.splitlines() if "error" in ln or ln.startswith(" ")]
@@ -99,8 +101,9 @@ def _compile(cc: str, src: Path, out: Path) -> tuple[Path, str | None]:
 
 
 def compile_dir(src_dir: Path, *, cache_name: str, what: str, cache: Path | None = None, cc: str = CC,
-                sources: Sequence[Path] | None = None) -> Path:
-    """Compile every *.c of SRC_DIR (or just SOURCES, which live in SRC_DIR) statically, in parallel.
+                sources: Sequence[Path] | None = None, cflags: Sequence[str] = CFLAGS) -> Path:
+    """Compile every *.c of SRC_DIR (or just SOURCES, which live in SRC_DIR) with CFLAGS (default: static
+    programs; SHARED_CFLAGS makes shared libraries), in parallel.
 
     Returns (cache or cache_dir())/CACHE_NAME/<16-hex key>, holding one binary per source stem.
     Raises MissingTool when CC or a static libc is missing, BuildError("WHAT x.c does not compile", lines)."""
@@ -111,7 +114,7 @@ def compile_dir(src_dir: Path, *, cache_name: str, what: str, cache: Path | None
     if not progs:
         raise BuildError(f"no {what} sources (*.c) in {src_dir}")
     root = (Path(cache) if cache else paths.cache_dir()) / cache_name
-    final = root / _hash(src_dir, progs, cc)
+    final = root / _hash(src_dir, progs, cc, cflags)
     if final.is_dir() and all((final / p.stem).is_file() for p in progs):
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,7 @@ def compile_dir(src_dir: Path, *, cache_name: str, what: str, cache: Path | None
     try:
         _check_static_libc(cc, tmp)
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
-            results = list(ex.map(lambda p: _compile(cc, p, tmp / p.stem), progs))
+            results = list(ex.map(lambda p: _compile(cc, p, tmp / p.stem, cflags), progs))
         failed = [(src, err) for src, err in results if err is not None]
         if failed:
             src, err = failed[0]
@@ -176,7 +179,7 @@ def stage_harness(zip_path: Path) -> Path:
 
 def stage(run_dir: Path, src_dir: Path | None = None, bins: Path | None = None) -> Path:
     """Copy the bins, the specs (+ fixtures/, known_divergences.toml, README, and specs.json: all of them
-    parsed) and the harness package (harness.zip) into RUN_DIR/guest/ (the guest sees the run dir over 9p,
+    parsed) and the harness package (harness.zip) into RUN_DIR/guest/ (the guest sees the run dir over virtio-fs,
     nothing under /root). Returns RUN_DIR/guest."""
     src_dir = Path(src_dir) if src_dir else paths.GUEST_TESTS
     bins = Path(bins) if bins else build(src_dir)

@@ -1,8 +1,9 @@
 """The guest's root filesystem: a curated directory, not the host's /.
 
-QEMU exports two read-only 9p shares to a guest: this root (mount tag /dev/root, the kernel mounts it as
-"/") and the host's /usr (tag "usr"). The root holds the stage-1 init (init/init.c, a static binary: it
-mounts /usr and the run's share, then carries out the rendered boot.plan), mount points, the merged-/usr symlinks
+A guest gets two read-only virtio-fs shares (rig/machine/virtiofs.py): this root (tag /dev/root, the
+kernel mounts it as "/") and the host's /usr (tag "usr"). The root holds the stage-1 init (init/init.c, a
+static binary: it mounts /usr and the run's share, then carries out the rendered boot.plan), the socket
+shim the SSH server runs with (sockshim/sockshim.c, a shared library at SOCKSHIM), mount points, the merged-/usr symlinks
 (bin -> usr/bin ...) and a generated /etc: passwd/group/hosts... from templates/etc/ plus the few host
 /etc entries guestroot.toml names (the loader's cache, Debian's alternatives, ...). Nothing else of the
 host is visible: not /root, /home, /etc/shadow, ssh host keys, tokens, other checkouts.
@@ -29,7 +30,9 @@ DATA = HERE / "guestroot.toml"
 ETC_TEMPLATES = HERE / "templates" / "etc"
 INIT_SRC = HERE / "init"
 INIT = "/init"                 # the kernel's init= (the stage-1 binary's path in the guest)
-LAYOUT_VERSION = "1"           # bump when the code below lays the tree out differently
+SOCKSHIM_SRC = HERE / "sockshim"
+SOCKSHIM = "/kproto/sockshim.so"   # LD_PRELOADed into the guest's SSH server (boot plan, relay step)
+LAYOUT_VERSION = "2"           # bump when the code below lays the tree out differently
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,13 @@ def _hash_host_entry(h: "hashlib._Hash", p: Path) -> None:
         h.update(b"-\0")
 
 
-def _key(layout: Layout, init_bin: Path, host_root: Path) -> str:
+def _key(layout: Layout, init_bin: Path, shim: Path, host_root: Path) -> str:
     h = hashlib.sha256(LAYOUT_VERSION.encode())
     h.update(DATA.read_bytes())
     for name in layout.etc_generated:
         h.update(name.encode() + b"\0" + (ETC_TEMPLATES / name).read_bytes())
     h.update(init_bin.read_bytes())
+    h.update(shim.read_bytes())
     for name in layout.usr_links:
         _hash_host_entry(h, host_root / name)
     for name in layout.etc_copy:
@@ -99,7 +103,13 @@ def _init_binary(cache: Path) -> Path:
     return compile_dir(INIT_SRC, cache_name="guestroot-init", what="guest init", cache=cache) / "init"
 
 
-def _lay_out(dest: Path, layout: Layout, init_bin: Path, host_root: Path) -> None:
+def _sockshim(cache: Path) -> Path:
+    from rig.guest.programs import SHARED_CFLAGS, compile_dir
+    return compile_dir(SOCKSHIM_SRC, cache_name="guestroot-sockshim", what="guest socket shim", cache=cache,
+                       cflags=SHARED_CFLAGS) / "sockshim"
+
+
+def _lay_out(dest: Path, layout: Layout, init_bin: Path, shim: Path, host_root: Path) -> None:
     os.chmod(dest, 0o755)
     for d in layout.dirs:
         (dest / d).mkdir(parents=True, exist_ok=True)
@@ -129,6 +139,9 @@ def _lay_out(dest: Path, layout: Layout, init_bin: Path, host_root: Path) -> Non
             os.symlink(target, dest / rel)
     shutil.copyfile(init_bin, dest / INIT.lstrip("/"))
     os.chmod(dest / INIT.lstrip("/"), 0o755)
+    (dest / SOCKSHIM.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shim, dest / SOCKSHIM.lstrip("/"))
+    os.chmod(dest / SOCKSHIM.lstrip("/"), 0o755)
 
 
 def ensure(cache: Path | None = None, host_root: Path = Path("/")) -> Path:
@@ -137,9 +150,10 @@ def ensure(cache: Path | None = None, host_root: Path = Path("/")) -> Path:
     cache = Path(cache) if cache else paths.cache_dir()
     layout = load_layout()
     init_bin = _init_binary(cache)
-    final = cache / "guestroot" / _key(layout, init_bin, host_root)
+    shim = _sockshim(cache)
+    final = cache / "guestroot" / _key(layout, init_bin, shim, host_root)
     if (final / INIT.lstrip("/")).is_file():
         return final
     with building(final) as tmp:
-        _lay_out(tmp, layout, init_bin, host_root)
+        _lay_out(tmp, layout, init_bin, shim, host_root)
     return final

@@ -72,6 +72,14 @@ def test_the_init_is_a_static_executable(kcache, host):
     assert usage.returncode == 1 and "usage: init SHARE_TAG SHARE_MOUNTPOINT" in usage.stderr
 
 
+def test_the_socket_shim_is_a_shared_library_that_defines_only_the_address_calls(kcache, host):
+    shim = guestroot.ensure(kcache, host_root=host) / guestroot.SOCKSHIM.lstrip("/")
+    out = subprocess.run(["readelf", "-h", "--dyn-syms", "-W", str(shim)], capture_output=True, text=True).stdout
+    assert "DYN (Shared object file)" in out
+    defined = {ln.split()[-1] for ln in out.splitlines() if " FUNC " in ln and " UND " not in ln and " GLOBAL " in ln}
+    assert defined == {"getpeername", "getsockname", "setsockopt"}, defined
+
+
 def test_one_tree_per_content_and_a_new_one_when_the_host_changes(kcache, host):
     first = guestroot.ensure(kcache, host_root=host)
     assert guestroot.ensure(kcache, host_root=host) == first
