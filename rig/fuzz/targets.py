@@ -259,7 +259,7 @@ def _kstate(line: str) -> tuple[int | None, int | None]:
 
 class KernelTarget(Target):
     """The guest kernel under test: the interpreter, the spec and each batch are staged in the VM's
-    run directory (seen at /mnt/kproto over 9p); a batch is one SSH command; layers on the guest's /tmp.
+    run directory (seen at /mnt/kproto over virtio-fs); a batch is one SSH command; layers on the guest's /tmp.
 
     The console is watched around every batch (the per-test barrier of rig/suite/session.py): the batch's
     command writes a /dev/kmsg marker before and after it and prints the kernel's taint mask and

@@ -6,7 +6,7 @@ tests in. See guest_tests/README.md for the schema.
 
 A staged tests dir (rig/guest/programs.py stage()) also holds specs.json: every spec and fixture table,
 parsed on the host by write_bundle(). load_specs() reads it instead of the TOML files when it is there,
-with the same checks: one open instead of one per file on the guest's uncached 9p share, and no TOML
+with the same checks: one open instead of one per file on the guest's uncached run share, and no TOML
 parser to import under TCG (issue #17). The TOML files beside it are for people; stage() rewrites both.
 """
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""QEMU guests: a curated root and the host's /usr over virtio-9p (read-only; rig/machine/guestroot.py),
-a writable per-run share, console to a file, no network: SSH reaches the guest through a virtio-serial
-port on a unix socket in the run directory (rig/machine/control.py). KVM only when it really works.
+"""QEMU guests: a curated root and the host's /usr over virtio-fs (read-only; rig/machine/guestroot.py,
+rig/machine/virtiofs.py), a writable per-run share, console to a file, no network (the guest kernel has
+no CONFIG_NET): SSH reaches the guest through a virtio-serial port on a unix socket in the run directory
+(rig/machine/control.py). KVM only when it really works.
 
-Every VM started here is reaped on every path: context manager exit, exceptions, KeyboardInterrupt,
-atexit, and PR_SET_PDEATHSIG so even a SIGKILLed kproto takes its QEMU down with it.
+Every VM started here is reaped on every path, with its virtiofsd daemons: context manager exit,
+exceptions, KeyboardInterrupt, atexit, and PR_SET_PDEATHSIG so even a SIGKILLed kproto takes its QEMU
+and daemons down with it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +30,11 @@ from rig.machine import arch
 from rig.machine import control
 from rig.machine import guestroot
 from rig.machine import ssh as sshmod
+from rig.machine import virtiofs
 
 READY_MARKER = "KPROTO-GUEST-READY"
+ROOT_TAG = "/dev/root"          # the kernel's root= (rootfstype=virtiofs)
+USR_TAG = "usr"                 # mounted on /usr by the stage-1 init
 SCRATCH_TAG = "kproto"
 SCRATCH_MNT = "/mnt/kproto"
 _LIVE: dict[int, "VM"] = {}
@@ -82,25 +87,14 @@ def kvm_works() -> bool:
 
 
 DROPBEAR = "/usr/sbin/dropbear"
-SSHD = "/usr/sbin/sshd"
 
 
-def ssh_server() -> str:
-    """The SSH server the guest runs, from the host's root: dropbear (Debian's dropbear-bin ships the
-    binary without a service, so installing it starts nothing on the host), else OpenSSH's sshd if the
-    host already has it. KPROTO_SSH_SERVER=dropbear|sshd picks one."""
-    want = os.environ.get("KPROTO_SSH_SERVER")
-    have = {"dropbear": Path(DROPBEAR).exists(), "sshd": Path(SSHD).exists()}
-    if want in have:
-        if not have[want]:
-            raise MissingTool(f"KPROTO_SSH_SERVER={want} but {DROPBEAR if want == 'dropbear' else SSHD} is missing "
-                              f"(apt-get install {'dropbear-bin' if want == 'dropbear' else 'openssh-server'})")
-        return want
-    if have["dropbear"]:
-        return "dropbear"
-    if have["sshd"]:
-        return "sshd"
-    raise MissingTool(f"no SSH server for the guest: {DROPBEAR} is missing (apt-get install dropbear-bin)")
+def check_ssh_server() -> None:
+    """The guest's SSH server is the host's dropbear (Debian's dropbear-bin ships the binary without a
+    service, so installing it starts nothing on the host). OpenSSH's sshd cannot serve a guest without
+    networking: its privilege separation needs a socketpair, and the guest kernel has no sockets."""
+    if not Path(DROPBEAR).exists():
+        raise MissingTool(f"{DROPBEAR} is missing: the guest's SSH server (apt-get install dropbear-bin)")
 
 
 def _pdeathsig() -> None:
@@ -126,6 +120,7 @@ class VM:
     guest_root: Path | None = None  # the curated root (guestroot.ensure()), set by _prepare
     _t0: float = 0.0
     _log_offset: int = 0
+    _daemons: list[virtiofs.Daemon] = field(default_factory=list)
 
     @property
     def console_log(self) -> Path:
@@ -139,6 +134,18 @@ class VM:
     def control_sock(self) -> Path:
         """The unix socket QEMU serves the guest's SSH port on (rig/machine/control.py)."""
         return self.run_dir / f"ssh-{self.name}.sock"
+
+    def shares(self) -> list[virtiofs.Share]:
+        """The guest's virtio-fs exports: its root and the host's /usr read-only, the run share writable;
+        all three cached in the guest (cache=always: see rig/machine/virtiofs.py for why the run share too)."""
+        if self.guest_root is None:
+            self.guest_root = guestroot.ensure()
+        return [virtiofs.Share("root", ROOT_TAG, self.guest_root, readonly=True, cache="always"),
+                virtiofs.Share("usr", USR_TAG, Path("/usr"), readonly=True, cache="always"),
+                virtiofs.Share("scratch", SCRATCH_TAG, self.run_dir, readonly=False, cache="always")]
+
+    def share_sock(self, share: virtiofs.Share) -> Path:
+        return self.run_dir / f"fs-{self.name}-{share.name}.sock"
 
     @property
     def known_hosts(self) -> Path:
@@ -155,28 +162,29 @@ class VM:
         a = arch.load()
         if shutil.which(a.qemu) is None:
             raise MissingTool(f"{a.qemu} is not installed (apt-get install {a.package})")
-        server = ssh_server()
+        check_ssh_server()
+        virtiofs.check_installed()
         self.guest_root = guestroot.ensure()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
         sshdir = self.run_dir / "ssh"
         if not (sshdir / "host_ed25519").exists():
             sshmod.make_keys(sshdir)
-        if server == "dropbear" and not (sshdir / "host_ed25519.dropbear").exists():
+        if not (sshdir / "host_ed25519.dropbear").exists():
             sshmod.dropbear_host_key(sshdir)
-        _write_if_changed(sshdir / "sshd_config", templates.render("sshd_config.j2", scratch_mnt=SCRATCH_MNT))
         _write_if_changed(self.run_dir / "boot.plan", templates.render(
             "boot.plan.j2", scratch_mnt=SCRATCH_MNT, ready_marker=READY_MARKER,
-            hung_task_timeout=self.hung_task_timeout, ssh_server=server, control_port=control.PORT_NAME,
-            hello=control.HELLO.decode(), ack=control.ACK.decode()))
+            hung_task_timeout=self.hung_task_timeout, control_port=control.PORT_NAME,
+            hello=control.HELLO.decode(), ack=control.ACK.decode(), sockshim=guestroot.SOCKSHIM))
 
     def command(self) -> list[str]:
         a = arch.load()
         if self.guest_root is None:
             self.guest_root = guestroot.ensure()
-        fill = dict(init=guestroot.INIT, guest_root=self.guest_root, run_dir=self.run_dir,
-                    console_log=self.console_log, monitor_sock=self.monitor_sock, scratch_tag=SCRATCH_TAG,
-                    control_sock=self.control_sock, control_port=control.PORT_NAME)
+        fill = dict(init=guestroot.INIT, memory_mb=self.memory_mb, console_log=self.console_log,
+                    monitor_sock=self.monitor_sock, control_sock=self.control_sock, control_port=control.PORT_NAME,
+                    **{f"fs_{s.name}_sock": self.share_sock(s) for s in self.shares()},
+                    **{f"fs_{s.name}_tag": s.tag for s in self.shares()})
         # after "--": the stage-1 init's arguments (rig/machine/init/init.c), the run share's tag and mount point
         cmdline = " ".join(p for p in (a.boot_cmdline(**fill), self.extra_cmdline, "--", SCRATCH_TAG, SCRATCH_MNT) if p)
         return [a.qemu, "-nodefaults", "-display", "none", "-no-reboot",
@@ -193,10 +201,23 @@ class VM:
         self.control_sock.unlink(missing_ok=True)
         with _PREPARE_LOCK:
             self._t0 = time.monotonic()
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+            try:
+                for share in self.shares():
+                    self._daemons.append(virtiofs.start(share, self.share_sock(share), self.fs_log))
+                self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=_pdeathsig)
+            except BaseException:
+                virtiofs.stop_all(self._daemons)
+                self._daemons.clear()
+                raise
             _LIVE[self.proc.pid] = self
         return self
+
+    @property
+    def fs_log(self) -> Path:
+        """What this guest's virtiofsd daemons printed (warnings and errors only)."""
+        return self.run_dir / f"virtiofsd-{self.name}.log"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -237,8 +258,14 @@ class VM:
             out = self.proc.stdout.read().decode(errors="replace") if self.proc and self.proc.stdout else ""
             rc = self.proc.returncode if self.proc else None
             _LIVE.pop(self.proc.pid if self.proc else -1, None)
-            raise BootError(f"QEMU exited (status {rc}) {when}: {out.strip()[:300]}; "
-                            f"console tail:\n{self.console_tail()}")
+            virtiofs.stop_all(self._daemons)
+            self._daemons.clear()
+            try:
+                fs = self.fs_log.read_text(errors="replace").strip()[-300:]
+            except FileNotFoundError:
+                fs = ""
+            raise BootError(f"QEMU exited (status {rc}) {when}: {out.strip()[:300]}"
+                            + (f"; virtiofsd: {fs}" if fs else "") + f"; console tail:\n{self.console_tail()}")
 
     def console_text(self) -> str:
         try:
@@ -300,6 +327,8 @@ class VM:
         _LIVE.pop(self.proc.pid, None)
         if self.proc.stdout:
             self.proc.stdout.close()
+        virtiofs.stop_all(self._daemons)
+        self._daemons.clear()
         self.monitor_sock.unlink(missing_ok=True)
         self.control_sock.unlink(missing_ok=True)
 

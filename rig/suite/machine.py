@@ -51,6 +51,7 @@ class QemuMachine:
         self.vm = VM(bzimage=kernel.bzimage, run_dir=run_dir, name=name)
         self.name = name
         self.console_log = self.vm.console_log
+        self._opens = 0
 
     @classmethod
     def factory(cls, kernel: Kernel, run_dir: Path) -> MachineFactory:
@@ -80,12 +81,15 @@ class QemuMachine:
         return self.vm.alive()
 
     def open_harness(self, names: list[str]) -> HarnessChannel:
-        names_file = self.vm.run_dir / "guest" / f"names-{self.name}.txt"
+        # a new file each time: the guest caches the run share (cache=always), so a file rewritten under a
+        # name it has read could still show it the old one (rig/machine/virtiofs.py)
+        self._opens += 1
+        names_file = self.vm.run_dir / "guest" / f"names-{self.name}-{self._opens}.txt"
         names_file.write_text("\n".join(names) + "\n")
         guest = f"{SCRATCH_MNT}/guest"
         cmd = (f"cd / && PYTHONPATH={guest}/{HARNESS_ZIP} exec {GUEST_PYTHON} -S -B -m rig.guest.harness "
                f"--bins {guest}/bins --tests {guest}/tests "
-               f"--work /run/kproto-work --target overlay --names {guest}/names-{self.name}.txt "
+               f"--work /run/kproto-work --target overlay --names {guest}/{names_file.name} "
                f"--step --kernel-state")
         assert self.vm.ssh is not None
         try:

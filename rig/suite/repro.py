@@ -51,8 +51,8 @@ from rig.suite.timing import Timing
 FORMAT = 1
 BUNDLE_JSON = "bundle.json"
 # the guest boot files a VM renders into its run directory (rig/machine/qemu.py: the boot plan the guest's
-# PID 1 carries out, the SSH server's config when it is sshd); kept under guest/ in the bundle
-GUEST_BOOT_FILES = ("boot.plan", "ssh/sshd_config")
+# PID 1 carries out); kept under guest/ in the bundle
+GUEST_BOOT_FILES = ("boot.plan",)
 # the harness result fields that say what a test did (the rest is timing and plumbing)
 RESULT_KEYS = ("status", "observations", "exit_code", "signal", "error", "upper", "lower_modified")
 FINDING_STATUSES = ("regressed", "flaky", "error")

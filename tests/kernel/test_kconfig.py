@@ -7,10 +7,11 @@ from rig.core.errors import BadInput, ConfigError
 
 def test_fragment_has_the_debug_options_kproto_relies_on():
     cfg = kconfig.requested()
-    for name in ("CONFIG_OVERLAY_FS", "CONFIG_FUSE_FS", "CONFIG_9P_FS", "CONFIG_PROVE_LOCKING",
+    for name in ("CONFIG_OVERLAY_FS", "CONFIG_FUSE_FS", "CONFIG_VIRTIO_FS", "CONFIG_PROVE_LOCKING",
                  "CONFIG_DEBUG_ATOMIC_SLEEP", "CONFIG_DETECT_HUNG_TASK", "CONFIG_MAGIC_SYSRQ", "CONFIG_KALLSYMS"):
         assert cfg.value(name) == "y", name
     assert cfg.value("CONFIG_MODULES") == "n"
+    assert cfg.value("CONFIG_NET") == "n"           # no sockets in the guest: virtio-fs and virtio-serial
     assert cfg.value("CONFIG_DEFAULT_HUNG_TASK_TIMEOUT") == "10"
 
 

@@ -25,9 +25,11 @@ def test_x86_64_is_the_default_and_fills_in_the_boot_values(monkeypatch):
     a = arch.load()
     assert (a.name, a.qemu, a.make_target, a.kernel_image) == \
         ("x86_64", "qemu-system-x86_64", "bzImage", "arch/x86/boot/bzImage")
-    args = a.qemu_args("tcg", init="/init", guest_root="/g", run_dir="/r", console_log="/r/c.log",
-                       monitor_sock="/r/m.sock", scratch_tag="kproto", control_sock="/r/ssh.sock",
-                       control_port="kproto.ssh")
+    fill = dict(init="/init", memory_mb=512, console_log="/r/c.log", monitor_sock="/r/m.sock",
+                control_sock="/r/ssh.sock", control_port="kproto.ssh",
+                **{f"fs_{n}_sock": f"/r/fs-{n}.sock" for n in ("root", "usr", "scratch")},
+                **{f"fs_{n}_tag": t for n, t in (("root", "/dev/root"), ("usr", "usr"), ("scratch", "kproto"))})
+    args = a.qemu_args("tcg", **fill)
     assert args[:4] == ["-accel", "tcg", "-cpu", "max"]
     assert "file,id=con,path=/r/c.log" in args
     # no network device: SSH goes through a virtio-serial port on a unix socket in the run dir
@@ -35,11 +37,14 @@ def test_x86_64_is_the_default_and_fills_in_the_boot_values(monkeypatch):
     assert "virtserialport,bus=ser0.0,chardev=ctl,name=kproto.ssh" in args
     assert not any(x.startswith(("-netdev", "-nic")) or "virtio-net" in x for x in args)
     assert "{" not in " ".join(args)
-    # the guest's root is the curated tree, its /usr the host's; the host's "/" is never exported
-    paths = [x.split("path=")[1].split(",")[0] for x in args if x.startswith("local,")]
-    assert paths == ["/g", "/usr", "/r"]
-    assert all(x.endswith("readonly=on,multidevs=remap") for x in args if x.startswith("local,id=root") or x.startswith("local,id=usr"))
-    assert "init=/r/init" in a.boot_cmdline(init="/r/init") and "console=ttyS0" in a.boot_cmdline(init="/x")
+    # the three shares are virtio-fs devices on the daemons' sockets, and the guest's RAM is shareable
+    for n, tag in (("root", "/dev/root"), ("usr", "usr"), ("scratch", "kproto")):
+        assert f"socket,id=fs-{n},path=/r/fs-{n}.sock" in args
+        assert f"vhost-user-fs-pci,chardev=fs-{n},tag={tag}" in args
+    assert "memory-backend-memfd,id=mem,size=512M,share=on" in args
+    assert not any(x.startswith("local,") or "9p" in x for x in args)
+    line = a.boot_cmdline(**fill)
+    assert "root=/dev/root rootfstype=virtiofs ro" in line and "init=/init" in line and "console=ttyS0" in line
 
 
 def test_an_unknown_accelerator_names_the_file_and_what_it_has():

@@ -2,8 +2,8 @@
  * kproto guest init: PID 1 on the curated guest root (rig/machine/guestroot.py).
  *
  * That root holds no programs of its own: /bin, /lib, /sbin are symlinks into /usr, the host's /usr
- * exported read-only over virtio-9p (mount tag "usr"). So PID 1 is this static binary. It mounts /usr,
- * a tmpfs on /mnt and the run's writable share (9p tag argv[1]) on argv[2], then carries out the boot
+ * exported read-only over virtio-fs (tag "usr"). So PID 1 is this static binary. It mounts /usr, a
+ * tmpfs on /mnt and the run's writable share (virtio-fs tag argv[1]) on argv[2], then carries out the boot
  * plan argv[2]/boot.plan, rendered per boot by rig/machine/qemu.py from templates/boot.plan.j2: one step
  * per line, words separated by blanks, '#' comments:
  *
@@ -12,9 +12,10 @@
  *   write PATH WORD...                  write the words and a newline to PATH (sysctls)
  *   copy SRC DEST MODE                  copy a file, octal mode
  *   spawn LOG PROGRAM ARG...            start a program in its own session, stdout+stderr to LOG
- *   relay PORT HELLO ACK LOG PROGRAM ARG...
+ *   relay PORT HELLO ACK LOG [NAME=VALUE...] PROGRAM ARG...
  *                                       serve the virtio-serial port named PORT (see relay() below):
- *                                       each host connection gets its own PROGRAM, stderr to LOG
+ *                                       each host connection gets its own PROGRAM, with NAME=VALUE
+ *                                       added to its environment, stderr to LOG
  *   ready MARKER                        print "MARKER <uptime>" on the console: the host waits for it
  *
  * A step that fails prints "kproto-init: <step>: <error>" on the console and the plan goes on (the
@@ -33,13 +34,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
-#define NINEP_OPTS "trans=virtio,version=9p2000.L,msize=512000"
 #define MAX_WORDS 64
 
 static int failures;
@@ -125,11 +126,14 @@ static int spawn(const char *log, char **argv)
 }
 
 /*
- * The SSH control channel. The guest has no network: the host reaches its SSH server through a
- * virtio-serial port, which QEMU connects to a unix socket in the run directory. The port is one byte
- * stream, so a forked relay gives every host connection its own server process (PROGRAM, dropbear or
- * sshd in inetd mode, whose stdin and stdout are one end of a socketpair; a socket, because dropbear
- * asks the peer's address) and marks where a connection begins and ends:
+ * The SSH control channel. The guest has no network (its kernel has no sockets at all): the host
+ * reaches its SSH server through a virtio-serial port, which QEMU connects to a unix socket in the run
+ * directory. The port is one byte stream, so a forked relay gives every host connection its own server
+ * process (PROGRAM, dropbear in inetd mode) and marks where a connection begins and ends. The server's
+ * stdin and stdout are a pseudo-terminal in raw mode (8-bit clean, no echo, no signals): dropbear reads
+ * and writes its connection on fd 0, so it needs one file that goes both ways, and a pipe goes one way.
+ * It asks that file for the peer's address, which the socket shim LD_PRELOADed into it answers
+ * (rig/machine/sockshim/sockshim.c, named by a NAME=VALUE word of the relay step).
  *
  *   host -> guest  HELLO      a new host connection: any server still running is killed, a new one
  *                             is started, and its output is preceded by
@@ -153,44 +157,71 @@ struct buf {
 	size_t off, len;
 };
 
-static pid_t session_start(int *sock, char **argv, const char *log)
+/* a raw pseudo-terminal: its master (non-blocking) in *MASTER, its other end returned; -1 on failure */
+static int raw_pty(int *master)
 {
-	int sv[2];
+	int unlock = 0, peer;
+	struct termios t;
+
+	*master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (*master < 0)
+		return -1;
+	if (ioctl(*master, TIOCSPTLCK, &unlock) ||
+	    (peer = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+		close(*master);
+		return -1;
+	}
+	if (tcgetattr(peer, &t) == 0) {
+		cfmakeraw(&t);
+		tcsetattr(peer, TCSANOW, &t);
+	}
+	return peer;
+}
+
+/* ARGV: [NAME=VALUE...] PROGRAM ARG... */
+static pid_t session_start(int *conn, char **argv, const char *log)
+{
+	int master, peer = raw_pty(&master);
 	pid_t pid;
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+	if (peer < 0)
 		return -1;
 	pid = fork();
 	if (pid < 0) {
-		close(sv[0]);
-		close(sv[1]);
+		close(master);
+		close(peer);
 		return -1;
 	}
 	if (pid == 0) {
 		int err = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 
 		setsid();
-		dup2(sv[1], 0);
-		dup2(sv[1], 1);
+		dup2(peer, 0);
+		dup2(peer, 1);
 		if (err >= 0)
 			dup2(err, 2);
+		for (; *argv && strchr(*argv, '=') && **argv != '/'; argv++)
+			putenv(*argv);
+		if (!*argv) {
+			fprintf(stderr, "kproto-init: relay: no program after the NAME=VALUE words\n");
+			_exit(127);
+		}
 		execv(argv[0], argv);
 		fprintf(stderr, "kproto-init: relay: exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
-	close(sv[1]);
-	fcntl(sv[0], F_SETFL, O_NONBLOCK);
-	*sock = sv[0];
+	close(peer);
+	*conn = master;
 	return pid;
 }
 
-static void session_end(int *sock, pid_t *pid)
+static void session_end(int *conn, pid_t *pid)
 {
-	if (*sock >= 0)
-		close(*sock);
+	if (*conn >= 0)
+		close(*conn);
 	if (*pid > 0)
 		kill(*pid, SIGKILL);         /* reaped without blocking: it may be stuck in the kernel under test */
-	*sock = -1;
+	*conn = -1;
 	*pid = -1;
 }
 
@@ -258,13 +289,13 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 	static struct buf up, down;         /* up: host -> server, down: server -> host */
 	size_t hlen = strlen(hello), carry = 0;
 	char scan[sizeof(up.d) + 256];
-	int sock = -1;
+	int conn = -1;
 	pid_t pid = -1;
 
 	for (;;) {
 		struct pollfd p[2] = {
 			{ port, (up.len ? 0 : POLLIN) | (down.len ? POLLOUT : 0), 0 },
-			{ sock, sock < 0 ? 0 : (down.len ? 0 : POLLIN) | (up.len ? POLLOUT : 0), 0 },
+			{ conn, conn < 0 ? 0 : (down.len ? 0 : POLLIN) | (up.len ? POLLOUT : 0), 0 },
 		};
 
 		while (waitpid(-1, NULL, WNOHANG) > 0)
@@ -281,7 +312,7 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 
 			if (n == 0) {
 				/* no host connected (or it left): end the session, look again soon */
-				session_end(&sock, &pid);
+				session_end(&conn, &pid);
 				up.len = up.off = down.len = down.off = carry = 0;
 				usleep(20000);
 				continue;
@@ -293,9 +324,9 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 				if (h) {
 					size_t rest = total - (size_t)(h - scan) - hlen;
 
-					session_end(&sock, &pid);
+					session_end(&conn, &pid);
 					up.len = up.off = down.len = down.off = 0;
-					pid = session_start(&sock, argv, log);
+					pid = session_start(&conn, argv, log);
 					if (pid < 0)
 						fprintf(stderr, "kproto-init: relay: cannot start %s: %s\n", argv[0], strerror(errno));
 					else
@@ -305,7 +336,7 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 						put_end_frame(&down);   /* no server */
 					carry = 0;
 				} else {
-					if (sock >= 0)
+					if (conn >= 0)
 						put(&up, scan + carry, (size_t)n);
 					/* keep the tail: HELLO may straddle two reads */
 					carry = total < hlen - 1 ? total : hlen - 1;
@@ -319,10 +350,10 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 			if (n > 0 && (down.off += (size_t)n) == down.len)
 				down.off = down.len = 0;
 		}
-		if (sock < 0)
+		if (conn < 0)
 			continue;
 		if ((p[1].revents & POLLOUT) && up.len) {
-			ssize_t n = send(sock, up.d + up.off, up.len - up.off, MSG_NOSIGNAL);
+			ssize_t n = write(conn, up.d + up.off, up.len - up.off);
 
 			if (n > 0 && (up.off += (size_t)n) == up.len)
 				up.off = up.len = 0;
@@ -330,13 +361,13 @@ static void relay_loop(int port, const char *hello, const char *ack, const char 
 				up.off = up.len = 0;      /* the server is gone: its end-of-file follows */
 		}
 		if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) && !down.len) {
-			ssize_t n = read(sock, down.d + FRAME_HEADER, sizeof(down.d) - FRAME_HEADER);
+			ssize_t n = read(conn, down.d + FRAME_HEADER, sizeof(down.d) - FRAME_HEADER);
 
 			if (n > 0) {
 				frame_header(down.d, (size_t)n);
 				down.len = FRAME_HEADER + (size_t)n;
-			} else if (n == 0 || errno != EAGAIN) {
-				session_end(&sock, &pid);
+			} else if (n == 0 || errno != EAGAIN) {    /* EIO: the server closed its end */
+				session_end(&conn, &pid);
 				up.len = up.off = 0;
 				put_end_frame(&down);
 			}
@@ -442,13 +473,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kproto-init: usage: init SHARE_TAG SHARE_MOUNTPOINT (kernel command line: -- TAG DIR)\n");
 		return 1;
 	}
-	if (mount("usr", "/usr", "9p", MS_RDONLY, NINEP_OPTS ",cache=loose"))
-		die("cannot mount the host's /usr (9p tag usr) on", "/usr");
+	if (mount("usr", "/usr", "virtiofs", MS_RDONLY, NULL))
+		die("cannot mount the host's /usr (virtio-fs tag usr) on", "/usr");
 	if (mount("tmpfs", "/mnt", "tmpfs", 0, "mode=755"))
 		die("cannot mount a tmpfs on", "/mnt");
 	if (mkdir(argv[2], 0755) && errno != EEXIST)
 		die("cannot create", argv[2]);
-	if (mount(argv[1], argv[2], "9p", 0, NINEP_OPTS))
+	if (mount(argv[1], argv[2], "virtiofs", 0, NULL))
 		die("cannot mount the run share on", argv[2]);
 	snprintf(path, sizeof(path), "%s/boot.plan", argv[2]);
 	plan = fopen(path, "re");
