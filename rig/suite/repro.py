@@ -292,7 +292,9 @@ def _fill(d: Path, *, spec: KernelSpec, tree: SourceTree, series: Sequence[Patch
     (d / "series" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (d / "qemu-cmdline.txt").write_text(
         f"# QEMU command line of boot {boot.name} ({boot.accel}), exactly as it ran; the run directory\n"
-        f"# {boot.run_dir} and the sockets in it were that run's (the directory is gone)\n" + boot.cmdline() + "\n")
+        f"# {boot.run_dir} and the sockets in it were that run's (the directory is gone); each fs-*.sock was\n"
+        f"# a virtiofsd serving one share (rig/machine/virtiofs.py): the curated root and /usr read-only, the run\n"
+        f"# directory writable\n" + boot.cmdline() + "\n")
     (d / "guest").mkdir()
     guest_files = []
     for rel, text in sorted(boot.guest_files.items()):

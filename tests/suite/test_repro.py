@@ -43,12 +43,12 @@ def _boot(name: str = "patched-1", run_dir: str = RUN_DIR) -> repro.BootRecord:
     argv = ("qemu-system-x86_64", "-nodefaults", "-display", "none", "-kernel", "/cache/kernels/k1/bzImage",
             "-append", "root=/dev/root ro init=/init console=ttyS0 -- kproto /mnt/kproto",
             "-chardev", f"file,id=con,path={run_dir}/console-{name}.log",
-            "-fsdev", f"local,id=scratch,path={run_dir},security_model=none,multidevs=remap",
+            "-chardev", f"socket,id=fs-scratch,path={run_dir}/fs-{name}-scratch.sock",
+            "-device", "vhost-user-fs-pci,chardev=fs-scratch,tag=kproto",
             "-chardev", f"socket,id=ctl,path={run_dir}/ssh-{name}.sock,server=on,wait=off", "-accel", "tcg", "-cpu", "max")
     return repro.BootRecord(name=name, argv=argv, run_dir=run_dir, accel="tcg",
                             guest_files={"boot.plan": f"# {run_dir}\nmount tmpfs /tmp tmpfs mode=1777\n"
-                                                      f"spawn {run_dir}/sshd.log /usr/sbin/sshd -f {run_dir}/ssh/sshd_config\n",
-                                         "ssh/sshd_config": "Port 22\n"})
+                                                      f"relay kproto.ssh H A {run_dir}/sshd.log /usr/sbin/dropbear -i\n"})
 
 
 def _lockdep_run(kernel: Kernel | None = None) -> KernelRun:
@@ -88,7 +88,7 @@ def test_bundle_layout_and_content_from_a_finished_run(tmp_path, fake_finished):
     assert d == tmp_path / "repro" / "a_read"
     files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
     assert files == ["README.txt", "bundle.json", "config", "expected.json", "fragments/01-extra.config",
-                     "guest/boot.plan", "guest/sshd_config", "qemu-cmdline.txt", "reproduce.sh",
+                     "guest/boot.plan", "qemu-cmdline.txt", "reproduce.sh",
                      "series/manifest.json", "series/ovl-copyup.patch", "test/a_read.c", "test/a_read.toml"]
     kernel, series = fake_finished["kernel"], fake_finished["series"]
     assert (d / "config").read_text() == kernel.config.read_text()
@@ -104,7 +104,6 @@ def test_bundle_layout_and_content_from_a_finished_run(tmp_path, fake_finished):
     assert cmd[0].startswith("# QEMU command line of boot patched-1 (tcg)") and RUN_DIR in cmd[1]
     assert tuple(shlex.split(cmd[-1])) == fake_finished["boot"].argv
     assert (d / "guest" / "boot.plan").read_text() == fake_finished["boot"].guest_files["boot.plan"]
-    assert (d / "guest" / "sshd_config").read_text() == fake_finished["boot"].guest_files["ssh/sshd_config"]
     exp = json.loads((d / "expected.json").read_text())
     sig = splatmod.scan_text(LOCKDEP)[0]
     assert exp["test"] == "a_read" and exp["status"] == "regressed" and exp["boot"] == "patched-1"
