@@ -153,7 +153,7 @@ class VM:
 
     # ---------------------------------------------------------------- lifecycle
     def _prepare(self) -> None:
-        """The run dir's shared files: keys, sshd config and boot plan. Guests of one run dir may start side
+        """The run dir's shared files: keys and boot plan. Guests of one run dir may start side
         by side (rig/suite/boots.py): made once under a lock, rewritten only when different, atomically."""
         with _PREPARE_LOCK:
             self._prepare_locked()

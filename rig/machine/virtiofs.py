@@ -120,7 +120,11 @@ def start(share: Share, sock: Path, log: Path) -> Daemon:
     sock.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        listener.bind(str(sock))
+        try:
+            listener.bind(str(sock))
+        except OSError as e:
+            raise BootError(f"virtio-fs share {share.name}: cannot listen on {sock}: {e.strerror or e} "
+                            f"(a unix socket path has at most 107 bytes: set KPROTO_CACHE to a shorter directory)")
         listener.listen(1)
         fd = listener.fileno()
         with open(log, "ab") as out:

@@ -170,3 +170,13 @@ def test_a_vm_exports_its_curated_root_and_usr_read_only_and_only_its_run_dir_wr
         "scratch": (str(tmp_path / "run"), "kproto", False, "always")}
     assert vm.guest_root != Path("/") and (vm.guest_root / "init").is_file()
     assert {vm.share_sock(s).parent for s in shares.values()} == {tmp_path / "run"}
+
+
+def test_a_socket_path_too_long_for_a_unix_socket_names_the_fix(tmp_path):
+    src = tmp_path / "tree"
+    src.mkdir()
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    with pytest.raises(BootError, match=r"cannot listen on .*set KPROTO_CACHE to a shorter directory"):
+        virtiofs.start(virtiofs.Share("t", "t", src, readonly=True, cache="always"), deep / "fs.sock",
+                       tmp_path / "log")
