@@ -10,9 +10,9 @@ stage() lays out RUN_DIR/guest/ for the VM: bins/, tests/ (specs, fixtures, and 
 specs parsed, rig/guest/spec.py) and harness.zip, the stdlib-only harness modules as a package
 (rig/__init__.py, rig/guest/*.py, each beside its byte code), run in the guest as
 `PYTHONPATH=guest/harness.zip python3 -S -m rig.guest.harness`. One zip and one JSON file, because the
-run share is an uncached mount (virtio-fs with cache=none; 9p when this was measured): under TCG every
-stat or open on it is a round trip of about 1 ms, and compiling the modules in the guest took another
-0.4 s (issue #17).
+run share was an uncached 9p mount when this was measured: under TCG every stat or open on it was a
+round trip of about 1 ms, and compiling the modules in the guest took another 0.4 s (issue #17). It is a
+cached virtio-fs mount now (rig/machine/virtiofs.py); the guest still reads two files instead of dozens.
 """
 from __future__ import annotations
 

@@ -181,10 +181,11 @@ class VM:
         a = arch.load()
         if self.guest_root is None:
             self.guest_root = guestroot.ensure()
+        shares = self.shares()
         fill = dict(init=guestroot.INIT, memory_mb=self.memory_mb, console_log=self.console_log,
                     monitor_sock=self.monitor_sock, control_sock=self.control_sock, control_port=control.PORT_NAME,
-                    **{f"fs_{s.name}_sock": self.share_sock(s) for s in self.shares()},
-                    **{f"fs_{s.name}_tag": s.tag for s in self.shares()})
+                    **{f"fs_{s.name}_sock": self.share_sock(s) for s in shares},
+                    **{f"fs_{s.name}_tag": s.tag for s in shares})
         # after "--": the stage-1 init's arguments (rig/machine/init/init.c), the run share's tag and mount point
         cmdline = " ".join(p for p in (a.boot_cmdline(**fill), self.extra_cmdline, "--", SCRATCH_TAG, SCRATCH_MNT) if p)
         return [a.qemu, "-nodefaults", "-display", "none", "-no-reboot",
@@ -203,13 +204,13 @@ class VM:
             self._t0 = time.monotonic()
             try:
                 for share in self.shares():
-                    self._daemons.append(virtiofs.start(share, self.share_sock(share), self.fs_log))
+                    self._daemons.append(virtiofs.start(share, self.share_sock(share), self.fs_log,
+                                                        preexec_fn=_pdeathsig))
                 self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT, start_new_session=True,
                                              preexec_fn=_pdeathsig)
             except BaseException:
                 virtiofs.stop_all(self._daemons)
-                self._daemons.clear()
                 raise
             _LIVE[self.proc.pid] = self
         return self
@@ -259,7 +260,6 @@ class VM:
             rc = self.proc.returncode if self.proc else None
             _LIVE.pop(self.proc.pid if self.proc else -1, None)
             virtiofs.stop_all(self._daemons)
-            self._daemons.clear()
             try:
                 fs = self.fs_log.read_text(errors="replace").strip()[-300:]
             except FileNotFoundError:
@@ -328,7 +328,6 @@ class VM:
         if self.proc.stdout:
             self.proc.stdout.close()
         virtiofs.stop_all(self._daemons)
-        self._daemons.clear()
         self.monitor_sock.unlink(missing_ok=True)
         self.control_sock.unlink(missing_ok=True)
 

@@ -23,19 +23,18 @@ a missing name with an error, which the guest does not cache), and what the gues
 host at once (no writeback cache).
 
 A daemon ends by itself when QEMU closes its vhost-user connection; stop() also terminates it, and
-PR_SET_PDEATHSIG takes it down with a SIGKILLed kproto.
+the PR_SET_PDEATHSIG rig/machine/qemu.py gives it (as to QEMU) takes it down with a SIGKILLed kproto.
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from rig.core.errors import BootError, MissingTool
 
@@ -73,13 +72,6 @@ class Share:
     cache: str
 
 
-def _pdeathsig() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def check_installed() -> None:
     if not os.access(VIRTIOFSD, os.X_OK):
         raise MissingTool(f"{VIRTIOFSD} is missing: the guest's filesystems need it (apt-get install {PACKAGE})")
@@ -112,8 +104,9 @@ class Daemon:
         self.sock.unlink(missing_ok=True)
 
 
-def start(share: Share, sock: Path, log: Path) -> Daemon:
-    """Bind SOCK (replacing a stale one) and start virtiofsd for SHARE on it, output to LOG."""
+def start(share: Share, sock: Path, log: Path, preexec_fn: Callable[[], None] | None = None) -> Daemon:
+    """Bind SOCK (replacing a stale one) and start virtiofsd for SHARE on it, output to LOG. PREEXEC_FN
+    runs in the child before the exec (the VM passes the PR_SET_PDEATHSIG it gives QEMU)."""
     check_installed()
     if not share.source.is_dir():
         raise BootError(f"virtio-fs share {share.name}: {share.source} is not a directory")
@@ -129,7 +122,7 @@ def start(share: Share, sock: Path, log: Path) -> Daemon:
         fd = listener.fileno()
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv(share, fd), pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn)
     except BaseException:
         sock.unlink(missing_ok=True)
         raise
@@ -139,10 +132,12 @@ def start(share: Share, sock: Path, log: Path) -> Daemon:
 
 
 def stop_all(daemons: list[Daemon]) -> None:
-    """Stop DAEMONS together: terminate each, then wait (at most ~2 s in all before killing)."""
+    """Stop DAEMONS together (terminate each, then wait, at most ~2 s in all before killing) and empty
+    the list."""
     for d in daemons:
         if d.proc.poll() is None:
             d.proc.terminate()
     deadline = time.monotonic() + 2.0
     for d in daemons:
         d.stop(grace=max(0.05, deadline - time.monotonic()))
+    daemons.clear()
