@@ -71,6 +71,13 @@ def test_boot_ssh_and_isolation(baseline_kernel, run_dir):
         assert rc == 0 and out.count("No such file") == 2 and out.split()[-1] == "38", out    # ENOSYS
         assert vm.control_sock.parent == run_dir and vm.control_sock.is_socket()
         assert not any("-netdev" in a or "virtio-net" in a for a in vm.command())
+        # sysrq through the monitor's PS/2 keyboard alone (no SSH), as a hung guest gets it
+        offset = len(vm.console_text())
+        vm.sysrq("w")
+        deadline = time.monotonic() + 20
+        while "Show Blocked State" not in vm.console_since(offset) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "sysrq: Show Blocked State" in vm.console_since(offset), vm.console_tail()
         pid = vm.proc.pid
     assert vm.proc.poll() is not None, "QEMU must be reaped when the context exits"
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
