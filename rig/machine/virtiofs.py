@@ -116,8 +116,9 @@ def start(share: Share, sock: Path, log: Path, preexec_fn: Callable[[], None] | 
         try:
             listener.bind(str(sock))
         except OSError as e:
-            raise BootError(f"virtio-fs share {share.name}: cannot listen on {sock}: {e.strerror or e} "
-                            f"(a unix socket path has at most 107 bytes: set KPROTO_CACHE to a shorter directory)")
+            hint = (" (a unix socket path has at most 107 bytes: set KPROTO_CACHE to a shorter directory)"
+                    if len(os.fsencode(sock)) > 107 else "")
+            raise BootError(f"virtio-fs share {share.name}: cannot listen on {sock}: {e.strerror or e}{hint}")
         listener.listen(1)
         fd = listener.fileno()
         with open(log, "ab") as out:
