@@ -116,6 +116,22 @@ def test_build_error_is_exit_3_with_the_compiler_error_and_no_cache_entry():
     assert src.is_at_base()
 
 
+def test_kprotos_tinyconfig_steps_give_the_config_make_tinyconfig_does(tmp_path):
+    """rig/kernel/build.py runs 6.12's tinyconfig steps itself, merging tiny.config and kproto's fragment
+    in one go (two Kconfig runs, not three): on the real tree the .config must be the very one that
+    `make tinyconfig`, a merge of the fragment and olddefconfig write."""
+    src = tree.default_source()
+    assert kconfig.tinyconfig_recipe(src.path, build.arch.load().srcarch) is not None
+    want = kconfig.requested()
+    for use_recipe in (False, True):
+        build._configure(src, tmp_path / str(use_recipe), want, tmp_path / "log", use_recipe=use_recipe)
+    log = (tmp_path / "log").read_text()
+    assert " tinyconfig\n" in log and "KCONFIG_ALLCONFIG=" in log and " allnoconfig\n" in log
+    classic, own = ((tmp_path / str(u) / ".config").read_text() for u in (False, True))
+    assert "CONFIG_PROVE_LOCKING=y" in own and own == classic
+    assert src.is_at_base()
+
+
 def _trigger(fixture: str, pattern: str, timeout: float = 1800):
     proc, rep = kproto("test", str(FIXTURES / fixture), "--suite", str(TRIGGERS), "-k", pattern, "--confirm", "1",
                        timeout=timeout)

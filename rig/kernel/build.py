@@ -134,17 +134,19 @@ def ccache_stats(ccache: Path | None = None) -> dict[str, int]:
 
 
 def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: float = 3600,
-          counter: ObjectCounter | None = None, tick: Callable[[], None] | None = None) -> None:
+          counter: ObjectCounter | None = None, tick: Callable[[], None] | None = None,
+          extra_env: dict[str, str] | None = None) -> None:
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
     # CCACHE_DEPEND: ccache's depend mode keys a result on the source and the headers listed in the .d file
     # kbuild already asks gcc for (-Wp,-MMD,...), so a miss compiles once; the default preprocessor mode
     # runs cpp first to compute the key and then compiles, preprocessing every missed file twice.
     env = {**os.environ, "CCACHE_DIR": str(ccache_dir()), "CCACHE_BASEDIR": str(tree.path),
            "CCACHE_DEPEND": "1",
-           "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto"}
+           "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto",
+           **(extra_env or {})}
     cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{make_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]
     with open(log, "ab") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n".encode())
+        fh.write(f"\n$ {''.join(f'{k}={v} ' for k, v in (extra_env or {}).items())}{' '.join(cmd)}\n".encode())
         fh.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
@@ -192,14 +194,28 @@ def _pump(proc: subprocess.Popen, log: IO[bytes], counter: ObjectCounter, tick: 
     return False
 
 
-def _configure(tree: SourceTree, objdir: Path, want: kconfig.Kconfig, log: Path) -> None:
-    """tinyconfig + fragment via merge_config.sh, then olddefconfig and the subset check."""
+def _configure(tree: SourceTree, objdir: Path, want: kconfig.Kconfig, log: Path, *, use_recipe: bool = True) -> None:
+    """The base config (kconfig.BASE_TARGET) + the fragment, then olddefconfig and the subset check.
+
+    `make tinyconfig` is allnoconfig, a merge of tiny.config and an olddefconfig; kproto's fragment then
+    needs another merge and olddefconfig. Each Kconfig run probes the toolchain (~90 gcc runs here), so
+    where the tree's tinyconfig recipe is the one kproto knows, kproto runs its steps itself and merges
+    tiny.config and its fragment in one go: two Kconfig runs instead of three, the same .config for
+    6.12 (tests/test_e2e.py checks it), 8.5 s instead of 16 (docs/design.md §1). USE_RECIPE=False always
+    runs `make tinyconfig` (what the test and bench/bench_configure.py compare with)."""
     objdir.mkdir(parents=True, exist_ok=True)
     frag = objdir / "kproto.fragment"
     frag.write_text(want.text())
-    _make(tree, objdir, kconfig.BASE_TARGET, log=log)
+    recipe = kconfig.tinyconfig_recipe(tree.path, arch.load().srcarch) \
+        if use_recipe and kconfig.BASE_TARGET == "tinyconfig" else None
+    if recipe is None:
+        _make(tree, objdir, kconfig.BASE_TARGET, log=log)
+        fragments: tuple[Path, ...] = (frag,)
+    else:
+        _make(tree, objdir, "allnoconfig", log=log, extra_env={"KCONFIG_ALLCONFIG": str(recipe.allconfig)})
+        fragments = (*recipe.fragments, frag)
     proc = subprocess.run(["scripts/kconfig/merge_config.sh", "-m", "-O", str(objdir), str(objdir / ".config"),
-                           str(frag)], cwd=tree.path, capture_output=True, text=True)
+                           *map(str, fragments)], cwd=tree.path, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError("merge_config.sh failed", proc.stderr[-2000:])
     _make(tree, objdir, "olddefconfig", log=log)

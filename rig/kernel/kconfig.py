@@ -21,6 +21,17 @@ _NOT_SET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 # x86_64_defconfig + fragment: 10.5 min (docs/design.md §1).
 BASE_TARGET = "tinyconfig"
 
+# tinyconfig's recipe in scripts/kconfig/Makefile as 6.12 has it (kernel/configs/tiny-base.config), and how
+# `make <name>.config` finds a fragment. kproto runs those steps itself with its fragment merged in one
+# go (rig/kernel/build.py), so Kconfig runs twice instead of three times; any other recipe gets
+# `make tinyconfig` as it is.
+_TINYCONFIG_RULE = re.compile(
+    r"^tinyconfig:\n"
+    r"\t\$\(Q\)KCONFIG_ALLCONFIG=(?P<allconfig>\S+) \$\(MAKE\) -f \$\(srctree\)/Makefile allnoconfig\n"
+    r"\t\$\(Q\)\$\(MAKE\) -f \$\(srctree\)/Makefile (?P<fragment>[\w.-]+\.config)\n", re.M)
+_CONFIGFILES = ("configfiles = $(wildcard $(srctree)/kernel/configs/$(1) "
+                "$(srctree)/arch/$(SRCARCH)/configs/$(1))")
+
 
 @dataclass
 class Kconfig:
@@ -95,6 +106,33 @@ def requested(user_fragments: list[Path] | tuple[Path, ...] = ()) -> Kconfig:
     for frag in user_fragments:
         cfg.merge(parse_file(Path(frag)))
     return cfg
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """What `make tinyconfig` does in a tree: allnoconfig with ALLCONFIG as KCONFIG_ALLCONFIG, then
+    FRAGMENTS merged on top (merge_config.sh) and olddefconfig."""
+    allconfig: Path
+    fragments: tuple[Path, ...]
+
+
+def tinyconfig_recipe(tree: Path, srcarch: str) -> BaseRecipe | None:
+    """tinyconfig's steps in the kernel tree TREE, when its scripts/kconfig/Makefile has the recipe kproto
+    knows (6.12's); None for any other, which gets `make tinyconfig` itself."""
+    try:
+        makefile = (tree / "scripts/kconfig/Makefile").read_text(errors="replace")
+    except OSError:
+        return None
+    m = _TINYCONFIG_RULE.search(makefile)
+    if m is None or _CONFIGFILES not in makefile:
+        return None
+    allconfig = tree / m.group("allconfig")
+    name = m.group("fragment")
+    fragments = tuple(p for p in (tree / "kernel/configs" / name, tree / "arch" / srcarch / "configs" / name)
+                      if p.is_file())
+    if not allconfig.is_file() or not fragments:
+        return None
+    return BaseRecipe(allconfig, fragments)
 
 
 def check_landed(want: Kconfig, config_path: Path) -> None:

@@ -22,6 +22,7 @@ class Arch:
     package: str
     make_target: str
     kernel_image: str
+    srcarch: str
     machine: tuple[str, ...]
     accel: dict[str, tuple[str, ...]]
     cmdline: str
@@ -62,6 +63,7 @@ def load(name: str | None = None) -> Arch:
         boot = raw["boot"]
         return Arch(name=name, qemu=str(raw["qemu"]), package=str(raw["package"]),
                     make_target=str(raw["make_target"]), kernel_image=str(raw["kernel_image"]),
+                    srcarch=str(raw["srcarch"]),
                     machine=_strs(raw.get("machine", []), f"{path}: machine"),
                     accel={k: _strs(v, f"{path}: accel.{k}") for k, v in accel.items()},
                     cmdline=str(boot["cmdline"]), devices=_strs(boot["devices"], f"{path}: boot.devices"))

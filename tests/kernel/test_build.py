@@ -88,3 +88,41 @@ def test_half_written_cache_entries_are_never_used(src, kcache):
     partial.mkdir(parents=True)
     (partial / "bzImage").write_bytes(b"half")      # no meta.json: an interrupted copy
     assert build.lookup(key) is None
+
+
+def _make_lines(src, kcache) -> list[str]:
+    from rig.kernel import kconfig
+    objdir = build.objdir_for(src, kconfig.requested())
+    return [l for l in (objdir.parent / f"{objdir.name}.log").read_text().splitlines() if l.startswith("$ ")]
+
+
+def test_configure_runs_tinyconfigs_steps_itself_with_one_merge_and_one_olddefconfig(src, kcache):
+    """The tree has 6.12's tinyconfig recipe: allnoconfig with tiny-base.config, then tiny.config (both
+    kernel/ and arch/x86/) and kproto's fragment merged in one go, later files winning, then one
+    olddefconfig: Kconfig runs twice, not three times."""
+    k = build.build(src, [], progress=lambda m: None)
+    runs = _make_lines(src, kcache)
+    assert [l.split()[-1] for l in runs] == ["allnoconfig", "olddefconfig", "bzImage"]
+    assert runs[0].startswith(f"$ KCONFIG_ALLCONFIG={src.path}/kernel/configs/tiny-base.config make ")
+    config = k.config.read_text().splitlines()
+    assert "CONFIG_EXPERT=y" in config                # tiny-base.config
+    assert "CONFIG_NOHIGHMEM=y" in config             # arch/x86/configs/tiny.config
+    assert "CONFIG_SMP=y" in config and "# CONFIG_SMP is not set" not in config   # the fragment wins
+
+
+def test_a_tree_with_another_tinyconfig_recipe_gets_make_tinyconfig(kcache, tmp_path):
+    import tarfile
+    from kproto_helpers import FAKE_KERNEL
+    copy = tmp_path / "linux-other"
+    shutil.copytree(FAKE_KERNEL, copy)
+    mk = copy / "scripts/kconfig/Makefile"
+    mk.write_text(mk.read_text().replace("allnoconfig\n\t$(Q)$(MAKE) -f $(srctree)/Makefile tiny.config",
+                                         "allnoconfig tiny.config"))
+    tb = tmp_path / "linux-other.tar.gz"
+    with tarfile.open(tb, "w:gz") as tf:
+        tf.add(copy, arcname="linux-other")
+    other = tree.open_source(str(tb))
+    k = build.build(other, [], progress=lambda m: None)
+    assert [l.split()[-1] for l in _make_lines(other, kcache)] == ["tinyconfig", "olddefconfig", "bzImage"]
+    config = k.config.read_text().splitlines()
+    assert "CONFIG_EXPERT=y" not in config and "CONFIG_SMP=y" in config

@@ -55,3 +55,45 @@ def test_fragment_turns_warn_and_bug_support_back_on():
     cfg = kconfig.requested()
     assert cfg.value("CONFIG_BUG") == "y" and cfg.value("CONFIG_DEBUG_BUGVERBOSE") == "y"
     assert cfg.value("CONFIG_UNWINDER_ORC") == "y"
+
+
+def _recipe_tree(tmp_path, makefile: str | None = None, fragments=("kernel", "x86")):
+    """A kernel tree layout with FAKE_KERNEL's scripts/kconfig/Makefile (or MAKEFILE) and tiny.config in
+    kernel/configs and/or arch/x86/configs."""
+    import shutil
+    from kproto_helpers import FAKE_KERNEL
+    t = tmp_path / "tree"
+    (t / "scripts/kconfig").mkdir(parents=True)
+    text = (FAKE_KERNEL / "scripts/kconfig/Makefile").read_text() if makefile is None else makefile
+    (t / "scripts/kconfig/Makefile").write_text(text)
+    (t / "kernel/configs").mkdir(parents=True)
+    shutil.copy(FAKE_KERNEL / "kernel/configs/tiny-base.config", t / "kernel/configs")
+    for where in fragments:
+        d = t / ("kernel/configs" if where == "kernel" else f"arch/{where}/configs")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "tiny.config").write_text(f"# {where}\n")
+    return t
+
+
+def test_tinyconfig_recipe_reads_the_base_and_the_fragments_in_kbuilds_order(tmp_path):
+    t = _recipe_tree(tmp_path)
+    r = kconfig.tinyconfig_recipe(t, "x86")
+    assert r == kconfig.BaseRecipe(t / "kernel/configs/tiny-base.config",
+                                   (t / "kernel/configs/tiny.config", t / "arch/x86/configs/tiny.config"))
+    # another architecture's tiny.config is not this one's (kbuild's $(SRCARCH))
+    assert kconfig.tinyconfig_recipe(t, "arm64").fragments == (t / "kernel/configs/tiny.config",)
+
+
+def test_a_tinyconfig_recipe_kproto_does_not_know_is_none(tmp_path):
+    # before tiny-base.config: `allnoconfig tiny.config` in one make
+    old = "configfiles = $(wildcard $(srctree)/kernel/configs/$(1) $(srctree)/arch/$(SRCARCH)/configs/$(1))\n" \
+          "tinyconfig:\n\t$(Q)$(MAKE) -f $(srctree)/Makefile allnoconfig tiny.config\n"
+    assert kconfig.tinyconfig_recipe(_recipe_tree(tmp_path / "a", old), "x86") is None
+    # fragments looked up elsewhere than kproto would look
+    from kproto_helpers import FAKE_KERNEL
+    known = kconfig._CONFIGFILES
+    moved = (FAKE_KERNEL / "scripts/kconfig/Makefile").read_text().replace(known, known.replace("configs", "cfg"))
+    assert kconfig.tinyconfig_recipe(_recipe_tree(tmp_path / "b", moved), "x86") is None
+    # no tiny.config anywhere (make tiny.config would fail), no Makefile at all
+    assert kconfig.tinyconfig_recipe(_recipe_tree(tmp_path / "c", fragments=()), "x86") is None
+    assert kconfig.tinyconfig_recipe(tmp_path / "nothing", "x86") is None
