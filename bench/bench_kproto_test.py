@@ -128,7 +128,9 @@ def cold(against: str | None, runs: int) -> None:
     for k, v in med.items():
         print(f"cold baseline build, {k}: median {v:.0f} s over {runs} run(s)")
     if against:
-        print(f"this checkout / {against}: {med['this checkout'] / med[against]:.2f}")
+        pairs = [n["build_s"] / o["build_s"] for n, o in zip(rows["this checkout"], rows[against])]
+        print(f"this checkout / {against}: {med['this checkout'] / med[against]:.2f} (medians); per pair "
+              f"(run i of each side): {', '.join(f'{r:.3f}' for r in pairs)}, median {statistics.median(pairs):.3f}")
     print("goal (#17): cold build <= half of the same machine's figure before (1,045 s in the issue)")
 
 

@@ -201,7 +201,7 @@ def _configure(tree: SourceTree, objdir: Path, want: kconfig.Kconfig, log: Path,
     needs another merge and olddefconfig. Each Kconfig run probes the toolchain (~90 gcc runs here), so
     where the tree's tinyconfig recipe is the one kproto knows, kproto runs its steps itself and merges
     tiny.config and its fragment in one go: two Kconfig runs instead of three, the same .config for
-    6.12 (tests/test_e2e.py checks it), 8.5 s instead of 16 (docs/design.md §1). USE_RECIPE=False always
+    6.12 (tests/test_e2e.py checks it), 6.9 s instead of 11.0 here (bench/bench_configure.py). USE_RECIPE=False always
     runs `make tinyconfig` (what the test and bench/bench_configure.py compare with)."""
     objdir.mkdir(parents=True, exist_ok=True)
     frag = objdir / "kproto.fragment"
