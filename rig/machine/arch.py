@@ -1,6 +1,7 @@
 """Per-architecture machine data (rig/machine/arch/<name>.toml): the QEMU binary, accelerator arguments,
-kernel command line and devices, and which make target gives the kernel image. The code that boots and
-builds reads them from here; nothing else in kproto names an architecture."""
+kernel command line and devices, which make target gives the kernel image, and kbuild's SRCARCH (where the
+tree keeps the arch's config fragments). The code that boots and builds reads them from here; nothing else
+in kproto names an architecture."""
 from __future__ import annotations
 
 import os

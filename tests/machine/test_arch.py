@@ -23,8 +23,8 @@ def arch_dir(tmp_path, monkeypatch):
 def test_x86_64_is_the_default_and_fills_in_the_boot_values(monkeypatch):
     monkeypatch.delenv("KPROTO_ARCH", raising=False)
     a = arch.load()
-    assert (a.name, a.qemu, a.make_target, a.kernel_image) == \
-        ("x86_64", "qemu-system-x86_64", "bzImage", "arch/x86/boot/bzImage")
+    assert (a.name, a.qemu, a.make_target, a.kernel_image, a.srcarch) == \
+        ("x86_64", "qemu-system-x86_64", "bzImage", "arch/x86/boot/bzImage", "x86")
     fill = dict(init="/init", memory_mb=512, console_log="/r/c.log", monitor_sock="/r/m.sock",
                 control_sock="/r/ssh.sock", control_port="kproto.ssh",
                 **{f"fs_{n}_sock": f"/r/fs-{n}.sock" for n in ("root", "usr", "scratch")},
