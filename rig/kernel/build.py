@@ -194,15 +194,16 @@ def _pump(proc: subprocess.Popen, log: IO[bytes], counter: ObjectCounter, tick: 
     return False
 
 
-def _configure(tree: SourceTree, objdir: Path, want: kconfig.Kconfig, log: Path, *, use_recipe: bool = True) -> None:
+def _configure(tree: SourceTree, objdir: Path, want: kconfig.Kconfig, log: Path, *,
+               use_recipe: bool = True) -> None:
     """The base config (kconfig.BASE_TARGET) + the fragment, then olddefconfig and the subset check.
 
     `make tinyconfig` is allnoconfig, a merge of tiny.config and an olddefconfig; kproto's fragment then
     needs another merge and olddefconfig. Each Kconfig run probes the toolchain (~90 gcc runs here), so
     where the tree's tinyconfig recipe is the one kproto knows, kproto runs its steps itself and merges
     tiny.config and its fragment in one go: two Kconfig runs instead of three, the same .config for
-    6.12 (tests/test_e2e.py checks it), 6.9 s instead of 11.0 here (bench/bench_configure.py). USE_RECIPE=False always
-    runs `make tinyconfig` (what the test and bench/bench_configure.py compare with)."""
+    6.12 (tests/test_e2e.py checks it), 6.9 s instead of 11.0 here (bench/bench_configure.py).
+    USE_RECIPE=False always runs `make tinyconfig` (what that test and that bench compare with)."""
     objdir.mkdir(parents=True, exist_ok=True)
     frag = objdir / "kproto.fragment"
     frag.write_text(want.text())
