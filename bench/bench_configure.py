@@ -21,15 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_kproto_test import abba  # noqa: E402
 from rig.kernel import build, kconfig  # noqa: E402
 from rig.kernel.prepare import KernelSpec, open_tree  # noqa: E402
 
 SIDES = {"make tinyconfig, merge, olddefconfig": False, "kproto's tinyconfig steps, one merge": True}
-
-
-def config_lines(path: Path) -> list[str]:
-    """The .config without its header comments (they name the time and version only)."""
-    return [l for l in path.read_text().splitlines() if l and not l.startswith(("# Automatically", "# Linux/"))]
 
 
 def main() -> None:
@@ -42,17 +38,16 @@ def main() -> None:
                  "run `make tinyconfig`")
     want = kconfig.requested()
     times: dict[str, list[float]] = {k: [] for k in SIDES}
-    configs: dict[str, list[str]] = {}
+    configs: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="kproto-configure-", dir="/var/tmp") as d:
         for i in range(a.runs):
-            order = list(SIDES.items())
-            for name, use_recipe in (order[::-1] if i % 2 else order):
+            for name, use_recipe in abba(SIDES, i):
                 objdir = Path(d) / f"{i}-{int(use_recipe)}"
                 t0 = time.monotonic()
                 build._configure(tree, objdir, want, Path(d) / "log", use_recipe=use_recipe)
                 times[name].append(time.monotonic() - t0)
-                configs.setdefault(name, config_lines(objdir / ".config"))
-                if config_lines(objdir / ".config") != configs[name]:
+                config = (objdir / ".config").read_text()
+                if configs.setdefault(name, config) != config:
                     sys.exit(f"bench_configure: {name} wrote a different .config in run {i + 1}")
                 print(f"run {i + 1} {name}: {times[name][-1]:.1f} s", flush=True)
     for name, secs in times.items():
@@ -60,8 +55,9 @@ def main() -> None:
               f"({min(secs):.1f}-{max(secs):.1f})")
     (old, new) = (statistics.median(times[n]) for n in SIDES)
     print(f"saved per configure: {old - new:.1f} s ({new / old:.2f}x)")
-    same = len({tuple(v) for v in configs.values()}) == 1
-    print(f"the two .configs: {'identical' if same else 'DIFFERENT'} ({len(next(iter(configs.values())))} lines)")
+    same = len(set(configs.values())) == 1
+    print(f"the two .configs: {'identical' if same else 'DIFFERENT'} "
+          f"({len(next(iter(configs.values())).splitlines())} lines)")
     sys.exit(0 if same else 1)
 
 

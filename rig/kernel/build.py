@@ -137,16 +137,17 @@ def _make(tree: SourceTree, objdir: Path, *targets: str, log: Path, timeout: flo
           counter: ObjectCounter | None = None, tick: Callable[[], None] | None = None,
           extra_env: dict[str, str] | None = None) -> None:
     cc = "ccache gcc" if shutil.which("ccache") else "gcc"
+    extra_env = extra_env or {}
     # CCACHE_DEPEND: ccache's depend mode keys a result on the source and the headers listed in the .d file
     # kbuild already asks gcc for (-Wp,-MMD,...), so a miss compiles once; the default preprocessor mode
     # runs cpp first to compute the key and then compiles, preprocessing every missed file twice.
     env = {**os.environ, "CCACHE_DIR": str(ccache_dir()), "CCACHE_BASEDIR": str(tree.path),
            "CCACHE_DEPEND": "1",
            "KBUILD_BUILD_TIMESTAMP": "kproto", "KBUILD_BUILD_USER": "kproto", "KBUILD_BUILD_HOST": "kproto",
-           **(extra_env or {})}
+           **extra_env}
     cmd = ["make", "-C", str(tree.path), f"O={objdir}", f"-j{make_jobs()}", f"CC={cc}", "HOSTCC=gcc", *targets]
     with open(log, "ab") as fh:
-        fh.write(f"\n$ {''.join(f'{k}={v} ' for k, v in (extra_env or {}).items())}{' '.join(cmd)}\n".encode())
+        fh.write(f"\n$ {''.join(f'{k}={v} ' for k, v in extra_env.items())}{' '.join(cmd)}\n".encode())
         fh.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:

@@ -90,7 +90,7 @@ def test_half_written_cache_entries_are_never_used(src, kcache):
     assert build.lookup(key) is None
 
 
-def _make_lines(src, kcache) -> list[str]:
+def _make_lines(src) -> list[str]:
     from rig.kernel import kconfig
     objdir = build.objdir_for(src, kconfig.requested())
     return [l for l in (objdir.parent / f"{objdir.name}.log").read_text().splitlines() if l.startswith("$ ")]
@@ -101,7 +101,7 @@ def test_configure_runs_tinyconfigs_steps_itself_with_one_merge_and_one_olddefco
     kernel/ and arch/x86/) and kproto's fragment merged in one go, later files winning, then one
     olddefconfig: Kconfig runs twice, not three times."""
     k = build.build(src, [], progress=lambda m: None)
-    runs = _make_lines(src, kcache)
+    runs = _make_lines(src)
     assert [l.split()[-1] for l in runs] == ["allnoconfig", "olddefconfig", "bzImage"]
     assert runs[0].startswith(f"$ KCONFIG_ALLCONFIG={src.path}/kernel/configs/tiny-base.config make ")
     config = k.config.read_text().splitlines()
@@ -123,6 +123,6 @@ def test_a_tree_with_another_tinyconfig_recipe_gets_make_tinyconfig(kcache, tmp_
         tf.add(copy, arcname="linux-other")
     other = tree.open_source(str(tb))
     k = build.build(other, [], progress=lambda m: None)
-    assert [l.split()[-1] for l in _make_lines(other, kcache)] == ["tinyconfig", "olddefconfig", "bzImage"]
+    assert [l.split()[-1] for l in _make_lines(other)] == ["tinyconfig", "olddefconfig", "bzImage"]
     config = k.config.read_text().splitlines()
     assert "CONFIG_EXPERT=y" not in config and "CONFIG_SMP=y" in config
